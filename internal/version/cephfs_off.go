@@ -1,0 +1,5 @@
+//go:build !cephfs
+
+package version
+
+const cephfs = false
