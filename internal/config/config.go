@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -109,7 +111,10 @@ func Parse(name string, data []byte) (*Config, error) {
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil && err != io.EOF {
-		return nil, &Error{File: name, Line: yamlErrorLine(err), Msg: "malformed YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}
+		line := yamlErrorLine(err)
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		msg = strings.TrimPrefix(msg, fmt.Sprintf("line %d: ", line))
+		return nil, &Error{File: name, Line: line, Msg: "malformed YAML: " + msg}
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err != io.EOF {
@@ -219,7 +224,8 @@ func resolveOptions(ds *Dataset, f string, at func(string) *yaml.Node) []problem
 	}
 	sc := ufs.Schemes[ds.URI.Scheme]
 	resolved := map[string]string{}
-	for key, raw := range ds.Options {
+	for _, key := range slices.Sorted(maps.Keys(ds.Options)) {
+		raw := ds.Options[key]
 		field := f + "." + key
 		name, fromFile := strings.CutSuffix(key, "_file")
 		spec, ok := sc.Option(name)
@@ -234,7 +240,7 @@ func resolveOptions(ds *Dataset, f string, at func(string) *yaml.Node) []problem
 			}
 			name, fromFile = key, false
 		}
-		if _, dup := resolved[name]; dup {
+		if _, both := ds.Options[name]; both && fromFile {
 			bad(field, "%s is given both directly and as %s_file", name, name)
 			continue
 		}

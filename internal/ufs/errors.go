@@ -55,16 +55,17 @@ var ErrInvalidPath = errors.New("invalid path")
 // Error is the error every backend returns: the operation, the path inside the
 // dataset, the class and the underlying cause.
 type Error struct {
-	Op    string // "stat", "list", "read"
-	Path  string
-	Class Class
-	Err   error
+	Op      string // "stat", "list", "read"
+	Dataset string // set by Instrument, so messages name the namespace path
+	Path    string
+	Class   Class
+	Err     error
 }
 
 func (e *Error) Error() string {
-	p := e.Path
-	if p == "" {
-		p = "/"
+	p := "/" + e.Path
+	if e.Dataset != "" {
+		p = "/" + e.Dataset + p
 	}
 	return fmt.Sprintf("%s %s: %v", e.Op, p, e.Err)
 }

@@ -2,6 +2,7 @@ package ufs
 
 import (
 	"context"
+	"errors"
 	"io"
 	"iter"
 	"sync/atomic"
@@ -96,6 +97,7 @@ func (i *Instrumented) done(op string, counter *atomic.Int64, start time.Time, e
 	counter.Add(1)
 	if err != nil {
 		i.errs.Add(1)
+		i.name(err)
 	}
 	if i.m == nil {
 		return
@@ -104,6 +106,15 @@ func (i *Instrumented) done(op string, counter *atomic.Int64, start time.Time, e
 	i.m.latency.WithLabelValues(i.dataset, op).Observe(time.Since(start).Seconds())
 	if err != nil {
 		i.m.errs.WithLabelValues(i.dataset, op, ClassOf(err).String()).Inc()
+	}
+}
+
+// name records the dataset in a backend's error, so that its message shows
+// the namespace path a user knows ("/imagenet/train/x.jpg").
+func (i *Instrumented) name(err error) {
+	var e *Error
+	if errors.As(err, &e) && e.Dataset == "" {
+		e.Dataset = i.dataset
 	}
 }
 
@@ -158,6 +169,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	}
 	if err != nil && err != io.EOF {
 		c.i.errs.Add(1)
+		c.i.name(err)
 		if c.i.m != nil {
 			c.i.m.errs.WithLabelValues(c.i.dataset, OpRead, ClassOf(err).String()).Inc()
 		}

@@ -215,6 +215,9 @@ func wrap(op, name string, err error) error {
 	if errors.As(err, &pe) {
 		err = pe.Err
 	}
+	if escapes(err) {
+		err = fmt.Errorf("%w: a symlink leads out of the dataset root", fs.ErrPermission)
+	}
 	return ufs.NewError(op, name, cls, err)
 }
 
@@ -223,5 +226,8 @@ func wrap(op, name string, err error) error {
 // test pins the behaviour.
 func escapes(err error) bool {
 	var pe *fs.PathError
-	return errors.As(err, &pe) && pe.Err != nil && pe.Err.Error() == "path escapes from parent"
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	return err != nil && err.Error() == "path escapes from parent"
 }

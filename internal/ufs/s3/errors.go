@@ -37,7 +37,7 @@ func (f *FS) wrap(op, name string, err error) error {
 		return ufs.NewError(op, name, ufs.ClassFatal,
 			fmt.Errorf("bucket %q does not exist at endpoint %s", f.bucket, f.endpoint))
 	case code == "NoSuchKey" || code == "NotFound" || status == http.StatusNotFound:
-		return ufs.NewError(op, name, ufs.ClassNotExist, fs.ErrNotExist)
+		return ufs.NewError(op, name, ufs.ClassNotExist, syscall.ENOENT)
 	case code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" || code == "AccessDenied" ||
 		status == http.StatusForbidden || status == http.StatusUnauthorized:
 		return ufs.NewError(op, name, ufs.ClassPermission,

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -167,7 +168,7 @@ func (f *FS) Stat(ctx context.Context, name string) (ufs.FileInfo, error) {
 		return ufs.FileInfo{}, f.wrap("stat", name, err)
 	}
 	if name != "" && len(out.Contents) == 0 && len(out.CommonPrefixes) == 0 {
-		return ufs.FileInfo{}, ufs.NewError("stat", name, ufs.ClassNotExist, fs.ErrNotExist)
+		return ufs.FileInfo{}, ufs.NewError("stat", name, ufs.ClassNotExist, syscall.ENOENT)
 	}
 	var mtime time.Time
 	if len(out.Contents) > 0 && aws.ToString(out.Contents[0].Key) == dir {
@@ -230,7 +231,7 @@ func (f *FS) List(ctx context.Context, dir string) iter.Seq2[[]ufs.FileInfo, err
 			if _, err := f.Stat(ctx, dir); err == nil {
 				yield(nil, ufs.NewError("list", dir, ufs.ClassInvalid, errors.New("not a directory")))
 			} else {
-				yield(nil, ufs.NewError("list", dir, ufs.ClassNotExist, fs.ErrNotExist))
+				yield(nil, ufs.NewError("list", dir, ufs.ClassNotExist, syscall.ENOENT))
 			}
 		}
 	}
