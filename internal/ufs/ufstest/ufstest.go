@@ -377,8 +377,8 @@ func testReadRanges(t *testing.T, ctx context.Context, fsys ufs.FS) {
 	content := Content(name, size)
 	for _, r := range []struct{ off, len int64 }{
 		{0, 1}, {0, 4096}, {1, 10}, {4*mib - 1, 2}, {4 * mib, 1}, {123457, 1 << 20},
-		{size - 10, 100},      // crosses the end: cut
-		{size - 1, -1},        // the last byte to the end
+		{size - 10, 100},       // crosses the end: cut
+		{size - 1, -1},         // the last byte to the end
 		{size, 10}, {size, -1}, // at the end: nothing
 		{size + 100, 10}, // past the end: nothing
 		{0, 0},           // empty

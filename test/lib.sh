@@ -1,0 +1,50 @@
+# Shared by test/run.sh and test/bench.sh: installing what tests need.
+# Sourced from the repository root.
+
+export PATH="/usr/local/go/bin:$PATH"
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+
+STATICCHECK_VERSION=v0.8.2
+VERSITYGW_VERSION=v1.8.0
+
+tools="$PWD/.cache/bin"
+mkdir -p "$tools"
+
+step() { printf '\n=== %s\n' "$*"; }
+
+# apt_install installs the Debian packages that are not there yet.
+apt_install() {
+	local missing=()
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	done
+	if ((${#missing[@]})); then
+		step "apt-get install ${missing[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends "${missing[@]}"
+	fi
+}
+
+# go_tool installs a Go command at a pinned version into .cache/bin.
+go_tool() {
+	local name=$1 pkg=$2 version=$3
+	local stamp="$tools/.$name-$version"
+	if [[ ! -x "$tools/$name" || ! -e "$stamp" ]]; then
+		step "go install $pkg@$version"
+		GOBIN="$tools" CGO_ENABLED=0 go install "$pkg@$version"
+		touch "$stamp"
+	fi
+}
+
+# install_test_deps installs everything the tests and benchmarks use and
+# exports where to find it.
+install_test_deps() {
+	command -v go >/dev/null || { echo "Go is missing: install Go 1.26 in /usr/local/go" >&2; exit 1; }
+	apt_install ca-certificates git
+	go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
+	go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
+	export GRANARY_VERSITYGW="$tools/versitygw"
+	# Tests that need a server fail, rather than skip, when it is missing.
+	export GRANARY_REQUIRE_SERVERS=1
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole granary test suite, as CI runs it (README.md, second command).
+#
+# On a fresh Debian machine as root it installs what the tests need — Debian
+# packages, staticcheck and versitygw (a real S3 server) from the Go module
+# proxy — then runs gofmt, go vet, staticcheck, the race detector on the
+# packages with concurrency, and every test. Test packages start the servers
+# they need themselves (on 127.0.0.1) and stop them by PID.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+source test/lib.sh
+
+install_test_deps
+
+step "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [[ -n "$unformatted" ]]; then
+	echo "gofmt would change: $unformatted" >&2
+	exit 1
+fi
+
+step "go build (pure Go, CGO_ENABLED=0)"
+CGO_ENABLED=0 go build -o /dev/null ./cmd/granary
+
+step "go vet"
+go vet ./...
+
+step "staticcheck"
+"$tools/staticcheck" ./...
+
+# Packages with concurrency run under the race detector; the others once
+# without it (running everything twice would double the suite's time).
+race_pkgs=(./internal/ufs/... ./internal/dataset/...)
+mapfile -t race_list < <(go list "${race_pkgs[@]}")
+mapfile -t other_list < <(go list ./... | grep -v -x -F "${race_list[@]/#/-e}")
+
+step "go test -race ${race_pkgs[*]}"
+go test -race -count=1 "${race_list[@]}"
+
+step "go test (the other packages)"
+go test -count=1 "${other_list[@]}"
+
+step "all tests passed"
