@@ -53,11 +53,11 @@ func BenchmarkRangedRead(b *testing.B) {
 		_, err = io.CopyBuffer(io.Discard, rc, make([]byte, 256<<10))
 		return err
 	}
-	buf := sync.Pool{New: func() any { return make([]byte, benchRange) }}
+	buf := sync.Pool{New: func() any { b := make([]byte, benchRange); return &b }}
 	direct := func(off int64) error {
-		p := buf.Get().([]byte)
+		p := buf.Get().(*[]byte)
 		defer buf.Put(p)
-		_, err := backing.ReadAt(p, off)
+		_, err := backing.ReadAt(*p, off)
 		if err == io.EOF {
 			err = nil
 		}
