@@ -1,0 +1,105 @@
+// Package cache keeps cached UFS data on a worker's tiers: directories with
+// quotas (a tmpfs for MEM, local disks for SSD and HDD). A file is cut into
+// blocks, the unit of placement, and each block into pages, the unit of
+// fetching and checksumming. A block is one plain file on one tier, named from
+// the dataset, path, UFS version and block index, so a changed UFS file never
+// meets its old bytes, and so a block can be sent with sendfile, read directly
+// by a reader on the same node, or handed to the kernel for FUSE passthrough.
+//
+// Page presence and a CRC32C per page are kept in a journal per tier (see
+// journal.go) that survives restarts. Tiers are kept under their high
+// watermark by evicting least-recently-used blocks down to the low one; MEM
+// demotes to the next tier rather than dropping.
+package cache
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+)
+
+// Default sizes.
+const (
+	DefaultBlockSize = 64 << 20
+	DefaultPageSize  = 4 << 20
+)
+
+// Layout is how files are cut into blocks and blocks into pages.
+type Layout struct {
+	BlockSize int64
+	PageSize  int64
+}
+
+// Check reports a layout that cannot work.
+func (l Layout) Check() error {
+	if l.PageSize <= 0 || l.BlockSize <= 0 {
+		return fmt.Errorf("block_size %d and page_size %d must be positive", l.BlockSize, l.PageSize)
+	}
+	if l.BlockSize%l.PageSize != 0 {
+		return fmt.Errorf("block_size %d must be a multiple of page_size %d", l.BlockSize, l.PageSize)
+	}
+	return nil
+}
+
+// Blocks is the number of blocks of a file of size bytes (a file of 0 bytes
+// has none).
+func (l Layout) Blocks(size int64) int64 {
+	return (size + l.BlockSize - 1) / l.BlockSize
+}
+
+// BlockLen is the length of block idx of a file of size bytes.
+func (l Layout) BlockLen(size, idx int64) int64 {
+	return max(0, min(l.BlockSize, size-idx*l.BlockSize))
+}
+
+// Pages is the number of pages of a block of blockLen bytes.
+func (l Layout) Pages(blockLen int64) int {
+	return int((blockLen + l.PageSize - 1) / l.PageSize)
+}
+
+// PageLen is the length of page p of a block of blockLen bytes.
+func (l Layout) PageLen(blockLen int64, p int) int64 {
+	return max(0, min(l.PageSize, blockLen-int64(p)*l.PageSize))
+}
+
+// BlockKey names one block of one version of one file.
+type BlockKey struct {
+	Dataset string
+	Path    string
+	Version string
+	Index   int64
+}
+
+func (k BlockKey) String() string {
+	return fmt.Sprintf("/%s/%s@%s#%d", k.Dataset, k.Path, k.Version, k.Index)
+}
+
+// blockID is a fixed-size digest of a BlockKey: file names and journal
+// records stay small whatever the path length, and no path character ever
+// reaches the tier's file system.
+type blockID [16]byte
+
+func (k BlockKey) id() blockID {
+	h := sha256.New()
+	for _, s := range []string{k.Dataset, k.Path, k.Version} {
+		var n [binary.MaxVarintLen64]byte
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
+		h.Write([]byte(s))
+	}
+	var idx [8]byte
+	binary.LittleEndian.PutUint64(idx[:], uint64(k.Index))
+	h.Write(idx[:])
+	var id blockID
+	copy(id[:], h.Sum(nil))
+	return id
+}
+
+func (id blockID) String() string { return hex.EncodeToString(id[:]) }
+
+// relPath is where a block lives inside its tier: 256 subdirectories keep any
+// one directory small.
+func (id blockID) relPath() string {
+	s := id.String()
+	return "blocks/" + s[:2] + "/" + s
+}

@@ -1,0 +1,549 @@
+package cache
+
+import (
+	"container/list"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// TierConfig is one tier: a directory and how much of it the cache may use.
+type TierConfig struct {
+	Name  string // MEM, SSD or HDD
+	Path  string
+	Quota int64
+	// High and Low are watermarks as fractions of Quota: eviction starts
+	// above High and stops at Low.
+	High, Low float64
+}
+
+// Config configures a Store.
+type Config struct {
+	Tiers  []TierConfig // fastest first
+	Layout Layout
+	// Pinned reports whether a dataset's blocks must never be evicted.
+	Pinned func(dataset string) bool
+	// Metrics, if set, receives the store's counters.
+	Metrics *Metrics
+}
+
+// Errors a caller handles by serving straight from the UFS.
+var (
+	// ErrNoSpace: no tier can take the block now (quota or disk full).
+	ErrNoSpace = errors.New("no cache space")
+	// ErrCorrupt: a stored page failed its checksum and was dropped.
+	ErrCorrupt = errors.New("cached page failed its checksum")
+	// ErrGone: the block was evicted or moved while in use.
+	ErrGone = errors.New("block no longer cached here")
+)
+
+type page struct {
+	crc      uint32
+	present  bool
+	verified bool // checked against crc since this process stored or loaded it
+}
+
+// Block is one cached block. Its state is guarded by the Store's lock.
+type Block struct {
+	Key    BlockKey
+	Length int64
+
+	id      blockID
+	tier    *tier
+	pages   []page
+	pinned  bool
+	busy    int  // page writes in progress: not to be moved or dropped
+	moving  bool // being demoted: no new pages
+	removed bool
+	elem    *list.Element
+}
+
+type tier struct {
+	TierConfig
+	index int
+	j     *journal
+	used  int64     // bytes reserved by its blocks (their full length)
+	lru   list.List // of *Block, most recently used first
+	live  int64     // journal records that still matter, for compaction
+}
+
+func (t *tier) blockPath(id blockID) string { return filepath.Join(t.Path, id.relPath()) }
+
+// Store is a worker's cache of blocks over its tiers. It is safe for
+// concurrent use.
+type Store struct {
+	layout Layout
+	pinned func(string) bool
+	m      *Metrics
+
+	mu     sync.Mutex
+	tiers  []*tier
+	blocks map[blockID]*Block
+
+	evicting  sync.Mutex // serialises eviction passes
+	closeOnce sync.Once
+	kick      chan struct{}
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+// Open opens the tiers, replays their journals and checks the result against
+// the block files: a page whose bytes are not all in its file is dropped,
+// and a block file that no journal knows is deleted.
+func Open(cfg Config) (*Store, error) {
+	if err := cfg.Layout.Check(); err != nil {
+		return nil, err
+	}
+	if len(cfg.Tiers) == 0 {
+		return nil, errors.New("cache: no tiers")
+	}
+	s := &Store{
+		layout: cfg.Layout, pinned: cfg.Pinned, m: cfg.Metrics,
+		blocks: map[blockID]*Block{},
+		kick:   make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	if s.pinned == nil {
+		s.pinned = func(string) bool { return false }
+	}
+	for i, tc := range cfg.Tiers {
+		t := &tier{TierConfig: tc, index: i}
+		if err := s.load(t); err != nil {
+			s.closeJournals()
+			return nil, fmt.Errorf("cache tier %s (%s): %w", tc.Name, tc.Path, err)
+		}
+		s.tiers = append(s.tiers, t)
+	}
+	if s.m != nil {
+		s.m.register(s)
+	}
+	go s.evictLoop()
+	s.Kick()
+	return s, nil
+}
+
+// load replays one tier's journal into s and rewrites it compacted.
+func (s *Store) load(t *tier) error {
+	if err := os.MkdirAll(filepath.Join(t.Path, "blocks"), 0o700); err != nil {
+		return err
+	}
+	jpath := filepath.Join(t.Path, "journal")
+	found := map[blockID]*Block{}
+	var order []*Block
+	_, err := readJournal(jpath, func(r journalRecord) {
+		switch r.kind {
+		case recAdd:
+			if old := found[r.id]; old != nil {
+				old.removed = true
+			}
+			b := &Block{Key: r.key, Length: r.length, id: r.id, tier: t, pages: make([]page, s.layout.Pages(r.length))}
+			found[r.id] = b
+			order = append(order, b)
+		case recPage:
+			if b := found[r.id]; b != nil && r.page < len(b.pages) {
+				b.pages[r.page] = page{crc: r.crc, present: true}
+			}
+		case recRemove:
+			if b := found[r.id]; b != nil {
+				b.removed = true
+				delete(found, r.id)
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	// Check every block against its file; oldest first, so that the LRU
+	// list ends with the most recently added blocks at its front.
+	for _, b := range order {
+		if b.removed || found[b.id] != b {
+			continue
+		}
+		st, err := os.Stat(t.blockPath(b.id))
+		if err != nil || s.layout.Pages(b.Length) != len(b.pages) {
+			delete(found, b.id)
+			continue
+		}
+		for p := range b.pages {
+			if end := int64(p)*s.layout.PageSize + s.layout.PageLen(b.Length, p); end > st.Size() {
+				b.pages[p] = page{} // torn: the journal got ahead of the data
+			}
+		}
+		b.pinned = s.pinned(b.Key.Dataset)
+		if other := s.blocks[b.id]; other != nil {
+			// The same block on two tiers (a crash mid-demotion): keep the
+			// faster copy.
+			delete(found, b.id)
+			continue
+		}
+		s.blocks[b.id] = b
+		b.elem = t.lru.PushFront(b)
+		t.used += b.Length
+	}
+	// Block files no journal knows are leftovers of a crash: delete them.
+	filepath.WalkDir(filepath.Join(t.Path, "blocks"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		var id blockID
+		raw, herr := hex.DecodeString(d.Name())
+		copy(id[:], raw)
+		if herr != nil || len(raw) != len(id) || found[id] == nil || s.blocks[id] != found[id] {
+			os.Remove(p)
+		}
+		return nil
+	})
+	t.j, err = createJournal(jpath, func(yield func(journalRecord) bool) {
+		for e := t.lru.Back(); e != nil; e = e.Prev() {
+			for _, r := range e.Value.(*Block).records() {
+				t.live++
+				if !yield(r) {
+					return
+				}
+			}
+		}
+	})
+	return err
+}
+
+// records are the journal records that describe b.
+func (b *Block) records() []journalRecord {
+	recs := []journalRecord{{kind: recAdd, id: b.id, key: b.Key, length: b.Length}}
+	for p, pg := range b.pages {
+		if pg.present {
+			recs = append(recs, journalRecord{kind: recPage, id: b.id, page: p, crc: pg.crc})
+		}
+	}
+	return recs
+}
+
+// Close stops eviction and closes the journals. Blocks stay on disk.
+func (s *Store) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.done
+		err = s.closeJournals()
+	})
+	return err
+}
+
+func (s *Store) closeJournals() error {
+	var errs []error
+	for _, t := range s.tiers {
+		if t.j != nil {
+			errs = append(errs, t.j.close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Layout returns how the store cuts files.
+func (s *Store) Layout() Layout { return s.layout }
+
+// Lookup returns the cached block for key, or nil, and marks it used.
+func (s *Store) Lookup(key BlockKey) *Block {
+	id := key.id()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.blocks[id]
+	if b != nil {
+		b.tier.lru.MoveToFront(b.elem)
+	}
+	return b
+}
+
+// Create returns the block for key, reserving length bytes on the fastest
+// tier that has room for it. ErrNoSpace means no tier can take it now.
+func (s *Store) Create(key BlockKey, length int64) (*Block, error) {
+	id := key.id()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b := s.blocks[id]; b != nil {
+		b.tier.lru.MoveToFront(b.elem)
+		return b, nil
+	}
+	for _, t := range s.tiers {
+		if t.used+length > t.Quota {
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(t.blockPath(id)), 0o700); err != nil {
+			continue
+		}
+		b := &Block{Key: key, Length: length, id: id, tier: t, pages: make([]page, s.layout.Pages(length)), pinned: s.pinned(key.Dataset)}
+		if err := t.j.append(journalRecord{kind: recAdd, id: id, key: key, length: length}); err != nil {
+			s.m.storeError(err)
+			continue
+		}
+		t.live++
+		t.used += length
+		b.elem = t.lru.PushFront(b)
+		s.blocks[id] = b
+		if float64(t.used) > t.High*float64(t.Quota) {
+			s.Kick()
+		}
+		return b, nil
+	}
+	s.Kick()
+	s.m.noSpace()
+	return nil, ErrNoSpace
+}
+
+// Present reports whether page p of b is stored.
+func (s *Store) Present(b *Block, p int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !b.removed && p < len(b.pages) && b.pages[p].present
+}
+
+// Complete reports whether every page of b is stored.
+func (s *Store) Complete(b *Block) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b.removed {
+		return false
+	}
+	for _, pg := range b.pages {
+		if !pg.present {
+			return false
+		}
+	}
+	return true
+}
+
+// WritePage stores page p of b. The data must be the whole page. An error
+// means the page is not stored; the caller still has the bytes to serve.
+func (s *Store) WritePage(b *Block, p int, data []byte) error {
+	if p < 0 || p >= len(b.pages) || int64(len(data)) != s.layout.PageLen(b.Length, p) {
+		return fmt.Errorf("cache: page %d of %s: %d bytes do not fit the layout", p, b.Key, len(data))
+	}
+	s.mu.Lock()
+	if b.removed || b.moving {
+		s.mu.Unlock()
+		return ErrGone
+	}
+	if b.pages[p].present {
+		s.mu.Unlock()
+		return nil
+	}
+	b.busy++
+	t := b.tier
+	s.mu.Unlock()
+
+	crc := crc32c(data)
+	err := writeAt(t.blockPath(b.id), data, int64(p)*s.layout.PageSize)
+	if err == nil {
+		err = t.j.append(journalRecord{kind: recPage, id: b.id, page: p, crc: crc})
+	}
+
+	s.mu.Lock()
+	b.busy--
+	if err != nil {
+		s.mu.Unlock()
+		s.m.storeError(err)
+		if isNoSpace(err) {
+			// The disk is fuller than the quota says: give the block up and
+			// make room, rather than failing every later write too.
+			s.drop(b, "no_space")
+			s.Kick()
+			return fmt.Errorf("%w: %v", ErrNoSpace, err)
+		}
+		return err
+	}
+	b.pages[p] = page{crc: crc, present: true, verified: true}
+	t.live++
+	s.mu.Unlock()
+	return nil
+}
+
+func writeAt(path string, data []byte, off int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteAt(data, off)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// File is an open block file, for serving its pages.
+type File struct {
+	*os.File
+	Block *Block
+	Path  string
+}
+
+// Open opens b's file for reading. ErrGone means it was evicted or moved
+// meanwhile.
+func (s *Store) Open(b *Block) (*File, error) {
+	for range 2 { // a demotion may move the file between the lookup and the open
+		s.mu.Lock()
+		if b.removed {
+			s.mu.Unlock()
+			return nil, ErrGone
+		}
+		path := b.tier.blockPath(b.id)
+		s.mu.Unlock()
+		f, err := os.Open(path)
+		if err == nil {
+			return &File{File: f, Block: b, Path: path}, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+	}
+	return nil, ErrGone
+}
+
+// Verify checks pages [first, last] of an open block against their
+// checksums, once per page per process: a page is trusted after it was
+// stored or checked. A page that fails is dropped (to be fetched again) and
+// ErrCorrupt returned.
+func (s *Store) Verify(f *File, first, last int) error {
+	b := f.Block
+	var buf []byte
+	for p := first; p <= last; p++ {
+		s.mu.Lock()
+		if p >= len(b.pages) || !b.pages[p].present {
+			s.mu.Unlock()
+			return ErrGone
+		}
+		pg := b.pages[p]
+		s.mu.Unlock()
+		if pg.verified {
+			continue
+		}
+		n := s.layout.PageLen(b.Length, p)
+		if int64(cap(buf)) < n {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		if _, err := f.ReadAt(buf, int64(p)*s.layout.PageSize); err != nil && err != io.EOF {
+			return err
+		}
+		ok := crc32c(buf) == pg.crc
+		s.mu.Lock()
+		if b.pages[p].crc == pg.crc && b.pages[p].present {
+			b.pages[p].verified = ok
+			b.pages[p].present = ok
+		}
+		s.mu.Unlock()
+		if !ok {
+			s.m.corrupt()
+			slog.Warn("cached page failed its checksum; it will be fetched again", "block", b.Key.String(), "page", p, "tier", b.tier.Name)
+			return fmt.Errorf("%w: %s page %d", ErrCorrupt, b.Key, p)
+		}
+	}
+	return nil
+}
+
+// PageCRCs returns the checksum of every page of b (0 for a missing page).
+func (s *Store) PageCRCs(b *Block) []uint32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	crcs := make([]uint32, len(b.pages))
+	for i, pg := range b.pages {
+		crcs[i] = pg.crc
+	}
+	return crcs
+}
+
+// TierOf returns the name of the tier b is on.
+func (s *Store) TierOf(b *Block) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return b.tier.Name
+}
+
+// TierStats describes one tier.
+type TierStats struct {
+	Name     string `json:"name"`
+	Path     string `json:"path"`
+	Capacity int64  `json:"capacity"`
+	Used     int64  `json:"used"`
+	Blocks   int    `json:"blocks"`
+}
+
+// Stats describes every tier.
+func (s *Store) Stats() []TierStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]TierStats, len(s.tiers))
+	for i, t := range s.tiers {
+		out[i] = TierStats{Name: t.Name, Path: t.Path, Capacity: t.Quota, Used: t.used, Blocks: t.lru.Len()}
+	}
+	return out
+}
+
+// drop removes b from the cache and deletes its file.
+func (s *Store) drop(b *Block, reason string) {
+	s.mu.Lock()
+	if b.removed {
+		s.mu.Unlock()
+		return
+	}
+	t := b.tier
+	s.forgetLocked(b)
+	s.mu.Unlock()
+	if err := t.j.append(journalRecord{kind: recRemove, id: b.id}); err != nil {
+		s.m.storeError(err)
+	}
+	os.Remove(t.blockPath(b.id))
+	s.m.evicted(t.Name, reason)
+}
+
+func (s *Store) forgetLocked(b *Block) {
+	b.removed = true
+	b.tier.lru.Remove(b.elem)
+	b.tier.used -= b.Length
+	if s.blocks[b.id] == b {
+		delete(s.blocks, b.id)
+	}
+}
+
+// Kick asks the evictor to check the watermarks now.
+func (s *Store) Kick() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Store) evictLoop() {
+	defer close(s.done)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.kick:
+		case <-tick.C:
+		}
+		s.evict()
+	}
+}
+
+// tierNamed finds a tier by name (for tests and status).
+func (s *Store) tierNamed(name string) *tier {
+	for _, t := range s.tiers {
+		if strings.EqualFold(t.Name, name) {
+			return t
+		}
+	}
+	return nil
+}
