@@ -86,12 +86,15 @@ func (g *globals) setupLogging() error {
 
 // loadConfig reads --config (if any) and adds the --dataset flags.
 func (g *globals) loadConfig() (*config.Config, error) {
-	cfg := &config.Config{}
+	var cfg *config.Config
+	var err error
 	if g.configPath != "" {
-		var err error
-		if cfg, err = config.Load(g.configPath); err != nil {
-			return nil, err
-		}
+		cfg, err = config.Load(g.configPath)
+	} else {
+		cfg, err = config.Parse("defaults", nil)
+	}
+	if err != nil {
+		return nil, err
 	}
 	for _, spec := range g.datasets {
 		name, uri, ok := strings.Cut(spec, "=")

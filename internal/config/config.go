@@ -26,7 +26,11 @@ import (
 
 // Config is a whole granary configuration file.
 type Config struct {
-	Datasets []Dataset `yaml:"datasets"`
+	Datasets   []Dataset  `yaml:"datasets"`
+	Worker     Worker     `yaml:"worker"`
+	Auth       Auth       `yaml:"auth"`
+	Membership Membership `yaml:"membership"`
+	Client     Client     `yaml:"client"`
 }
 
 // Dataset binds a name to a UFS location and says how to treat it.
@@ -41,6 +45,11 @@ type Dataset struct {
 	// Replicas is how many workers cache each block.
 	Replicas  int       `yaml:"replicas"`
 	UFSLimits UFSLimits `yaml:"ufs_limits"`
+	// Pin keeps the dataset's cached blocks from ever being evicted.
+	Pin bool `yaml:"pin"`
+	// Fallback is what a client does when no worker can serve a read:
+	// "ufs" (the default) reads the UFS directly, "none" fails the read.
+	Fallback string `yaml:"fallback"`
 
 	// URI is UFS, parsed; set by Load.
 	URI ufs.URI `yaml:"-"`
@@ -57,6 +66,12 @@ type UFSLimits struct {
 func (l UFSLimits) Limits() ufs.Limits {
 	return ufs.Limits{MaxInflight: l.MaxInflight, MetadataOpsPerSecond: l.MetadataOpsPerSecond, BytesPerSecond: int64(l.BytesPerSecond)}
 }
+
+// Dataset fallbacks.
+const (
+	FallbackUFS  = "ufs"
+	FallbackNone = "none"
+)
 
 // Defaults.
 const (
@@ -162,6 +177,9 @@ func (c *Config) finish(d *decoder) {
 		}
 		names[ds.Name] = fmt.Sprintf("line %d", d.lines[f+".name"])
 	}
+	for _, p := range c.checkCluster(at) {
+		d.errs = append(d.errs, &Error{File: d.file, Line: p.line, Field: p.field, Msg: p.msg})
+	}
 }
 
 type problem struct {
@@ -205,6 +223,13 @@ func (ds *Dataset) check(f string, at func(string) *yaml.Node) []problem {
 	}
 	if l.MaxInflight == 0 {
 		l.MaxInflight = DefaultMaxInflight
+	}
+	switch ds.Fallback {
+	case "":
+		ds.Fallback = FallbackUFS
+	case FallbackUFS, FallbackNone:
+	default:
+		bad(f+".fallback", "expected %q or %q, found %q", FallbackUFS, FallbackNone, ds.Fallback)
 	}
 	if l.MetadataOpsPerSecond < 0 {
 		bad(f+".ufs_limits.metadata_ops_per_second", "must not be negative (0 means no limit)")

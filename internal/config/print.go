@@ -12,7 +12,8 @@ const Masked = "*****"
 // Masked returns a copy of c whose secret option values are replaced by
 // Masked, safe to print or log.
 func (c *Config) Masked() *Config {
-	out := &Config{Datasets: make([]Dataset, len(c.Datasets))}
+	out := *c
+	out.Datasets = make([]Dataset, len(c.Datasets))
 	for i, ds := range c.Datasets {
 		ds.Options = maps.Clone(ds.Options)
 		for k := range ds.Options {
@@ -22,7 +23,7 @@ func (c *Config) Masked() *Config {
 		}
 		out.Datasets[i] = ds
 	}
-	return out
+	return &out
 }
 
 // YAML renders the configuration with its secrets masked and every default
