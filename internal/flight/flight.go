@@ -52,3 +52,13 @@ func (g *Group[K, V]) Do(ctx context.Context, key K, fn func(context.Context) (V
 	close(c.done)
 	return c.val, false, c.err
 }
+
+// Waiting returns how many callers wait on the call running for key.
+func (g *Group[K, V]) Waiting(key K) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c := g.calls[key]; c != nil {
+		return c.waiters
+	}
+	return 0
+}
