@@ -1,0 +1,170 @@
+// Package wire is the HTTP protocol between clients and workers, in one place
+// so that both sides agree: paths, query parameters, the JSON of attributes
+// and errors, and how error classes travel as status codes.
+//
+// Data is plain HTTP range reads of one block, so a hit is a sendfile from the
+// block file to the socket; metadata is small JSON, listings are streamed as
+// one JSON object per line so that a huge directory never sits whole in a
+// buffer.
+package wire
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/granary-cache/granary/internal/ufs"
+)
+
+// Endpoints of a worker's data listener (and of its unix socket).
+const (
+	PathStat    = "/v1/stat"
+	PathList    = "/v1/list"
+	PathBlock   = "/v1/block"
+	PathLocal   = "/v1/local" // unix socket only: where a block's file is
+	PathRefresh = "/v1/refresh"
+	PathStatus  = "/v1/status" // admin listener
+)
+
+// Headers.
+const (
+	// HeaderSource tells where a block's bytes came from: mem, ssd, hdd or ufs.
+	HeaderSource = "X-Granary-Source"
+)
+
+// FileInfo is ufs.FileInfo on the wire, with short keys: listings are long.
+type FileInfo struct {
+	Name    string `json:"n"`
+	Size    int64  `json:"s,omitempty"`
+	MTime   int64  `json:"t,omitempty"` // Unix nanoseconds
+	Mode    uint32 `json:"m"`
+	Version string `json:"v,omitempty"`
+}
+
+// FromInfo converts for sending.
+func FromInfo(fi ufs.FileInfo) FileInfo {
+	w := FileInfo{Name: fi.Name, Size: fi.Size, Mode: uint32(fi.Mode), Version: fi.Version}
+	if !fi.ModTime.IsZero() {
+		w.MTime = fi.ModTime.UnixNano()
+	}
+	return w
+}
+
+// Info converts what was received.
+func (w FileInfo) Info() ufs.FileInfo {
+	fi := ufs.FileInfo{Name: w.Name, Size: w.Size, Mode: fs.FileMode(w.Mode), Version: w.Version}
+	if w.MTime != 0 {
+		fi.ModTime = time.Unix(0, w.MTime)
+	}
+	return fi
+}
+
+// BlockRef names one block of one version of a file; the client sends the
+// version and size it knows so that any worker can fetch the block without
+// asking the file's metadata owner.
+type BlockRef struct {
+	Dataset string
+	Path    string
+	Version string
+	Size    int64
+	Index   int64
+}
+
+// Query encodes a block reference.
+func (b BlockRef) Query() url.Values {
+	return url.Values{"ds": {b.Dataset}, "path": {b.Path}, "ver": {b.Version},
+		"size": {strconv.FormatInt(b.Size, 10)}, "idx": {strconv.FormatInt(b.Index, 10)}}
+}
+
+// ParseBlockRef decodes a block reference.
+func ParseBlockRef(q url.Values) (BlockRef, error) {
+	b := BlockRef{Dataset: q.Get("ds"), Path: q.Get("path"), Version: q.Get("ver")}
+	var err1, err2 error
+	b.Size, err1 = strconv.ParseInt(q.Get("size"), 10, 64)
+	b.Index, err2 = strconv.ParseInt(q.Get("idx"), 10, 64)
+	if err1 != nil || err2 != nil || b.Size < 0 || b.Index < 0 || b.Dataset == "" {
+		return b, fmt.Errorf("malformed block reference %q", q.Encode())
+	}
+	return b, nil
+}
+
+// LocalBlock is the answer of PathLocal: where a complete, verified block
+// file is, for a client on the same host to read directly.
+type LocalBlock struct {
+	File     string   `json:"file"`
+	Length   int64    `json:"length"`
+	PageSize int64    `json:"page_size"`
+	CRCs     []uint32 `json:"crcs"`
+}
+
+// Error is an error on the wire.
+type Error struct {
+	Message string `json:"error"`
+	Class   string `json:"class"`
+}
+
+var statusOfClass = map[ufs.Class]int{
+	ufs.ClassNotExist:       http.StatusNotFound,
+	ufs.ClassPermission:     http.StatusForbidden,
+	ufs.ClassInvalid:        http.StatusBadRequest,
+	ufs.ClassVersionChanged: http.StatusPreconditionFailed,
+	ufs.ClassCanceled:       499, // the client went away
+	ufs.ClassRetryable:      http.StatusServiceUnavailable,
+	ufs.ClassFatal:          http.StatusBadGateway,
+}
+
+// WriteError sends err with the status of its class.
+func WriteError(w http.ResponseWriter, err error) {
+	cls := ufs.ClassOf(err)
+	status := statusOfClass[cls]
+	if status == 0 {
+		status = http.StatusInternalServerError
+	}
+	// A UFS error travels without its operation and path: the client knows
+	// those and puts them back.
+	msg := err.Error()
+	var ue *ufs.Error
+	if errors.As(err, &ue) {
+		msg = ue.Err.Error()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(Error{Message: msg, Class: cls.String()})
+}
+
+// ErrWorker marks an error of the worker itself (unreachable, overloaded,
+// unauthorised), as opposed to one of the UFS behind it: the client then
+// tries another owner.
+var ErrWorker = errors.New("worker failed")
+
+// ReadError turns an error response into a classified error. Errors of the
+// UFS keep their class; others wrap ErrWorker.
+func ReadError(op, dataset, path string, resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e Error
+	if json.Unmarshal(body, &e) != nil || e.Class == "" {
+		return fmt.Errorf("%w: %s /%s/%s: HTTP %d: %s", ErrWorker, op, dataset, path, resp.StatusCode, truncate(string(body)))
+	}
+	for cls, status := range statusOfClass {
+		if cls.String() == e.Class && status == resp.StatusCode {
+			if cls == ufs.ClassRetryable || cls == ufs.ClassCanceled {
+				break // the next owner may do better
+			}
+			return &ufs.Error{Op: op, Dataset: dataset, Path: path, Class: cls, Err: errors.New(e.Message)}
+		}
+	}
+	return fmt.Errorf("%w: %s /%s/%s: %s", ErrWorker, op, dataset, path, e.Message)
+}
+
+func truncate(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "..."
+	}
+	return s
+}

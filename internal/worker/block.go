@@ -1,0 +1,364 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/granary-cache/granary/internal/cache"
+	"github.com/granary-cache/granary/internal/dataset"
+	"github.com/granary-cache/granary/internal/ufs"
+	"github.com/granary-cache/granary/internal/wire"
+)
+
+// blockReq is one request for bytes of one block.
+type blockReq struct {
+	ds          *dataset.Dataset
+	key         cache.BlockKey
+	blen        int64 // the block's length
+	first, last int   // pages wanted
+}
+
+// loaded is a block made ready to serve pages [first, last]: stored pages
+// are read from file (opened and checked), pages that could not be stored
+// are held in mem.
+type loaded struct {
+	b       *cache.Block
+	file    *cache.File
+	tier    string
+	mem     map[int][]byte
+	fetched map[int]bool // pages this request fetched from the UFS
+}
+
+func (l *loaded) close() {
+	if l.file != nil {
+		l.file.Close()
+	}
+}
+
+// handleBlock serves a byte range of one block: from its file on a tier
+// (sendfile) when cached, after fetching missing pages from the UFS.
+func (w *Worker) handleBlock(rw http.ResponseWriter, r *http.Request) {
+	ref, err := wire.ParseBlockRef(r.URL.Query())
+	if err != nil {
+		wire.WriteError(rw, ufs.NewError("read", ref.Path, ufs.ClassInvalid, err))
+		return
+	}
+	req, err := w.blockRequest(ref)
+	if err != nil {
+		wire.WriteError(rw, err)
+		return
+	}
+	off, n, partial, err := parseRange(r.Header.Get("Range"), req.blen)
+	if err != nil {
+		http.Error(rw, err.Error(), http.StatusRequestedRangeNotSatisfiable)
+		return
+	}
+	if n == 0 {
+		rw.Header().Set("Content-Length", "0")
+		return
+	}
+	ps := w.layout.PageSize
+	req.first, req.last = int(off/ps), int((off+n-1)/ps)
+	l, err := w.load(r.Context(), req)
+	if err != nil {
+		wire.WriteError(rw, err)
+		return
+	}
+	defer l.close()
+
+	h := rw.Header()
+	h.Set("Content-Length", strconv.FormatInt(n, 10))
+	h.Set("Content-Type", "application/octet-stream")
+	source := l.tier
+	if len(l.fetched) > 0 {
+		source = "ufs"
+	}
+	h.Set(wire.HeaderSource, source)
+	if partial {
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, off+n-1, req.blen))
+		rw.WriteHeader(http.StatusPartialContent)
+	}
+	if err := w.send(rw, l, req, off, n); err != nil {
+		w.log.Debug("block send failed", "block", req.key.String(), "err", err)
+		return
+	}
+	if l.b != nil && req.last+1 < w.layout.Pages(req.blen) && (req.first == 0 || w.store.Present(l.b, req.first-1)) {
+		w.readAhead(req, l.b)
+	}
+}
+
+// blockRequest checks a block reference against the dataset and layout.
+func (w *Worker) blockRequest(ref wire.BlockRef) (blockReq, error) {
+	ds, p, err := w.dataset(ref.Dataset, ref.Path)
+	if err != nil {
+		return blockReq{}, err
+	}
+	if ref.Index >= w.layout.Blocks(ref.Size) {
+		return blockReq{}, &ufs.Error{Op: "read", Dataset: ds.Name(), Path: p, Class: ufs.ClassInvalid,
+			Err: fmt.Errorf("block %d is past the end of a %d-byte file", ref.Index, ref.Size)}
+	}
+	return blockReq{ds: ds, key: cache.BlockKey{Dataset: ds.Name(), Path: p, Version: ref.Version, Index: ref.Index},
+		blen: w.layout.BlockLen(ref.Size, ref.Index)}, nil
+}
+
+// send writes bytes [off, off+n) of the block: runs of stored pages straight
+// from the file (sendfile), pages held in memory from there.
+func (w *Worker) send(rw http.ResponseWriter, l *loaded, req blockReq, off, n int64) error {
+	ps := w.layout.PageSize
+	end := off + n
+	for p := req.first; p <= req.last; {
+		start := max(off, int64(p)*ps)
+		if data, ok := l.mem[p]; ok {
+			stop := min(end, int64(p+1)*ps)
+			if _, err := rw.Write(data[start-int64(p)*ps : stop-int64(p)*ps]); err != nil {
+				return err
+			}
+			w.m.bytes.WithLabelValues("ufs").Add(float64(stop - start))
+			p++
+			continue
+		}
+		// A run of stored pages in one copy.
+		q := p
+		for q+1 <= req.last && l.mem[q+1] == nil {
+			q++
+		}
+		stop := min(end, int64(q+1)*ps)
+		if _, err := l.file.Seek(start, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := io.Copy(rw, io.LimitReader(l.file.File, stop-start)); err != nil {
+			return err
+		}
+		for i := p; i <= q; i++ {
+			src := l.tier
+			if l.fetched[i] {
+				src = "ufs"
+			}
+			w.m.bytes.WithLabelValues(src).Add(float64(min(stop, int64(i+1)*ps) - max(start, int64(i)*ps)))
+		}
+		p = q + 1
+	}
+	return nil
+}
+
+// load makes pages [first, last] of a block servable: it fetches the
+// missing ones (one UFS read per page however many requests want it) and
+// checks the stored ones against their CRC, fetching again any that fail.
+func (w *Worker) load(ctx context.Context, req blockReq) (*loaded, error) {
+	l := &loaded{mem: map[int][]byte{}, fetched: map[int]bool{}}
+	for attempt := 0; ; attempt++ {
+		l.b = w.store.Lookup(req.key)
+		if l.b == nil {
+			var err error
+			if l.b, err = w.store.Create(req.key, req.blen); err != nil && !errors.Is(err, cache.ErrNoSpace) {
+				return nil, err
+			}
+		}
+		if err := w.fetchMissing(ctx, req, l); err != nil {
+			return nil, err
+		}
+		if l.b == nil || len(l.mem) == req.last-req.first+1 {
+			return l, nil // everything is in memory
+		}
+		f, err := w.store.Open(l.b)
+		if err == nil {
+			l.tier = strings.ToLower(w.store.TierOf(l.b))
+			err = w.verify(f, req, l)
+		}
+		if err == nil {
+			l.file = f
+			return l, nil
+		}
+		if f != nil {
+			f.Close()
+		}
+		if attempt == 2 || !(errors.Is(err, cache.ErrCorrupt) || errors.Is(err, cache.ErrGone)) {
+			return nil, fmt.Errorf("serve %s: %w", req.key, err)
+		}
+		// A page failed its checksum, or the block was evicted meanwhile:
+		// fetch what is missing again.
+	}
+}
+
+// verify checks the stored pages of the request.
+func (w *Worker) verify(f *cache.File, req blockReq, l *loaded) error {
+	for p := req.first; p <= req.last; p++ {
+		if l.mem[p] != nil {
+			continue
+		}
+		if err := w.store.Verify(f, p, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fetchMissing fetches, in parallel, the pages of the request that are
+// neither stored nor already in l.mem.
+func (w *Worker) fetchMissing(ctx context.Context, req blockReq, l *loaded) error {
+	var missing []int
+	for p := req.first; p <= req.last; p++ {
+		if l.mem[p] != nil {
+			continue
+		}
+		if l.b != nil && w.store.Present(l.b, p) {
+			w.m.pages.WithLabelValues("hit").Inc()
+			continue
+		}
+		missing = append(missing, p)
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	w.m.pages.WithLabelValues("miss").Add(float64(len(missing)))
+	var mu sync.Mutex
+	var firstErr error
+	var wg sync.WaitGroup
+	for _, p := range missing {
+		wg.Go(func() {
+			data, err := w.fetchPage(ctx, req, l.b, p)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+				}
+				return
+			}
+			l.fetched[p] = true
+			if data != nil {
+				l.mem[p] = data
+			}
+		})
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// fetchPage reads page p of a block from the UFS and stores it. It returns
+// nil when the page is stored (read it from the block file), or the bytes
+// when they could not be stored. Concurrent calls for one page make one
+// UFS read.
+func (w *Worker) fetchPage(ctx context.Context, req blockReq, b *cache.Block, p int) ([]byte, error) {
+	data, shared, err := w.pages.Do(ctx, pageKey{req.key, p}, func(ctx context.Context) ([]byte, error) {
+		if b != nil && w.store.Present(b, p) {
+			return nil, nil // stored by a call that just finished
+		}
+		plen := w.layout.PageLen(req.blen, p)
+		bufp := w.pagePool.Get().(*[]byte)
+		buf := (*bufp)[:plen]
+		off := req.key.Index*w.layout.BlockSize + int64(p)*w.layout.PageSize
+		rc, err := req.ds.FS.ReadRange(ctx, req.key.Path, ufs.Range{Off: off, Len: plen, IfVersion: req.key.Version})
+		if err == nil {
+			_, err = io.ReadFull(rc, buf)
+			rc.Close()
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				err = &ufs.Error{Op: "read", Dataset: req.ds.Name(), Path: req.key.Path, Class: ufs.ClassVersionChanged,
+					Err: fmt.Errorf("%w: the file is shorter than its listed size", ufs.ErrVersionChanged)}
+			}
+		}
+		if err != nil {
+			w.pagePool.Put(bufp)
+			return nil, err
+		}
+		if b != nil {
+			werr := w.store.WritePage(b, p, buf)
+			if werr == nil {
+				w.pagePool.Put(bufp)
+				return nil, nil
+			}
+			w.log.Debug("page not cached", "block", req.key.String(), "page", p, "err", werr)
+		}
+		w.m.uncached.Inc()
+		return buf, nil // shared by the waiters: not returned to the pool
+	})
+	if shared {
+		w.m.merged.WithLabelValues("page").Inc()
+	}
+	return data, err
+}
+
+// readAhead fetches, in the background, the pages that follow a sequential
+// read, so that the reader's next request finds them cached.
+func (w *Worker) readAhead(req blockReq, b *cache.Block) {
+	pages := w.layout.Pages(req.blen)
+	for p := req.last + 1; p < pages && p <= req.last+w.cfg.Worker.Readahead; p++ {
+		if w.store.Present(b, p) {
+			continue
+		}
+		select {
+		case w.readahead <- struct{}{}:
+		default:
+			return // enough in flight already
+		}
+		w.bg.Go(func() {
+			defer func() { <-w.readahead }()
+			ctx, cancel := context.WithTimeout(w.bgCtx, time.Minute)
+			defer cancel()
+			if _, err := w.fetchPage(ctx, req, b, p); err == nil {
+				w.m.readahead.Inc()
+			}
+		})
+	}
+}
+
+// handleLocal, on the unix socket only, makes a whole block cached and
+// checked and says where its file is, so that a client on this host can read
+// it directly (short-circuit). A block that cannot be cached is refused; the
+// client then reads it over HTTP.
+func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
+	ref, err := wire.ParseBlockRef(r.URL.Query())
+	if err != nil {
+		wire.WriteError(rw, ufs.NewError("read", ref.Path, ufs.ClassInvalid, err))
+		return
+	}
+	req, err := w.blockRequest(ref)
+	if err != nil {
+		wire.WriteError(rw, err)
+		return
+	}
+	req.first, req.last = 0, w.layout.Pages(req.blen)-1
+	l, err := w.load(r.Context(), req)
+	if err != nil {
+		wire.WriteError(rw, err)
+		return
+	}
+	defer l.close()
+	if l.file == nil || len(l.mem) > 0 {
+		http.Error(rw, "block cannot be cached on this worker now", http.StatusConflict)
+		return
+	}
+	rw.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(rw).Encode(wire.LocalBlock{File: l.file.Path, Length: req.blen, PageSize: w.layout.PageSize, CRCs: w.store.PageCRCs(l.b)})
+}
+
+// parseRange parses a single "bytes=a-b" range of a block of size bytes.
+func parseRange(h string, size int64) (off, n int64, partial bool, err error) {
+	if h == "" {
+		return 0, size, false, nil
+	}
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	a, b, ok2 := strings.Cut(spec, "-")
+	if !ok || !ok2 || strings.Contains(spec, ",") {
+		return 0, 0, false, fmt.Errorf("unsupported range %q", h)
+	}
+	if off, err = strconv.ParseInt(a, 10, 64); err != nil || off < 0 || off >= max(size, 1) {
+		return 0, 0, false, fmt.Errorf("range %q outside a block of %d bytes", h, size)
+	}
+	last := size - 1
+	if b != "" {
+		if last, err = strconv.ParseInt(b, 10, 64); err != nil || last < off {
+			return 0, 0, false, fmt.Errorf("bad range %q", h)
+		}
+		last = min(last, size-1)
+	}
+	return off, last - off + 1, true, nil
+}

@@ -1,0 +1,93 @@
+package worker
+
+import (
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	requests     *prometheus.CounterVec
+	latency      *prometheus.HistogramVec
+	bytes        *prometheus.CounterVec
+	pages        *prometheus.CounterVec
+	merged       *prometheus.CounterVec
+	unauthorized prometheus.Counter
+	readahead    prometheus.Counter
+	uncached     prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "granary_worker_requests_total", Help: "Requests served, by operation and HTTP status.",
+		}, []string{"op", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "granary_worker_request_duration_seconds", Help: "Time to serve a request, by operation.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 4, 10),
+		}, []string{"op"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "granary_worker_served_bytes_total", Help: "Block bytes served, by where they came from (mem, ssd, hdd; ufs for pages fetched by the request).",
+		}, []string{"source"}),
+		pages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "granary_worker_pages_total", Help: "Pages asked for, by result: hit (cached) or miss (fetched from the UFS).",
+		}, []string{"result"}),
+		merged: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "granary_worker_singleflight_merged_total", Help: "Requests that joined a UFS fetch already in flight instead of making their own, by kind.",
+		}, []string{"kind"}),
+		unauthorized: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "granary_worker_unauthorized_total", Help: "Requests refused for a missing or wrong token.",
+		}),
+		readahead: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "granary_worker_readahead_pages_total", Help: "Pages fetched ahead of a sequential reader.",
+		}),
+		uncached: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "granary_worker_uncached_pages_total", Help: "Pages served from the UFS without being cached (no space, disk full, quota smaller than a block).",
+		}),
+	}
+	reg.MustRegister(m.requests, m.latency, m.bytes, m.pages, m.merged, m.unauthorized, m.readahead, m.uncached)
+	for _, s := range []string{"mem", "ssd", "hdd", "ufs"} {
+		m.bytes.WithLabelValues(s)
+	}
+	for _, r := range []string{"hit", "miss"} {
+		m.pages.WithLabelValues(r)
+	}
+	for _, k := range []string{"page", "metadata"} {
+		m.merged.WithLabelValues(k)
+	}
+	return m
+}
+
+// statusWriter remembers the status code for the request counter.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// ReadFrom keeps the sendfile path of net/http's writer: io.Copy from a
+// block file to the response becomes a sendfile to the socket.
+func (s *statusWriter) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := s.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(s.ResponseWriter, r)
+}
+
+func (w *Worker) instrument(op string, h http.HandlerFunc) http.HandlerFunc {
+	lat := w.m.latency.WithLabelValues(op)
+	return func(rw http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: rw, code: http.StatusOK}
+		h(sw, r)
+		lat.Observe(time.Since(start).Seconds())
+		w.m.requests.WithLabelValues(op, strconv.Itoa(sw.code)).Inc()
+	}
+}

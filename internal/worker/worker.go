@@ -1,0 +1,277 @@
+// Package worker is granary's cache server. A worker serves the metadata
+// (stat, list) and data (byte ranges of blocks) of the datasets it is
+// configured with, caching both: metadata in a per-dataset meta.Cache, data
+// as block files on its tiers (cache.Store). It fetches from the UFS what it
+// does not hold — one request per missing page however many readers want it —
+// under the dataset's UFS limits, shared by every reader.
+//
+// It listens on three endpoints: the data endpoint (TCP, for clients on any
+// host), a unix socket (the same API plus short-circuit lookups, for clients
+// on its own host) and the admin endpoint (/metrics, /healthz, /v1/status,
+// pprof).
+package worker
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/granary-cache/granary/internal/cache"
+	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/dataset"
+	"github.com/granary-cache/granary/internal/flight"
+	"github.com/granary-cache/granary/internal/meta"
+	"github.com/granary-cache/granary/internal/ufs"
+	"github.com/granary-cache/granary/internal/wire"
+)
+
+// Worker is one cache worker.
+type Worker struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	datasets *dataset.Set
+	metas    map[string]*meta.Cache
+	store    *cache.Store
+	layout   cache.Layout
+	token    string
+	reg      *prometheus.Registry
+	m        *metrics
+
+	pages     flight.Group[pageKey, []byte]
+	readahead chan struct{} // bounds background page fetches
+	pagePool  sync.Pool
+
+	data, admin, unix net.Listener
+	servers           []*http.Server
+	wg                sync.WaitGroup
+
+	bgCtx    context.Context // background fetches; cancelled by Close
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
+}
+
+type pageKey struct {
+	block cache.BlockKey
+	page  int
+}
+
+// New checks cfg, opens the datasets and the cache tiers, and binds the
+// listeners; Serve starts answering.
+func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	wc := cfg.Worker
+	for _, addr := range []struct{ field, addr string }{{"worker.listen", wc.Listen}, {"worker.admin", wc.Admin}} {
+		if !config.IsLoopback(addr.addr) && cfg.Auth.Token == "" {
+			return nil, fmt.Errorf("%s is %s, which is not loopback: set auth.token_file so that only clients with the token are served", addr.field, addr.addr)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	w := &Worker{
+		cfg: cfg, log: log.With("worker", wc.ID), token: cfg.Auth.Token, reg: reg, m: newMetrics(reg),
+		metas:     map[string]*meta.Cache{},
+		layout:    cache.Layout{BlockSize: int64(wc.BlockSize), PageSize: int64(wc.PageSize)},
+		readahead: make(chan struct{}, 8),
+	}
+	w.bgCtx, w.bgCancel = context.WithCancel(context.Background())
+	w.pagePool.New = func() any { b := make([]byte, w.layout.PageSize); return &b }
+	var err error
+	if w.datasets, err = dataset.OpenAll(cfg, ufs.NewMetrics(reg)); err != nil {
+		return nil, err
+	}
+	pinned := map[string]bool{}
+	for _, ds := range cfg.Datasets {
+		mc := meta.New(ds.MetadataSync.Interval)
+		mc.Merged = func() { w.m.merged.WithLabelValues("metadata").Inc() }
+		w.metas[ds.Name] = mc
+		pinned[ds.Name] = ds.Pin
+	}
+	tiers := make([]cache.TierConfig, len(wc.Tiers))
+	for i, t := range wc.Tiers {
+		tiers[i] = cache.TierConfig{Name: t.Name, Path: t.Path, Quota: int64(t.Quota), High: t.High, Low: t.Low}
+	}
+	w.store, err = cache.Open(cache.Config{Tiers: tiers, Layout: w.layout, Metrics: cache.NewMetrics(reg),
+		Pinned: func(ds string) bool { return pinned[ds] }})
+	if err != nil {
+		w.datasets.Close()
+		return nil, err
+	}
+	if err := w.listen(); err != nil {
+		w.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Worker) listen() error {
+	var err error
+	if w.data, err = net.Listen("tcp", w.cfg.Worker.Listen); err != nil {
+		return fmt.Errorf("worker.listen: %w", err)
+	}
+	if w.admin, err = net.Listen("tcp", w.cfg.Worker.Admin); err != nil {
+		return fmt.Errorf("worker.admin: %w", err)
+	}
+	sock := w.cfg.Worker.Socket
+	if err := os.MkdirAll(filepath.Dir(sock), 0o755); err != nil {
+		return fmt.Errorf("worker.socket: %w", err)
+	}
+	if c, err := net.Dial("unix", sock); err == nil {
+		c.Close()
+		return fmt.Errorf("worker.socket %s: another worker is serving it", sock)
+	}
+	os.Remove(sock) // left by a worker that died
+	if w.unix, err = net.Listen("unix", sock); err != nil {
+		return fmt.Errorf("worker.socket: %w", err)
+	}
+	return nil
+}
+
+// Addr is the data endpoint's address (with the port chosen, if it was 0).
+func (w *Worker) Addr() string { return w.data.Addr().String() }
+
+// AdminAddr is the admin endpoint's address.
+func (w *Worker) AdminAddr() string { return w.admin.Addr().String() }
+
+// Socket is the unix socket's path.
+func (w *Worker) Socket() string { return w.cfg.Worker.Socket }
+
+// ID is the worker's name.
+func (w *Worker) ID() string { return w.cfg.Worker.ID }
+
+// Registry holds every metric of the worker.
+func (w *Worker) Registry() *prometheus.Registry { return w.reg }
+
+// Serve answers on every endpoint until ctx ends, then shuts down cleanly:
+// requests in flight get a few seconds to finish.
+func (w *Worker) Serve(ctx context.Context) error {
+	api := w.apiMux(false)
+	local := w.apiMux(true)
+	servers := []struct {
+		l net.Listener
+		h http.Handler
+	}{{w.data, api}, {w.unix, local}, {w.admin, w.adminMux()}}
+	errs := make(chan error, len(servers))
+	for _, s := range servers {
+		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute,
+			ErrorLog: slog.NewLogLogger(w.log.Handler(), slog.LevelDebug)}
+		if s.l == w.unix {
+			srv.ConnContext = peerContext
+		}
+		w.servers = append(w.servers, srv)
+		w.wg.Go(func() {
+			if err := srv.Serve(s.l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errs <- err
+			}
+		})
+	}
+	w.log.Info("worker serving", "data", w.Addr(), "admin", w.AdminAddr(), "socket", w.Socket(),
+		"datasets", strings.Join(w.datasets.Names(), ","))
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errs:
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, srv := range w.servers {
+		srv.Shutdown(shutdown)
+	}
+	w.wg.Wait()
+	return errors.Join(err, w.Close())
+}
+
+// Close releases the tiers, datasets and listeners.
+func (w *Worker) Close() error {
+	w.bgCancel()
+	w.bg.Wait()
+	var errs []error
+	for _, l := range []net.Listener{w.data, w.admin, w.unix} {
+		if l != nil {
+			l.Close()
+		}
+	}
+	if w.unix != nil {
+		os.Remove(w.cfg.Worker.Socket)
+	}
+	if w.store != nil {
+		errs = append(errs, w.store.Close())
+	}
+	if w.datasets != nil {
+		errs = append(errs, w.datasets.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func (w *Worker) apiMux(local bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+wire.PathStat, w.instrument("stat", w.handleStat))
+	mux.HandleFunc("GET "+wire.PathList, w.instrument("list", w.handleList))
+	mux.HandleFunc("GET "+wire.PathBlock, w.instrument("block", w.handleBlock))
+	mux.HandleFunc("POST "+wire.PathRefresh, w.instrument("refresh", w.handleRefresh))
+	if local {
+		mux.HandleFunc("GET "+wire.PathLocal, w.instrument("local", w.handleLocal))
+		return w.authenticate(samePeer(mux))
+	}
+	return w.authenticate(mux)
+}
+
+func (w *Worker) adminMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) { rw.Write([]byte("ok\n")) })
+	private := http.NewServeMux()
+	private.HandleFunc("GET "+wire.PathStatus, w.handleStatus)
+	private.HandleFunc("/debug/pprof/", pprof.Index)
+	private.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	private.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	private.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	private.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/", w.authenticate(private))
+	return mux
+}
+
+// authenticate requires the shared token when one is configured.
+func (w *Worker) authenticate(next http.Handler) http.Handler {
+	if w.token == "" {
+		return next
+	}
+	want := []byte("Bearer " + w.token)
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.m.unauthorized.Inc()
+			http.Error(rw, "missing or wrong token", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(rw, r)
+	})
+}
+
+// dataset finds a dataset this worker serves and cleans the path; a path
+// that is not already clean is refused rather than reinterpreted.
+func (w *Worker) dataset(name, p string) (*dataset.Dataset, string, error) {
+	d, ok := w.datasets.Get(name)
+	if !ok {
+		return nil, "", ufs.NewError("resolve", p, ufs.ClassInvalid, fmt.Errorf("dataset %q is not served by worker %s", name, w.ID()))
+	}
+	clean, err := ufs.CleanPath(p)
+	if err != nil || clean != p {
+		return nil, "", &ufs.Error{Op: "resolve", Dataset: name, Path: p, Class: ufs.ClassInvalid, Err: fmt.Errorf("%w: not a clean path", ufs.ErrInvalidPath)}
+	}
+	return d, clean, nil
+}
