@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"io/fs"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/granary-cache/granary/internal/dataset"
 	"github.com/granary-cache/granary/internal/ufs"
 )
 
@@ -39,19 +37,6 @@ func nsJoin(dir, name string) string {
 	return strings.TrimSuffix(dir, "/") + "/" + name
 }
 
-// namespaceStat returns the attributes of a namespace path: "/" and each
-// dataset root are directories.
-func namespaceStat(ctx context.Context, set *dataset.Set, p string) (ufs.FileInfo, error) {
-	d, rel, err := set.Resolve(p)
-	if err != nil {
-		return ufs.FileInfo{}, err
-	}
-	if d == nil {
-		return ufs.FileInfo{Name: "/", Mode: fs.ModeDir | 0o555}, nil
-	}
-	return d.FS.Stat(ctx, rel)
-}
-
 func newLsCmd(g *globals) *cobra.Command {
 	var long, asJSON, unsorted bool
 	cmd := &cobra.Command{
@@ -63,12 +48,12 @@ func newLsCmd(g *globals) *cobra.Command {
 			if len(args) == 1 {
 				p = args[0]
 			}
-			set, err := g.openDatasets()
+			ns, err := g.openNamespace()
 			if err != nil {
 				return err
 			}
-			defer set.Close()
-			return list(cmd.Context(), g.stdout, set, p, long, asJSON, unsorted)
+			defer ns.Close()
+			return list(cmd.Context(), g.stdout, ns, p, long, asJSON, unsorted)
 		},
 	}
 	cmd.Flags().BoolVarP(&long, "long", "l", false, "long format: mode, size, modification time")
@@ -77,19 +62,9 @@ func newLsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func list(ctx context.Context, w io.Writer, set *dataset.Set, p string, long, asJSON, unsorted bool) error {
-	d, rel, err := set.Resolve(p)
-	if err != nil {
-		return err
-	}
+func list(ctx context.Context, w io.Writer, ns namespace, p string, long, asJSON, unsorted bool) error {
 	out := newLister(w, long, asJSON)
-	if d == nil { // the root: one directory per dataset
-		for _, name := range set.Names() {
-			out.add(entry{Name: name, Path: "/" + name, Mode: (fs.ModeDir | 0o555).String(), IsDir: true})
-		}
-		return out.finish()
-	}
-	fi, err := d.FS.Stat(ctx, rel)
+	fi, err := ns.Stat(ctx, p)
 	if err != nil {
 		return err
 	}
@@ -97,7 +72,7 @@ func list(ctx context.Context, w io.Writer, set *dataset.Set, p string, long, as
 		out.add(newEntry(p, fi, fi.Name))
 		return out.finish()
 	}
-	for page, err := range d.FS.List(ctx, rel) {
+	for page, err := range ns.List(ctx, p) {
 		if err != nil {
 			return err
 		}
@@ -202,14 +177,14 @@ func newStatCmd(g *globals) *cobra.Command {
 		Short: "Show the attributes of files or directories",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			set, err := g.openDatasets()
+			ns, err := g.openNamespace()
 			if err != nil {
 				return err
 			}
-			defer set.Close()
+			defer ns.Close()
 			var entries []entry
 			for _, p := range args {
-				fi, err := namespaceStat(cmd.Context(), set, p)
+				fi, err := ns.Stat(cmd.Context(), p)
 				if err != nil {
 					return err
 				}
@@ -254,27 +229,14 @@ func newCatCmd(g *globals) *cobra.Command {
 			if off < 0 {
 				return fmt.Errorf("--offset %d: must not be negative", off)
 			}
-			set, err := g.openDatasets()
+			ns, err := g.openNamespace()
 			if err != nil {
 				return err
 			}
-			defer set.Close()
+			defer ns.Close()
 			for _, p := range args {
-				d, rel, err := set.Resolve(p)
-				if err != nil {
+				if err := ns.Copy(cmd.Context(), g.stdout, p, off, length); err != nil {
 					return err
-				}
-				if d == nil {
-					return fmt.Errorf("cat %s: is a directory", p)
-				}
-				rc, err := d.FS.ReadRange(cmd.Context(), rel, ufs.Range{Off: off, Len: length})
-				if err != nil {
-					return err
-				}
-				_, err = io.Copy(g.stdout, rc)
-				rc.Close()
-				if err != nil {
-					return fmt.Errorf("cat %s: %w", p, err)
 				}
 			}
 			return nil

@@ -17,7 +17,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/granary-cache/granary/internal/config"
-	"github.com/granary-cache/granary/internal/dataset"
 	"github.com/granary-cache/granary/internal/version"
 )
 
@@ -26,6 +25,7 @@ type globals struct {
 	configPath string
 	datasets   []string // NAME=URI
 	logLevel   string
+	direct     bool // file commands read the UFS, not the cache
 	stdout     io.Writer
 	stderr     io.Writer
 }
@@ -71,7 +71,9 @@ Paths name a dataset first: /<dataset>/<path inside it>. Datasets come from
 	pf.StringVarP(&g.configPath, "config", "c", os.Getenv("GRANARY_CONFIG"), "configuration file (YAML); default $GRANARY_CONFIG")
 	pf.StringArrayVarP(&g.datasets, "dataset", "d", nil, "add a dataset NAME=URI, e.g. demo=file:///data/demo (repeatable)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(newVersionCmd(g), newConfigCmd(g), newLsCmd(g), newStatCmd(g), newCatCmd(g))
+	pf.BoolVar(&g.direct, "direct", false, "ls, stat and cat read the UFS directly instead of through the cache workers")
+	root.AddCommand(newVersionCmd(g), newConfigCmd(g), newLsCmd(g), newStatCmd(g), newCatCmd(g),
+		newWorkerCmd(g), newUpCmd(g), newStatusCmd(g), newRefreshCmd(g))
 	return root
 }
 
@@ -110,18 +112,6 @@ func (g *globals) loadConfig() (*config.Config, error) {
 		}
 	}
 	return cfg, nil
-}
-
-// openDatasets loads the configuration and opens every dataset in it.
-func (g *globals) openDatasets() (*dataset.Set, error) {
-	cfg, err := g.loadConfig()
-	if err != nil {
-		return nil, err
-	}
-	if len(cfg.Datasets) == 0 {
-		return nil, errors.New("no datasets: give --config FILE or --dataset NAME=URI")
-	}
-	return dataset.OpenAll(cfg, nil)
 }
 
 func newVersionCmd(g *globals) *cobra.Command {

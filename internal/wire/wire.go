@@ -168,3 +168,29 @@ func truncate(s string) string {
 	}
 	return s
 }
+
+// Status is what a worker reports about itself (PathStatus).
+type Status struct {
+	ID       string                   `json:"id"`
+	Addr     string                   `json:"addr"`
+	Tiers    []TierStatus             `json:"tiers"`
+	Hits     int64                    `json:"page_hits"`
+	Misses   int64                    `json:"page_misses"`
+	Datasets map[string]DatasetStatus `json:"datasets"`
+}
+
+// TierStatus is one cache tier of a worker.
+type TierStatus struct {
+	Name     string `json:"name"`
+	Path     string `json:"path"`
+	Capacity int64  `json:"capacity"`
+	Used     int64  `json:"used"`
+	Blocks   int    `json:"blocks"`
+}
+
+// DatasetStatus is one dataset's share of a worker's status.
+type DatasetStatus struct {
+	UFS         ufs.Stats `json:"ufs"`
+	Directories int       `json:"cached_directories"`
+	Entries     int       `json:"cached_entries"`
+}

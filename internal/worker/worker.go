@@ -224,6 +224,7 @@ func (w *Worker) apiMux(local bool) http.Handler {
 	mux.HandleFunc("GET "+wire.PathList, w.instrument("list", w.handleList))
 	mux.HandleFunc("GET "+wire.PathBlock, w.instrument("block", w.handleBlock))
 	mux.HandleFunc("POST "+wire.PathRefresh, w.instrument("refresh", w.handleRefresh))
+	mux.HandleFunc("GET "+wire.PathStatus, w.handleStatus)
 	if local {
 		mux.HandleFunc("GET "+wire.PathLocal, w.instrument("local", w.handleLocal))
 		return w.authenticate(samePeer(mux))

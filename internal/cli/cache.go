@@ -1,0 +1,295 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/granary-cache/granary/examples/demo"
+	"github.com/granary-cache/granary/internal/client"
+	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/localcluster"
+	"github.com/granary-cache/granary/internal/worker"
+)
+
+func newWorkerCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "worker --config FILE",
+		Short: "Run a cache worker: serve the configured datasets from its tiers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := g.loadConfig()
+			if err != nil {
+				return err
+			}
+			if len(cfg.Datasets) == 0 {
+				return errors.New("no datasets: give --config FILE or --dataset NAME=URI")
+			}
+			w, err := worker.New(cfg, slog.Default())
+			if err != nil {
+				return err
+			}
+			return w.Serve(cmd.Context())
+		},
+	}
+}
+
+type upFlags struct {
+	workers            int
+	stateDir, memDir   string
+	memQuota, ssdQuota string
+	check              bool
+}
+
+func newUpCmd(g *globals) *cobra.Command {
+	var f upFlags
+	cmd := &cobra.Command{
+		Use:   "up [--dataset NAME=URI]... [--workers N]",
+		Short: "Bring up a complete cache on this machine (the bundled demo dataset when none is given)",
+		Long: `up starts cache workers on loopback, each with a MEM tier (tmpfs) and an SSD
+tier under the state directory, writes a client configuration next to them and
+prints how to read through them. It runs until interrupted.
+
+With --check it instead reads every file of every dataset through the cache
+twice, prints what the UFS was asked in each pass, and exits.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return g.up(cmd.Context(), f) },
+	}
+	fl := cmd.Flags()
+	fl.IntVarP(&f.workers, "workers", "n", 1, "number of workers")
+	fl.StringVar(&f.stateDir, "state-dir", defaultStateDir(), "where the workers keep their SSD tiers, sockets and the client config")
+	fl.StringVar(&f.memDir, "mem-dir", config.DefaultMemPath, "tmpfs directory for the MEM tiers")
+	fl.StringVar(&f.memQuota, "mem", "1GiB", "MEM tier quota per worker (0: no MEM tier)")
+	fl.StringVar(&f.ssdQuota, "ssd", "10GiB", "SSD tier quota per worker (0: no SSD tier)")
+	fl.BoolVar(&f.check, "check", false, "read every dataset through the cache twice, report, and exit")
+	return cmd
+}
+
+func defaultStateDir() string {
+	if dir, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(dir, "granary", "up")
+	}
+	return filepath.Join(os.TempDir(), "granary-up")
+}
+
+func (g *globals) up(ctx context.Context, f upFlags) error {
+	mem, err := config.ParseSize(f.memQuota)
+	if err != nil {
+		return fmt.Errorf("--mem: %w", err)
+	}
+	ssd, err := config.ParseSize(f.ssdQuota)
+	if err != nil {
+		return fmt.Errorf("--ssd: %w", err)
+	}
+	cfg, err := g.loadConfig()
+	if err != nil {
+		return err
+	}
+	if len(cfg.Datasets) == 0 {
+		dir, err := demo.Extract(f.stateDir)
+		if err != nil {
+			return fmt.Errorf("extract the demo dataset: %w", err)
+		}
+		ds, err := config.FromURI("demo", "file://"+dir)
+		if err != nil {
+			return err
+		}
+		cfg.Datasets = append(cfg.Datasets, ds)
+	}
+	log := slog.Default()
+	if f.check {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	cl, err := localcluster.Start(localcluster.Options{Config: cfg, Workers: f.workers, StateDir: f.stateDir,
+		MemDir: f.memDir, MemQuota: int64(mem), SSDQuota: int64(ssd), Log: log})
+	if err != nil {
+		return err
+	}
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- cl.Serve(ctx) }()
+
+	out := g.stdout
+	fmt.Fprintf(out, "granary: %d worker(s) on loopback serving:\n", len(cl.Workers))
+	for _, ds := range cfg.Datasets {
+		fmt.Fprintf(out, "  /%s  <-  %s\n", ds.Name, ds.URI)
+	}
+	for _, w := range cl.Workers {
+		fmt.Fprintf(out, "  worker %s  data %s  admin http://%s/metrics\n", w.ID(), w.Addr(), w.AdminAddr())
+	}
+	self, _ := os.Executable()
+	fmt.Fprintf(out, "read through the cache with:\n  %s ls -l --config %s /%s/\n  %s status --config %s\n",
+		self, cl.ConfigPath, cfg.Datasets[0].Name, self, cl.ConfigPath)
+	if f.check {
+		err := check(ctx, out, cl)
+		stop()
+		return errors.Join(err, <-served)
+	}
+	fmt.Fprintln(out, "press Ctrl-C to stop")
+	err = <-served
+	fmt.Fprintln(out, "granary: stopped")
+	return err
+}
+
+// check reads every dataset twice through a client and reports what the
+// UFS saw: the second pass must cost it nothing.
+func check(ctx context.Context, out io.Writer, cl *localcluster.Cluster) error {
+	c, err := client.New(cl.Client)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for pass := 1; pass <= 2; pass++ {
+		before := ufsOps(cl)
+		files, bytes, err := readAll(ctx, c, "/")
+		if err != nil {
+			return err
+		}
+		after := ufsOps(cl)
+		fmt.Fprintf(out, "pass %d: read %d files, %d bytes through the cache; UFS asked: %d stat, %d list, %d read (%d bytes)\n",
+			pass, files, bytes, after.Stat-before.Stat, after.List-before.List, after.Read-before.Read, after.BytesRead-before.BytesRead)
+		if pass == 2 && after != before {
+			return errors.New("the second pass reached the UFS: the cache did not hold")
+		}
+	}
+	return nil
+}
+
+type opCounts struct{ Stat, List, Read, BytesRead int64 }
+
+func ufsOps(cl *localcluster.Cluster) opCounts {
+	var o opCounts
+	for _, w := range cl.Workers {
+		for _, ds := range w.Status().Datasets {
+			o.Stat += ds.UFS.Stat
+			o.List += ds.UFS.List
+			o.Read += ds.UFS.Read
+			o.BytesRead += ds.UFS.BytesRead
+		}
+	}
+	return o
+}
+
+// readAll walks dir and reads every file under it.
+func readAll(ctx context.Context, c *client.Client, dir string) (files, bytes int64, err error) {
+	entries, err := c.List(ctx, dir)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, e := range entries {
+		p := nsJoin(dir, e.Name)
+		if e.IsDir() {
+			f, b, err := readAll(ctx, c, p)
+			files, bytes = files+f, bytes+b
+			if err != nil {
+				return files, bytes, err
+			}
+			continue
+		}
+		var n int64
+		if err := (cachedNamespace{c}).Copy(ctx, countWriter{&n}, p, 0, -1); err != nil {
+			return files, bytes, err
+		}
+		files, bytes = files+1, bytes+n
+	}
+	return files, bytes, nil
+}
+
+type countWriter struct{ n *int64 }
+
+func (w countWriter) Write(p []byte) (int, error) { *w.n += int64(len(p)); return len(p), nil }
+
+func newStatusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the workers: capacity, use, hit ratio and UFS operations per dataset",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := g.loadConfig()
+			if err != nil {
+				return err
+			}
+			c, err := client.New(cfg)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			st := c.Status(cmd.Context())
+			if asJSON {
+				return writeJSON(g.stdout, st)
+			}
+			return printStatus(g.stdout, st)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printStatus(out io.Writer, st []client.WorkerStatus) error {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKER\tADDRESS\tTIERS (used/capacity)\tPAGE HITS\tHIT RATIO\tUFS OPS (stat/list/read, bytes) BY DATASET")
+	var down int
+	for _, w := range st {
+		if w.Error != "" {
+			down++
+			fmt.Fprintf(tw, "%s\t%s\tDOWN: %s\t\t\t\n", w.ID, w.Addr, w.Error)
+			continue
+		}
+		s := w.Status
+		var tiers, ops []string
+		for _, t := range s.Tiers {
+			tiers = append(tiers, fmt.Sprintf("%s %s/%s", t.Name, config.Size(t.Used), config.Size(t.Capacity)))
+		}
+		for name, ds := range s.Datasets {
+			ops = append(ops, fmt.Sprintf("%s: %d/%d/%d, %s", name, ds.UFS.Stat, ds.UFS.List, ds.UFS.Read, config.Size(ds.UFS.BytesRead)))
+		}
+		ratio := "-"
+		if total := s.Hits + s.Misses; total > 0 {
+			ratio = fmt.Sprintf("%.1f%%", 100*float64(s.Hits)/float64(total))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", s.ID, w.Addr, strings.Join(tiers, ", "), s.Hits, ratio, strings.Join(ops, "; "))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if down > 0 {
+		return fmt.Errorf("%d of %d workers did not answer", down, len(st))
+	}
+	return nil
+}
+
+func newRefreshCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "refresh /DATASET/PATH...",
+		Short: "Forget cached metadata of paths (and below) so that the next access sees the UFS as it is now",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := g.loadConfig()
+			if err != nil {
+				return err
+			}
+			c, err := client.New(cfg)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for _, p := range args {
+				if err := c.Refresh(cmd.Context(), p); err != nil {
+					return err
+				}
+				fmt.Fprintf(g.stdout, "refreshed %s\n", p)
+			}
+			return nil
+		},
+	}
+}

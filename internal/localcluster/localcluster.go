@@ -1,0 +1,163 @@
+// Package localcluster brings up a complete granary on one machine: one or
+// more workers, each with its own MEM and SSD tiers and its own ports on
+// loopback, and a client configuration that reaches them. It is what
+// `granary up` runs, and what tests use to exercise placement on one host.
+package localcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/worker"
+)
+
+// Options say what to bring up.
+type Options struct {
+	// Config holds the datasets (and any worker settings to start from).
+	Config *config.Config
+	// Workers is how many workers to start (default 1).
+	Workers int
+	// StateDir holds each worker's SSD tier, socket and journal, and the
+	// client configuration.
+	StateDir string
+	// MemDir is where the MEM tiers go (default /dev/shm/granary).
+	MemDir string
+	// MemQuota and SSDQuota size each worker's tiers; 0 leaves a tier out.
+	MemQuota, SSDQuota int64
+	Log                *slog.Logger
+}
+
+// Cluster is a running set of workers.
+type Cluster struct {
+	Workers []*worker.Worker
+	// Client is the configuration a reader needs: datasets and membership.
+	Client *config.Config
+	// ConfigPath is where Client was written, for other processes.
+	ConfigPath string
+}
+
+// Start binds every worker and writes the client configuration; Serve runs
+// them.
+func Start(o Options) (*Cluster, error) {
+	if o.Workers <= 0 {
+		o.Workers = 1
+	}
+	if o.MemDir == "" {
+		o.MemDir = config.DefaultMemPath
+	}
+	if o.MemQuota == 0 && o.SSDQuota == 0 {
+		return nil, errors.New("localcluster: every tier quota is 0")
+	}
+	state, err := filepath.Abs(o.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{}
+	var members []config.Member
+	for i := range o.Workers {
+		id := fmt.Sprintf("w%d", i+1)
+		cfg := *o.Config
+		w := cfg.Worker
+		w.ID = id
+		w.Listen, w.Admin = "127.0.0.1:0", "127.0.0.1:0"
+		w.StateDir = filepath.Join(state, id)
+		w.Socket = filepath.Join(w.StateDir, "worker.sock")
+		w.Tiers = nil
+		if o.MemQuota > 0 {
+			// Under the MEM directory, a name unique to this state dir, so
+			// that two clusters on one host never share a tier.
+			w.Tiers = append(w.Tiers, config.Tier{Name: "MEM", Path: filepath.Join(o.MemDir, filepath.Base(state)+"-"+shortHash(state), id),
+				Quota: config.Size(o.MemQuota), High: config.DefaultHigh, Low: config.DefaultLow})
+		}
+		if o.SSDQuota > 0 {
+			w.Tiers = append(w.Tiers, config.Tier{Name: "SSD", Path: filepath.Join(w.StateDir, "ssd"),
+				Quota: config.Size(o.SSDQuota), High: config.DefaultHigh, Low: config.DefaultLow})
+		}
+		cfg.Worker = w
+		wk, err := worker.New(&cfg, o.Log)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("worker %s: %w", id, err)
+		}
+		c.Workers = append(c.Workers, wk)
+		members = append(members, config.Member{ID: id, Addr: wk.Addr(), Socket: wk.Socket(), Weight: 1})
+	}
+	cc := *o.Config
+	cc.Membership = config.Membership{Type: "static", Workers: members}
+	c.Client = &cc
+	c.ConfigPath = filepath.Join(state, "granary.yaml")
+	if err := writeConfig(c.ConfigPath, &cc); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Serve runs every worker until ctx ends.
+func (c *Cluster) Serve(ctx context.Context) error {
+	errs := make(chan error, len(c.Workers))
+	for _, w := range c.Workers {
+		go func() { errs <- w.Serve(ctx) }()
+	}
+	var all []error
+	for range c.Workers {
+		all = append(all, <-errs)
+	}
+	return errors.Join(all...)
+}
+
+// Close releases workers that were started but never served.
+func (c *Cluster) Close() {
+	for _, w := range c.Workers {
+		w.Close()
+	}
+}
+
+// writeConfig writes the client configuration. It holds the datasets'
+// resolved options, secrets included, so only its owner may read it.
+func writeConfig(path string, cfg *config.Config) error {
+	out := struct {
+		Datasets   []clientDataset   `yaml:"datasets"`
+		Worker     map[string]any    `yaml:"worker"`
+		Membership config.Membership `yaml:"membership"`
+	}{
+		Worker:     map[string]any{"block_size": cfg.Worker.BlockSize, "page_size": cfg.Worker.PageSize},
+		Membership: cfg.Membership,
+	}
+	for _, ds := range cfg.Datasets {
+		out.Datasets = append(out.Datasets, clientDataset{Name: ds.Name, UFS: ds.UFS, Options: ds.Options,
+			MetadataSync: ds.MetadataSync, Replicas: ds.Replicas, Fallback: ds.Fallback})
+	}
+	b, err := yaml.Marshal(out)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, append([]byte("# Written by granary up: the workers it started, for clients.\n"), b...), 0o600)
+}
+
+type clientDataset struct {
+	Name         string            `yaml:"name"`
+	UFS          string            `yaml:"ufs"`
+	Options      map[string]string `yaml:"options,omitempty"`
+	MetadataSync config.Sync       `yaml:"metadata_sync"`
+	Replicas     int               `yaml:"replicas"`
+	Fallback     string            `yaml:"fallback"`
+}
+
+func shortHash(s string) string {
+	var h uint32 = 2166136261
+	for i := range len(s) {
+		h = (h ^ uint32(s[i])) * 16777619
+	}
+	return fmt.Sprintf("%08x", h)
+}
