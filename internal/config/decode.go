@@ -76,6 +76,10 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, field string) {
 		return
 	}
 	switch v.Kind() {
+	case reflect.Pointer: // an optional value: nil when not given
+		elem := reflect.New(v.Type().Elem())
+		d.decode(n, elem.Elem(), field)
+		v.Set(elem)
 	case reflect.Struct:
 		d.decodeStruct(n, v, field)
 	case reflect.Slice:
