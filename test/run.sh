@@ -31,7 +31,10 @@ step "staticcheck"
 
 # Packages with concurrency run under the race detector; the others once
 # without it (running everything twice would double the suite's time).
-race_pkgs=(./internal/ufs/... ./internal/dataset/...)
+# test/cluster then builds the worker binary with -race as well.
+race_pkgs=(./internal/ufs/... ./internal/dataset/... ./internal/cache/... ./internal/client/...
+	./internal/flight/... ./internal/meta/... ./internal/placement/... ./internal/membership/...
+	./internal/worker/... ./internal/localcluster/... ./test/cluster/...)
 mapfile -t race_list < <(go list "${race_pkgs[@]}")
 mapfile -t other_list < <(go list ./... | grep -v -x -F "${race_list[@]/#/-e}")
 

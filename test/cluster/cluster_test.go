@@ -356,3 +356,25 @@ func TestUnknownDatasetAndEscape(t *testing.T) {
 		t.Error("the client opened a path outside the namespace")
 	}
 }
+
+// TestFallback: with every worker down, a dataset with fallback: ufs is read
+// straight from the UFS (counted); one with fallback: none fails clearly.
+func TestFallback(t *testing.T) {
+	tr := makeTree(7, 20)
+	dir := t.TempDir()
+	tr.writeDir(t, dir)
+	c := startCluster(t, clusterOpts{workers: 2, datasets: fmt.Sprintf(
+		"  - {name: d, ufs: \"file://%s\"}\n  - {name: strict, ufs: \"file://%s\", fallback: none}\n", dir, dir)})
+	for _, p := range c.workers {
+		c.stop(p, syscall.SIGKILL)
+	}
+	cl := c.client(false)
+	readTree(t, cl, "d", tr, 4, 1)
+	if st := cl.Stats(); st.FallbackReads == 0 {
+		t.Errorf("no fallback reads counted: %+v", st)
+	}
+	_, err := cl.Open(context.Background(), "/strict/edge/one")
+	if err == nil || !strings.Contains(err.Error(), "every owner failed") {
+		t.Errorf("fallback: none with every worker down = %v; want an error naming the failed owners", err)
+	}
+}
