@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -536,14 +535,4 @@ func (s *Store) evictLoop() {
 		}
 		s.evict()
 	}
-}
-
-// tierNamed finds a tier by name (for tests and status).
-func (s *Store) tierNamed(name string) *tier {
-	for _, t := range s.tiers {
-		if strings.EqualFold(t.Name, name) {
-			return t
-		}
-	}
-	return nil
 }

@@ -129,7 +129,9 @@ func TestRestartAndCorruption(t *testing.T) {
 	dir := t.TempDir()
 	tr.writeDir(t, dir)
 	c := startCluster(t, clusterOpts{workers: 1, datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\"}\n", dir),
-		tiers: func(_ int, d string) string { return fmt.Sprintf("    - {name: SSD, path: %s/ssd, quota: 256MiB}\n", d) }})
+		tiers: func(_ int, d string) string {
+			return fmt.Sprintf("    - {name: SSD, path: %s/ssd, quota: 256MiB}\n", d)
+		}})
 	cl := c.client(false)
 	readTree(t, cl, "d", tr, 8, 1)
 	w := c.workers[0]
