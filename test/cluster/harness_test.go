@@ -108,6 +108,7 @@ func makeTree(seed uint64, small int) *tree {
 }
 
 func (t *tree) writeDir(tb testing.TB, dir string) {
+	tb.Helper()
 	for name, data := range t.files {
 		p := filepath.Join(dir, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -148,17 +149,21 @@ type proc struct {
 
 // cluster is a set of worker processes and the configuration that reaches them.
 type cluster struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	workers []*proc
 	// base is the YAML of the datasets and anything else shared.
 	base string
 	// tiers returns the tiers section of worker i.
 	tiers func(i int, dir string) string
+	// the layout every worker and client uses
+	blockSize, pageSize int64
 }
 
 type clusterOpts struct {
-	workers  int
+	workers   int
+	blockSize int64 // default: the test's blockSize
+	pageSize  int64
 	datasets string // YAML list items under "datasets:"
 	extra    string // more top-level YAML (auth, ...)
 	tiers    func(i int, dir string) string
@@ -178,11 +183,14 @@ func freeAddr(t testing.TB) string {
 }
 
 // startCluster writes a config per worker and starts them all.
-func startCluster(t *testing.T, o clusterOpts) *cluster {
+func startCluster(t testing.TB, o clusterOpts) *cluster {
 	if o.tiers == nil {
 		o.tiers = defaultTiers
 	}
-	c := &cluster{t: t, dir: t.TempDir(), tiers: o.tiers}
+	if o.blockSize == 0 {
+		o.blockSize, o.pageSize = blockSize, pageSize
+	}
+	c := &cluster{t: t, dir: t.TempDir(), tiers: o.tiers, blockSize: o.blockSize, pageSize: o.pageSize}
 	c.base = "datasets:\n" + o.datasets + o.extra
 	var members strings.Builder
 	members.WriteString("membership:\n  workers:\n")
@@ -203,7 +211,7 @@ func startCluster(t *testing.T, o clusterOpts) *cluster {
   block_size: %d
   page_size: %d
   tiers:
-%s`, p.id, p.addr, p.admin, p.dir, blockSize, pageSize, o.tiers(i, p.dir))
+%s`, p.id, p.addr, p.admin, p.dir, c.blockSize, c.pageSize, o.tiers(i, p.dir))
 		if err := os.WriteFile(p.config, []byte(doc), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -276,7 +284,7 @@ func (c *cluster) client(shortCircuit bool) *client.Client {
 	for _, p := range c.workers {
 		doc += fmt.Sprintf("    - {id: %s, addr: %q, socket: %q}\n", p.id, p.addr, p.socket)
 	}
-	doc += fmt.Sprintf("worker:\n  block_size: %d\n  page_size: %d\nclient:\n  short_circuit: %v\n  timeout: 10s\n", blockSize, pageSize, shortCircuit)
+	doc += fmt.Sprintf("worker:\n  block_size: %d\n  page_size: %d\nclient:\n  short_circuit: %v\n  timeout: 10s\n", c.blockSize, c.pageSize, shortCircuit)
 	cfg, err := config.Parse("client.yaml", []byte(doc))
 	if err != nil {
 		c.t.Fatal(err)
