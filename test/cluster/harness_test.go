@@ -164,9 +164,9 @@ type clusterOpts struct {
 	workers   int
 	blockSize int64 // default: the test's blockSize
 	pageSize  int64
-	datasets string // YAML list items under "datasets:"
-	extra    string // more top-level YAML (auth, ...)
-	tiers    func(i int, dir string) string
+	datasets  string // YAML list items under "datasets:"
+	extra     string // more top-level YAML (auth, ...)
+	tiers     func(i int, dir string) string
 }
 
 func defaultTiers(_ int, dir string) string {
