@@ -144,6 +144,7 @@ func (l *limitedReader) Close() error {
 		return nil
 	}
 	l.closed = true
+	err := l.rc.Close() // the request holds its slot until its body is closed
 	l.w.release()
-	return l.rc.Close()
+	return err
 }
