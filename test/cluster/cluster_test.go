@@ -174,23 +174,26 @@ func TestKillWorkerMidRead(t *testing.T) {
 	tr.writeDir(t, dir)
 	c := startCluster(t, clusterOpts{workers: 3, datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\"}\n", dir)})
 	cl := c.client(false)
-	var passes atomic.Int32
+	// Readers loop over the tree until one whole pass has run after the kill.
+	var killed atomic.Bool
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for i := range 3 {
+		for i := 0; i < 50; i++ {
+			after := killed.Load()
 			readTree(t, cl, "d", tr, 16, uint64(10+i))
-			passes.Add(1)
+			if after {
+				return
+			}
 		}
+		t.Error("the kill never came")
 	}()
-	// Kill during the first pass, once some reads have been served.
+	// Kill once some reads have been served.
 	for deadline := time.Now().Add(30 * time.Second); c.metric("granary_worker_requests_total", `op="block"`) < 50 && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if passes.Load() > 0 {
-		t.Log("note: the first pass ended before the kill")
-	}
 	c.stop(c.workers[1], syscall.SIGKILL)
+	killed.Store(true)
 	<-done
 	if st := cl.Stats(); st.Retries == 0 {
 		t.Errorf("no request moved to another owner after the kill: %+v", st)
