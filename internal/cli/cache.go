@@ -47,6 +47,8 @@ type upFlags struct {
 	stateDir, memDir   string
 	memQuota, ssdQuota string
 	check              bool
+	mount              string
+	mountFlags         mountFlags
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -70,6 +72,8 @@ twice, prints what the UFS was asked in each pass, and exits.`,
 	fl.StringVar(&f.memQuota, "mem", "1GiB", "MEM tier quota per worker (0: no MEM tier)")
 	fl.StringVar(&f.ssdQuota, "ssd", "10GiB", "SSD tier quota per worker (0: no SSD tier)")
 	fl.BoolVar(&f.check, "check", false, "read every dataset through the cache twice, report, and exit")
+	fl.StringVar(&f.mount, "mount", "", "also mount the datasets with FUSE at this directory")
+	f.mountFlags.register(cmd, "mount-")
 	return cmd
 }
 
@@ -88,6 +92,10 @@ func (g *globals) up(ctx context.Context, f upFlags) error {
 	ssd, err := config.ParseSize(f.ssdQuota)
 	if err != nil {
 		return fmt.Errorf("--ssd: %w", err)
+	}
+	root, err := g.rootDataset()
+	if err != nil {
+		return err
 	}
 	cfg, err := g.loadConfig()
 	if err != nil {
@@ -113,10 +121,24 @@ func (g *globals) up(ctx context.Context, f upFlags) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := context.WithCancel(ctx)
+	// The workers outlive the mount: on a signal the mount goes first, so
+	// that no read in flight loses its worker.
+	signalled := ctx
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	served := make(chan error, 1)
 	go func() { served <- cl.Serve(ctx) }()
+	if f.mount != "" {
+		c, err := client.New(cl.Client)
+		if err != nil {
+			stop()
+			return errors.Join(err, <-served)
+		}
+		defer c.Close()
+		mountErr := serveMount(signalled, g, c, cl.Client, root, f.mount, f.mountFlags)
+		stop()
+		return errors.Join(mountErr, <-served)
+	}
 
 	out := g.stdout
 	fmt.Fprintf(out, "granary: %d worker(s) on loopback serving:\n", len(cl.Workers))
@@ -135,7 +157,12 @@ func (g *globals) up(ctx context.Context, f upFlags) error {
 		return errors.Join(err, <-served)
 	}
 	fmt.Fprintln(out, "press Ctrl-C to stop")
-	err = <-served
+	select {
+	case <-signalled.Done():
+		stop()
+		err = <-served
+	case err = <-served:
+	}
 	fmt.Fprintln(out, "granary: stopped")
 	return err
 }

@@ -1,0 +1,166 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/granary-cache/granary/internal/client"
+	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/mount"
+)
+
+type mountFlags struct {
+	admin                     string
+	entryTimeout, attrTimeout time.Duration
+	noPassthrough, allowOther bool
+	debug                     bool
+}
+
+func (f *mountFlags) register(cmd *cobra.Command, prefix string) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.admin, prefix+"admin", "", "serve the mount's /metrics and /v1/status on this address (e.g. 127.0.0.1:7711)")
+	fl.DurationVar(&f.entryTimeout, prefix+"entry-timeout", 0, "kernel entry cache timeout (default: 1h for metadata_sync: never, else the interval)")
+	fl.DurationVar(&f.attrTimeout, prefix+"attr-timeout", 0, "kernel attribute cache timeout (default: as --entry-timeout)")
+	fl.BoolVar(&f.noPassthrough, prefix+"no-passthrough", false, "serve every read through granary, never with FUSE passthrough")
+	fl.BoolVar(&f.allowOther, prefix+"allow-other", false, "let other users read the mount")
+	fl.BoolVar(&f.debug, prefix+"fuse-debug", false, "log every FUSE request")
+}
+
+// rootDataset takes the --dataset values without "=" (a dataset to mount at
+// the root, as in `granary mount --dataset imagenet /mnt`) out of the list
+// of NAME=URI definitions.
+func (g *globals) rootDataset() (string, error) {
+	var defs []string
+	root := ""
+	for _, d := range g.datasets {
+		if strings.Contains(d, "=") {
+			defs = append(defs, d)
+			continue
+		}
+		if root != "" {
+			return "", fmt.Errorf("--dataset %s and --dataset %s: only one dataset can be mounted at the root", root, d)
+		}
+		root = d
+	}
+	g.datasets = defs
+	return root, nil
+}
+
+func newMountCmd(g *globals) *cobra.Command {
+	var f mountFlags
+	cmd := &cobra.Command{
+		Use:   "mount --config FILE [--dataset NAME] MOUNTPOINT",
+		Short: "Mount the datasets read-only with FUSE (each dataset a directory, or one at the root)",
+		Long: `mount serves every dataset as a top-level directory of MOUNTPOINT (or, with
+--dataset NAME, that dataset at the root), read through the cache workers of the
+configuration. It runs until interrupted (SIGINT/SIGTERM), then unmounts.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			root, err := g.rootDataset()
+			if err != nil {
+				return err
+			}
+			cfg, err := g.loadConfig()
+			if err != nil {
+				return err
+			}
+			c, err := client.New(cfg)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return serveMount(cmd.Context(), g, c, cfg, root, args[0], f)
+		},
+	}
+	f.register(cmd, "")
+	return cmd
+}
+
+// serveMount mounts, serves until ctx ends, and unmounts.
+func serveMount(ctx context.Context, g *globals, c *client.Client, cfg *config.Config, root, mountpoint string, f mountFlags) error {
+	m, err := mount.New(mountpoint, mount.Options{Client: c, Config: cfg, Dataset: root,
+		EntryTimeout: f.entryTimeout, AttrTimeout: f.attrTimeout, NoPassthrough: f.noPassthrough,
+		AllowOther: f.allowOther, Debug: f.debug, Log: slog.Default()})
+	if err != nil {
+		return err
+	}
+	if f.admin != "" {
+		addr, stop, err := serveMountAdmin(f.admin, m, c)
+		if err != nil {
+			m.Unmount()
+			return err
+		}
+		defer stop()
+		fmt.Fprintf(g.stdout, "mount admin: http://%s/v1/status\n", addr)
+	}
+	fmt.Fprintf(g.stdout, "mounted at %s (passthrough: %v)\n", mountpoint, m.Stats().PassthroughSupported)
+	done := make(chan struct{})
+	go func() { m.Wait(); close(done) }()
+	select {
+	case <-ctx.Done():
+		if err := m.Unmount(); err != nil {
+			return err
+		}
+		<-done
+	case <-done: // unmounted from outside (granary umount, fusermount3 -u)
+	}
+	fmt.Fprintf(g.stdout, "unmounted %s\n", mountpoint)
+	return nil
+}
+
+// mountStatus is what a mount's /v1/status reports.
+type mountStatus struct {
+	Mount  mount.Stats  `json:"mount"`
+	Client client.Stats `json:"client"`
+}
+
+func serveMountAdmin(addr string, m *mount.Mount, c *client.Client) (string, func(), error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, fmt.Errorf("--admin: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	gauge := func(name, help string, v func(mount.Stats) int64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(v(m.Stats())) }))
+	}
+	gauge("granary_mount_opens_total", "Files opened through the mount.", func(s mount.Stats) int64 { return s.Opens })
+	gauge("granary_mount_passthrough_opens_total", "Opens handed to the kernel as FUSE passthrough: their reads never reach granary.", func(s mount.Stats) int64 { return s.PassthroughOpens })
+	gauge("granary_mount_daemon_reads_total", "READ requests served by the granary process.", func(s mount.Stats) int64 { return s.DaemonReads })
+	gauge("granary_mount_daemon_read_bytes_total", "Bytes of READ requests served by the granary process.", func(s mount.Stats) int64 { return s.DaemonReadBytes })
+	gauge("granary_mount_errors_total", "Requests that failed with an error other than ENOENT.", func(s mount.Stats) int64 { return s.Errors })
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /v1/status", func(rw http.ResponseWriter, _ *http.Request) {
+		rw.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(rw).Encode(mountStatus{Mount: m.Stats(), Client: c.Stats()})
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(l)
+	return l.Addr().String(), func() { srv.Close() }, nil
+}
+
+func newUmountCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "umount MOUNTPOINT",
+		Short: "Unmount a granary mount",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := mount.Unmount(args[0]); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintf(g.stdout, "unmounted %s\n", args[0])
+			return err
+		},
+	}
+}
