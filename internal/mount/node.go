@@ -200,7 +200,9 @@ type window struct {
 	err  error
 }
 
-func (w *window) covers(off int64) bool { return w != nil && off >= w.off && off < w.off+int64(len(w.data)) }
+func (w *window) covers(off int64) bool {
+	return w != nil && off >= w.off && off < w.off+int64(len(w.data))
+}
 
 // readAheadSize is fetched at once for a sequential reader: several kernel
 // READs (128 KiB to 1 MiB each) come out of one fetch, and the next window
