@@ -1,0 +1,332 @@
+package cluster
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/granary-cache/granary/internal/s3test"
+)
+
+// mountProc is a `granary mount` process.
+type mountProc struct {
+	dir, admin string
+	cmd        *exec.Cmd
+	log        *bytes.Buffer
+	done       chan struct{}
+}
+
+// needFUSE skips when this machine cannot mount FUSE file systems (unless
+// servers are required, as in CI, where it must).
+func needFUSE(t *testing.T) {
+	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
+		if s3test.Required() {
+			t.Fatalf("FUSE tests need /dev/fuse and root: %v", err)
+		}
+		t.Skip("no /dev/fuse or not root")
+	}
+}
+
+// mount starts `granary mount` on the cluster and waits until it serves.
+func (c *cluster) mount(t *testing.T, args ...string) *mountProc {
+	t.Helper()
+	needFUSE(t)
+	cfg := filepath.Join(c.dir, fmt.Sprintf("mount-%d.yaml", time.Now().UnixNano()))
+	doc := c.base + "membership:\n  workers:\n"
+	for _, p := range c.workers {
+		doc += fmt.Sprintf("    - {id: %s, addr: %q, socket: %q}\n", p.id, p.addr, p.socket)
+	}
+	doc += fmt.Sprintf("worker:\n  block_size: %d\n  page_size: %d\n", c.blockSize, c.pageSize)
+	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := &mountProc{dir: t.TempDir(), admin: freeAddr(t), log: &bytes.Buffer{}, done: make(chan struct{})}
+	m.cmd = exec.Command(granary, append([]string{"mount", "--config", cfg, "--admin", m.admin, "--log-level", "warn"}, append(args, m.dir)...)...)
+	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
+	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { m.cmd.Wait(); close(m.done) }()
+	t.Cleanup(func() {
+		m.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-m.done:
+		case <-time.After(10 * time.Second):
+			m.cmd.Process.Kill()
+			<-m.done
+		}
+		syscall.Unmount(m.dir, syscall.MNT_DETACH) // in case the process could not
+	})
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if resp, err := http.Get("http://" + m.admin + "/v1/status"); err == nil {
+			resp.Body.Close()
+			return m
+		}
+		select {
+		case <-m.done:
+			t.Fatalf("granary mount exited: %s", m.log)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("granary mount did not come up: %s", m.log)
+		}
+	}
+}
+
+type mountStats struct {
+	Mount struct {
+		Opens, PassthroughOpens, DaemonReads int64
+		PassthroughSupported                 bool
+	} `json:"mount"`
+}
+
+func (m *mountProc) stats(t *testing.T) mountStats {
+	resp, err := http.Get("http://" + m.admin + "/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var raw struct {
+		Mount map[string]any `json:"mount"`
+	}
+	json.NewDecoder(resp.Body).Decode(&raw)
+	var s mountStats
+	num := func(k string) int64 { v, _ := raw.Mount[k].(float64); return int64(v) }
+	s.Mount.Opens, s.Mount.PassthroughOpens, s.Mount.DaemonReads = num("opens"), num("passthrough_opens"), num("daemon_reads")
+	s.Mount.PassthroughSupported, _ = raw.Mount["passthrough_supported"].(bool)
+	return s
+}
+
+// readMount reads every file of the tree under root with 16 readers and
+// checks its sha256; only files for which keep says so.
+func readMount(t *testing.T, root string, tr *tree, keep func(name string, size int) bool) {
+	t.Helper()
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for name := range work {
+				got, err := os.ReadFile(filepath.Join(root, name))
+				if err != nil {
+					t.Errorf("read %s: %v", name, err)
+					continue
+				}
+				if sha256.Sum256(got) != sha256.Sum256(tr.files[name]) {
+					t.Errorf("%s: %d bytes with the wrong sha256", name, len(got))
+				}
+			}
+		})
+	}
+	for name, data := range tr.files {
+		if keep == nil || keep(name, len(data)) {
+			work <- name
+		}
+	}
+	close(work)
+	wg.Wait()
+}
+
+func dropCaches(t *testing.T) {
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+		t.Logf("cannot drop the page cache: %v", err)
+	}
+}
+
+// TestMount reads file:// and S3 datasets through a real FUSE mount: the
+// tree as walked, every file's sha256 with 16 readers, the tools people use
+// on it, odd reads, and a warm pass that costs the UFS and (for files read
+// by passthrough) the daemon nothing.
+func TestMount(t *testing.T) {
+	needFUSE(t)
+	tr := makeTree(11, 120)
+	dir := t.TempDir()
+	tr.writeDir(t, dir)
+	outside := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(outside, []byte("not in the dataset"), 0o644)
+	os.Symlink(outside, filepath.Join(dir, "link-out"))
+	datasets := fmt.Sprintf("  - {name: local, ufs: \"file://%s\"}\n", dir)
+	if s3srv != nil {
+		tr.writeBucket(t, s3srv, "mount")
+		datasets += fmt.Sprintf("  - name: s3\n    ufs: s3://mount\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
+			s3srv.Endpoint, s3test.AccessKey, s3test.SecretKey)
+	}
+	c := startCluster(t, clusterOpts{workers: 2, datasets: datasets})
+	m := c.mount(t)
+	for _, ds := range []string{"local", "s3"} {
+		if ds == "s3" && s3srv == nil {
+			continue
+		}
+		t.Run(ds, func(t *testing.T) {
+			root := filepath.Join(m.dir, ds)
+			var walked []string
+			err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
+				if !d.IsDir() {
+					walked = append(walked, strings.TrimPrefix(p, root+"/"))
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for n := range tr.files {
+				want = append(want, n)
+			}
+			sort.Strings(want)
+			sort.Strings(walked)
+			if strings.Join(walked, "\n") != strings.Join(want, "\n") {
+				t.Fatalf("walk found %d files, want %d (the link out of the dataset must not show)", len(walked), len(want))
+			}
+			readMount(t, root, tr, nil)
+			checkTools(t, root, tr)
+			checkOddReads(t, root, tr)
+			checkReadOnly(t, root)
+
+			// Warm: no UFS request at all; single-block files come from their
+			// block files by passthrough even with the page cache dropped.
+			_, _, read := c.ufsTotals(c.client(false), ds)
+			stat, list, _ := c.ufsTotals(c.client(false), ds)
+			dropCaches(t)
+			before := m.stats(t)
+			readMount(t, root, tr, func(_ string, size int) bool { return size > 0 && size <= blockSize })
+			after := m.stats(t)
+			if before.Mount.PassthroughSupported {
+				if after.Mount.DaemonReads != before.Mount.DaemonReads {
+					t.Errorf("warm single-block files: %d daemon READs; want 0 (passthrough)", after.Mount.DaemonReads-before.Mount.DaemonReads)
+				}
+				if after.Mount.PassthroughOpens == before.Mount.PassthroughOpens {
+					t.Error("no passthrough opens")
+				}
+			} else {
+				t.Log("the kernel offers no FUSE passthrough: daemon reads not checked")
+			}
+			readMount(t, root, tr, nil)
+			if s2, l2, r2 := c.ufsTotals(c.client(false), ds); s2 != stat || l2 != list || r2 != read {
+				t.Errorf("warm passes reached the UFS: stat %d->%d, list %d->%d, read %d->%d", stat, s2, list, l2, read, r2)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(m.dir, "local", "link-out")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a symlink out of the dataset is reachable through the mount: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(m.dir, "nope")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("an unknown dataset: %v", err)
+	}
+}
+
+// checkTools runs ls -l, stat, find and du on the mount.
+func checkTools(t *testing.T, root string, tr *tree) {
+	var total int64
+	for _, d := range tr.files {
+		total += int64(len(d))
+	}
+	run := func(name string, args ...string) string {
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			t.Errorf("%s %v: %v: %s", name, args, err, out)
+		}
+		return string(out)
+	}
+	if out := run("ls", "-l", filepath.Join(root, "names")); !strings.Contains(out, "with space ü#%.dat") || !strings.Contains(out, " 3000 ") {
+		t.Errorf("ls -l names = %s", out)
+	}
+	if out := run("stat", "-c", "%s %F", filepath.Join(root, "edge/block+1")); strings.TrimSpace(out) != fmt.Sprintf("%d regular file", blockSize+1) {
+		t.Errorf("stat = %q", out)
+	}
+	if out := run("find", root, "-type", "f"); strings.Count(out, "\n") != len(tr.files) {
+		t.Errorf("find counted %d files; want %d", strings.Count(out, "\n"), len(tr.files))
+	}
+	out := run("du", "-s", "-b", root)
+	if n, _ := strconv.ParseInt(strings.Fields(out + " 0")[0], 10, 64); n < total {
+		t.Errorf("du -sb = %s; want at least %d bytes of files", out, total)
+	}
+}
+
+// checkOddReads: pread at odd offsets, past EOF, mmap, the empty file.
+func checkOddReads(t *testing.T, root string, tr *tree) {
+	name := "big/five-blocks.bin"
+	want := tr.files[name]
+	f, err := os.Open(filepath.Join(root, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, off := range []int64{0, 1, 4095, pageSize - 1, blockSize - 3, 3*blockSize + 7, int64(len(want)) - 5} {
+		buf := make([]byte, 10000)
+		n, err := f.ReadAt(buf, off)
+		if err != nil && err != io.EOF {
+			t.Errorf("pread at %d: %v", off, err)
+			continue
+		}
+		if !bytes.Equal(buf[:n], want[off:min(off+10000, int64(len(want)))]) {
+			t.Errorf("pread at %d: wrong bytes", off)
+		}
+	}
+	if n, err := f.ReadAt(make([]byte, 10), int64(len(want))+100); n != 0 || err != io.EOF {
+		t.Errorf("read past EOF: %d, %v", n, err)
+	}
+	data, err := syscall.Mmap(int(f.Fd()), 0, len(want), syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		t.Fatalf("mmap: %v", err)
+	}
+	if !bytes.Equal(data, want) {
+		t.Error("mmap read: wrong bytes")
+	}
+	syscall.Munmap(data)
+	if got, err := os.ReadFile(filepath.Join(root, "edge/empty")); err != nil || len(got) != 0 {
+		t.Errorf("the empty file: %d bytes, %v", len(got), err)
+	}
+}
+
+// checkReadOnly: every way of writing fails with EROFS.
+func checkReadOnly(t *testing.T, root string) {
+	for what, err := range map[string]error{
+		"create":   os.WriteFile(filepath.Join(root, "new.txt"), []byte("x"), 0o644),
+		"truncate": os.Truncate(filepath.Join(root, "edge/one"), 0),
+		"mkdir":    os.Mkdir(filepath.Join(root, "newdir"), 0o755),
+		"remove":   os.Remove(filepath.Join(root, "edge/one")),
+		"rename":   os.Rename(filepath.Join(root, "edge/one"), filepath.Join(root, "edge/two")),
+	} {
+		if !errors.Is(err, syscall.EROFS) {
+			t.Errorf("%s: %v; want EROFS", what, err)
+		}
+	}
+	if _, err := os.OpenFile(filepath.Join(root, "edge/one"), os.O_WRONLY, 0); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("open for writing: %v; want EROFS", err)
+	}
+}
+
+// TestMountWithoutPassthrough serves every read through the daemon: reads
+// of large files go through the read-ahead windows.
+func TestMountWithoutPassthrough(t *testing.T) {
+	needFUSE(t)
+	tr := makeTree(12, 20)
+	dir := t.TempDir()
+	tr.writeDir(t, dir)
+	c := startCluster(t, clusterOpts{workers: 2, datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\"}\n", dir)})
+	m := c.mount(t, "--no-passthrough", "--dataset", "d")
+	readMount(t, m.dir, tr, nil) // the dataset is at the root
+	checkOddReads(t, m.dir, tr)
+	if st := m.stats(t); st.Mount.PassthroughOpens != 0 || st.Mount.DaemonReads == 0 {
+		t.Errorf("stats %+v; want every read served by the daemon", st.Mount)
+	}
+}
