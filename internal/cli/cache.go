@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -129,13 +130,21 @@ func (g *globals) up(ctx context.Context, f upFlags) error {
 	served := make(chan error, 1)
 	go func() { served <- cl.Serve(ctx) }()
 	if f.mount != "" {
-		c, err := client.New(cl.Client)
+		self, err := os.Executable()
 		if err != nil {
 			stop()
 			return errors.Join(err, <-served)
 		}
-		defer c.Close()
-		mountErr := serveMount(signalled, g, c, cl.Client, root, f.mount, f.mountFlags)
+		args := append([]string{"mount", "--config", cl.ConfigPath, "--log-level", g.logLevel}, f.mountFlags.args()...)
+		if root != "" {
+			args = append(args, "--dataset", root)
+		}
+		args = append(args, f.mount)
+		mountErr := superviseMount(signalled, g, f.mount, f.mountFlags, func() *exec.Cmd {
+			c := exec.Command(self, args...)
+			c.Stdout, c.Stderr = g.stdout, g.stderr
+			return c
+		})
 		stop()
 		return errors.Join(mountErr, <-served)
 	}

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -15,7 +17,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/granary-cache/granary/internal/client"
-	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/mount"
 )
 
@@ -34,6 +35,30 @@ func (f *mountFlags) register(cmd *cobra.Command, prefix string) {
 	fl.BoolVar(&f.noPassthrough, prefix+"no-passthrough", false, "serve every read through granary, never with FUSE passthrough")
 	fl.BoolVar(&f.allowOther, prefix+"allow-other", false, "let other users read the mount")
 	fl.BoolVar(&f.debug, prefix+"fuse-debug", false, "log every FUSE request")
+}
+
+// args renders the flags for a mount server started by `granary up`.
+func (f *mountFlags) args() []string {
+	var a []string
+	if f.admin != "" {
+		a = append(a, "--admin", f.admin)
+	}
+	if f.entryTimeout > 0 {
+		a = append(a, "--entry-timeout", f.entryTimeout.String())
+	}
+	if f.attrTimeout > 0 {
+		a = append(a, "--attr-timeout", f.attrTimeout.String())
+	}
+	if f.noPassthrough {
+		a = append(a, "--no-passthrough")
+	}
+	if f.allowOther {
+		a = append(a, "--allow-other")
+	}
+	if f.debug {
+		a = append(a, "--fuse-debug")
+	}
+	return a
 }
 
 // rootDataset takes the --dataset values without "=" (a dataset to mount at
@@ -63,58 +88,80 @@ func newMountCmd(g *globals) *cobra.Command {
 		Short: "Mount the datasets read-only with FUSE (each dataset a directory, or one at the root)",
 		Long: `mount serves every dataset as a top-level directory of MOUNTPOINT (or, with
 --dataset NAME, that dataset at the root), read through the cache workers of the
-configuration. It runs until interrupted (SIGINT/SIGTERM), then unmounts.`,
+configuration. It runs until interrupted (SIGINT/SIGTERM), then unmounts.
+
+The mount survives its serving process: this process holds the FUSE connection
+and starts the server as a child; when the child dies it starts another on the
+same connection, so readers see at most the requests in flight fail.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			root, err := g.rootDataset()
+			if mount.IsServer() {
+				return g.serveMount(cmd.Context(), args[0], f)
+			}
+			self, err := os.Executable()
 			if err != nil {
 				return err
 			}
-			cfg, err := g.loadConfig()
-			if err != nil {
-				return err
-			}
-			c, err := client.New(cfg)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			return serveMount(cmd.Context(), g, c, cfg, root, args[0], f)
+			childArgs := os.Args[1:]
+			return superviseMount(cmd.Context(), g, args[0], f, func() *exec.Cmd {
+				c := exec.Command(self, childArgs...)
+				c.Stdout, c.Stderr = g.stdout, g.stderr
+				return c
+			})
 		},
 	}
 	f.register(cmd, "")
 	return cmd
 }
 
-// serveMount mounts, serves until ctx ends, and unmounts.
-func serveMount(ctx context.Context, g *globals, c *client.Client, cfg *config.Config, root, mountpoint string, f mountFlags) error {
-	m, err := mount.New(mountpoint, mount.Options{Client: c, Config: cfg, Dataset: root,
+// superviseMount mounts and keeps a server process on the mount until ctx ends.
+func superviseMount(ctx context.Context, g *globals, mountpoint string, f mountFlags, server func() *exec.Cmd) error {
+	return mount.Supervise(ctx, mountpoint, mount.SuperviseOptions{AllowOther: f.allowOther, Server: server, Log: slog.Default()})
+}
+
+// serveMount is the serving process of a mount: it serves until ctx ends
+// (then unmounts) or the file system is unmounted from outside.
+func (g *globals) serveMount(ctx context.Context, mountpoint string, f mountFlags) error {
+	root, err := g.rootDataset()
+	if err != nil {
+		return err
+	}
+	cfg, err := g.loadConfig()
+	if err != nil {
+		return err
+	}
+	c, err := client.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	m, err := mount.Serve(mountpoint, mount.Options{Client: c, Config: cfg, Dataset: root,
 		EntryTimeout: f.entryTimeout, AttrTimeout: f.attrTimeout, NoPassthrough: f.noPassthrough,
-		AllowOther: f.allowOther, Debug: f.debug, Log: slog.Default()})
+		Debug: f.debug, Log: slog.Default()})
 	if err != nil {
 		return err
 	}
 	if f.admin != "" {
 		addr, stop, err := serveMountAdmin(f.admin, m, c)
 		if err != nil {
-			m.Unmount()
+			mount.Unmount(mountpoint)
 			return err
 		}
 		defer stop()
 		fmt.Fprintf(g.stdout, "mount admin: http://%s/v1/status\n", addr)
 	}
-	fmt.Fprintf(g.stdout, "mounted at %s (passthrough: %v)\n", mountpoint, m.Stats().PassthroughSupported)
-	done := make(chan struct{})
-	go func() { m.Wait(); close(done) }()
+	if st := m.Stats(); st.Generation == 1 {
+		fmt.Fprintf(g.stdout, "mounted at %s (passthrough: %v)\n", mountpoint, st.PassthroughSupported)
+	}
 	select {
 	case <-ctx.Done():
-		if err := m.Unmount(); err != nil {
+		if err := mount.Unmount(mountpoint); err != nil {
 			return err
 		}
-		<-done
-	case <-done: // unmounted from outside (granary umount, fusermount3 -u)
+		<-m.Done()
+		fmt.Fprintf(g.stdout, "unmounted %s\n", mountpoint)
+	case <-m.Done(): // unmounted from outside (granary umount, fusermount3 -u)
 	}
-	fmt.Fprintf(g.stdout, "unmounted %s\n", mountpoint)
 	return nil
 }
 

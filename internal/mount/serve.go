@@ -1,0 +1,74 @@
+package mount
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Descriptors a supervisor hands its server (ExtraFiles order).
+const (
+	fdFuse  = 3 // the /dev/fuse connection of the mount
+	fdState = 4 // the node table that outlives servers
+	fdInit  = 5 // a socket on which the supervisor replays the kernel's INIT
+)
+
+// envGeneration tells a server how many served the mount before it.
+const envGeneration = "GRANARY_MOUNT_GENERATION"
+
+// IsServer reports whether this process was started by a supervisor to
+// serve a mount.
+func IsServer() bool { return os.Getenv(envGeneration) != "" }
+
+// Serve serves the mount a supervisor started this process for, until it
+// is unmounted. The supervisor's INIT socket makes go-fuse's server believe
+// it negotiated the connection itself; then the socket is replaced by the
+// real /dev/fuse descriptor under the same number, so that every later
+// request — and passthrough registration — uses the kernel connection.
+func Serve(mountpoint string, o Options) (*Mount, error) {
+	m, err := newMount(mountpoint, o)
+	if err != nil {
+		return nil, err
+	}
+	m.generation, _ = strconv.Atoi(os.Getenv(envGeneration))
+	nodes := newNodeTable(os.NewFile(fdState, "mount-state"))
+	if m.generation > 1 {
+		if err := nodes.load(); err != nil {
+			return nil, err
+		}
+	}
+	fs := newFS(m, nodes)
+	server, err := fuse.NewServer(fs, "/dev/fd/"+strconv.Itoa(fdInit), mountOptions(o))
+	if err != nil {
+		return nil, fmt.Errorf("serve the mount at %s: %w", mountpoint, err)
+	}
+	if err := syscall.Dup3(fdFuse, fdInit, syscall.O_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("take over the FUSE connection: %w", err)
+	}
+	syscall.Close(fdFuse)
+	if ks := server.KernelSettings(); ks != nil && ks.Flags64()&fuse.CAP_PASSTHROUGH != 0 && !o.NoPassthrough {
+		m.passthrough = true
+	}
+	go func() {
+		server.Serve()
+		close(m.done)
+	}()
+	m.log.Info("serving the mount", "mountpoint", mountpoint, "generation", m.generation, "passthrough", m.passthrough)
+	return m, nil
+}
+
+func mountOptions(o Options) *fuse.MountOptions {
+	return &fuse.MountOptions{
+		FsName:        "granary",
+		Name:          "granary",
+		MaxWrite:      1 << 20, // also sets max_pages: 1 MiB reads
+		MaxReadAhead:  1 << 20,
+		MaxBackground: 64,
+		// Replies are in memory; splicing them only adds pipe copies.
+		DisableSplice: true,
+		Debug:         o.Debug,
+	}
+}
