@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/exec"
 	"strings"
@@ -24,6 +25,7 @@ type mountFlags struct {
 	admin                     string
 	entryTimeout, attrTimeout time.Duration
 	noPassthrough, allowOther bool
+	zeroMessageOpens          bool
 	debug                     bool
 }
 
@@ -34,6 +36,7 @@ func (f *mountFlags) register(cmd *cobra.Command, prefix string) {
 	fl.DurationVar(&f.attrTimeout, prefix+"attr-timeout", 0, "kernel attribute cache timeout (default: as --entry-timeout)")
 	fl.BoolVar(&f.noPassthrough, prefix+"no-passthrough", false, "serve every read through granary, never with FUSE passthrough")
 	fl.BoolVar(&f.allowOther, prefix+"allow-other", false, "let other users read the mount")
+	fl.BoolVar(&f.zeroMessageOpens, prefix+"zero-message-opens", false, "open files without a FUSE round trip (fastest warm small files; rules out passthrough)")
 	fl.BoolVar(&f.debug, prefix+"fuse-debug", false, "log every FUSE request")
 }
 
@@ -54,6 +57,9 @@ func (f *mountFlags) args() []string {
 	}
 	if f.allowOther {
 		a = append(a, "--allow-other")
+	}
+	if f.zeroMessageOpens {
+		a = append(a, "--zero-message-opens")
 	}
 	if f.debug {
 		a = append(a, "--fuse-debug")
@@ -137,7 +143,7 @@ func (g *globals) serveMount(ctx context.Context, mountpoint string, f mountFlag
 	defer c.Close()
 	m, err := mount.Serve(mountpoint, mount.Options{Client: c, Config: cfg, Dataset: root,
 		EntryTimeout: f.entryTimeout, AttrTimeout: f.attrTimeout, NoPassthrough: f.noPassthrough,
-		Debug: f.debug, Log: slog.Default()})
+		ZeroMessageOpens: f.zeroMessageOpens, Debug: f.debug, Log: slog.Default()})
 	if err != nil {
 		return err
 	}
@@ -188,6 +194,8 @@ func serveMountAdmin(addr string, m *mount.Mount, c *client.Client) (string, fun
 	gauge("granary_mount_errors_total", "Requests that failed with an error other than ENOENT.", func(s mount.Stats) int64 { return s.Errors })
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /v1/status", func(rw http.ResponseWriter, _ *http.Request) {
 		rw.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(rw).Encode(mountStatus{Mount: m.Stats(), Client: c.Stats()})

@@ -22,8 +22,8 @@ import (
 // State file lines (append-only):
 //
 //	N <id> <dataset> <path>   a node the kernel was told about
-//	+ <id> <backing id>       a passthrough open of the node
-//	- <id>                    its release
+//	+ <id> <backing id>       the node's passthrough backing file, registered
+//	- <id>                    and unregistered
 //
 // Paths are quoted with strconv.Quote so any byte survives.
 
@@ -42,11 +42,12 @@ func ino(ds, p string) uint64 {
 type nodeInfo struct {
 	ds, path string
 	lookups  uint64
-	// backing is the passthrough backing id of the node while it has
-	// passthrough opens (refs of them): the kernel allows one backing file
-	// per inode.
-	backing int32
-	refs    int
+	// backing is the node's passthrough backing id. It stays registered for
+	// as long as the kernel knows the node, so that opening the file again
+	// costs no request to a worker: the kernel allows one backing file per
+	// inode anyway, and a cached block never changes.
+	backing    int32
+	hasBacking bool
 }
 
 type nodeTable struct {
@@ -94,11 +95,11 @@ func (t *nodeTable) load() error {
 		case f[0] == "+" && len(f) == 3:
 			b, _ := strconv.ParseInt(f[2], 10, 32)
 			if n := t.nodes[id]; n != nil {
-				n.backing, n.refs = int32(b), n.refs+1
+				n.backing, n.hasBacking = int32(b), true
 			}
 		case f[0] == "-":
-			if n := t.nodes[id]; n != nil && n.refs > 0 {
-				n.refs--
+			if n := t.nodes[id]; n != nil {
+				n.hasBacking = false
 			}
 		}
 	}
@@ -134,61 +135,64 @@ func (t *nodeTable) lookedUp(id uint64, ds, p string) {
 	n.lookups++
 }
 
-// forget drops references; a node nobody references is removed.
-func (t *nodeTable) forget(id, nlookup uint64) {
+// forget drops references; a node nobody references is removed, and its
+// backing id returned for unregistering.
+func (t *nodeTable) forget(id, nlookup uint64) (int32, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := t.nodes[id]
 	if n == nil || id == fuse.FUSE_ROOT_ID {
-		return
+		return 0, false
 	}
-	if n.lookups <= nlookup {
-		if n.refs == 0 {
-			delete(t.nodes, id)
-		}
-		n.lookups = 0
-		return
+	if n.lookups > nlookup {
+		n.lookups -= nlookup
+		return 0, false
 	}
-	n.lookups -= nlookup
+	delete(t.nodes, id)
+	if n.hasBacking {
+		t.record("- %d\n", id)
+		return n.backing, true
+	}
+	return 0, false
 }
 
-// acquireBacking returns the node's backing id if it has one (taking a
-// reference), or calls register to make one.
-func (t *nodeTable) acquireBacking(id uint64, register func() (int32, bool)) (int32, bool) {
+// registered returns the node's backing id if it has one.
+func (t *nodeTable) registered(id uint64) (int32, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if n := t.nodes[id]; n != nil && n.hasBacking {
+		return n.backing, true
+	}
+	return 0, false
+}
+
+// backing returns the node's backing id, calling register to make one the
+// first time.
+func (t *nodeTable) backing(id uint64, register func() (int32, bool)) (int32, bool) {
+	t.mu.Lock()
 	n := t.nodes[id]
 	if n == nil {
+		t.mu.Unlock()
 		return 0, false
 	}
-	if n.refs == 0 {
-		b, ok := register()
-		if !ok {
-			return 0, false
-		}
-		n.backing = b
+	if n.hasBacking {
+		b := n.backing
+		t.mu.Unlock()
+		return b, true
 	}
-	n.refs++
-	t.record("+ %d %d\n", id, n.backing)
-	return n.backing, true
-}
-
-// releaseBacking drops a passthrough reference and reports the backing id
-// to unregister when it was the last.
-func (t *nodeTable) releaseBacking(id uint64) (int32, bool) {
+	t.mu.Unlock()
+	// Registering asks a worker for the block: not under the lock. Two
+	// opens racing here may both register; the loser's id is dropped.
+	b, ok := register()
+	if !ok {
+		return 0, false
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	n := t.nodes[id]
-	if n == nil || n.refs == 0 {
-		return 0, false
+	if n.hasBacking {
+		return n.backing, true // the caller must unregister b
 	}
-	n.refs--
-	t.record("- %d\n", id)
-	if n.refs > 0 {
-		return 0, false
-	}
-	if n.lookups == 0 {
-		delete(t.nodes, id)
-	}
-	return n.backing, true
+	n.backing, n.hasBacking = b, true
+	t.record("+ %d %d\n", id, b)
+	return b, true
 }

@@ -144,7 +144,11 @@ func (f *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *
 }
 
 // Forget implements fuse.RawFileSystem.
-func (f *FS) Forget(nodeid, nlookup uint64) { f.nodes.forget(nodeid, nlookup) }
+func (f *FS) Forget(nodeid, nlookup uint64) {
+	if id, ok := f.nodes.forget(nodeid, nlookup); ok {
+		f.server.UnregisterBackingFd(id)
+	}
+}
 
 // GetAttr implements fuse.RawFileSystem.
 func (f *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
@@ -254,14 +258,39 @@ func (f *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fu
 	}
 	m := f.m
 	m.opens.Add(1)
+	if m.opts.ZeroMessageOpens {
+		// The kernel then opens every file of this mount without asking
+		// us, keeping its page cache: a warm open costs no round trip at
+		// all. Passthrough, which is set up at open, is then out.
+		return fuse.ENOSYS
+	}
+	r := f.cachedReader(in.NodeId, n)
+	if r != nil && m.passthrough {
+		if id, ok := f.nodes.registered(in.NodeId); ok { // the warm path: no context, no request
+			m.ptOpens.Add(1)
+			out.Fh, out.BackingID, out.OpenFlags = fhPassthrough, id, fuse.FOPEN_PASSTHROUGH
+			return fuse.OK
+		}
+	}
 	ctx, stop := ctxOf(cancel)
 	defer stop()
-	r, err := f.reader(ctx, in.NodeId, n)
-	if err != nil {
-		return fuse.Status(m.failed("open", nsPath(n), err))
+	if r == nil {
+		var err error
+		if r, err = f.reader(ctx, in.NodeId, n); err != nil {
+			return fuse.Status(m.failed("open", nsPath(n), err))
+		}
 	}
 	if m.passthrough {
-		if id, ok := f.nodes.acquireBacking(in.NodeId, func() (int32, bool) { return f.registerBacking(ctx, r) }); ok {
+		var mine int32
+		id, ok := f.nodes.backing(in.NodeId, func() (int32, bool) {
+			var ok bool
+			mine, ok = f.registerBacking(ctx, r)
+			return mine, ok
+		})
+		if ok && mine != 0 && mine != id {
+			f.server.UnregisterBackingFd(mine) // another open registered first
+		}
+		if ok {
 			m.ptOpens.Add(1)
 			out.Fh = fhPassthrough
 			out.BackingID = id
@@ -290,15 +319,9 @@ func (f *FS) registerBacking(ctx context.Context, r *reader) (int32, bool) {
 	return id, true
 }
 
-// Release implements fuse.RawFileSystem.
-func (f *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
-	if in.Fh&fhPassthrough == 0 {
-		return
-	}
-	if id, last := f.nodes.releaseBacking(in.NodeId); last {
-		f.server.UnregisterBackingFd(id)
-	}
-}
+// Release implements fuse.RawFileSystem. A passthrough backing id outlives
+// the open: it goes when the kernel forgets the node.
+func (f *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {}
 
 // Flush implements fuse.RawFileSystem. ENOSYS stops the kernel from
 // sending it at every close: a read-only file has nothing to flush.
@@ -326,20 +349,28 @@ func (f *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Rea
 	return fuse.ReadResultData(buf[:k]), fuse.OK
 }
 
-// reader returns the reader of a node, opening it through the client when
-// this process has none (first open, or after a restart).
-func (f *FS) reader(ctx context.Context, id uint64, n *nodeInfo) (*reader, error) {
+// cachedReader returns the node's reader if this process has a fresh one.
+func (f *FS) cachedReader(id uint64, n *nodeInfo) *reader {
 	f.readersMu.Lock()
 	r := f.readers[id]
 	f.readersMu.Unlock()
 	if r != nil && time.Since(r.opened) < f.m.timeout(n.ds) {
+		return r
+	}
+	return nil
+}
+
+// reader returns the reader of a node, opening it through the client when
+// this process has none (first open, or after a restart).
+func (f *FS) reader(ctx context.Context, id uint64, n *nodeInfo) (*reader, error) {
+	if r := f.cachedReader(id, n); r != nil {
 		return r, nil
 	}
 	file, err := f.m.opts.Client.Open(ctx, nsPath(n))
 	if err != nil {
 		return nil, err
 	}
-	r = &reader{file: file, opened: time.Now()}
+	r := &reader{file: file, opened: time.Now()}
 	f.readersMu.Lock()
 	defer f.readersMu.Unlock()
 	if len(f.readers) >= maxReaders {
@@ -352,5 +383,7 @@ func (f *FS) reader(ctx context.Context, id uint64, n *nodeInfo) (*reader, error
 	return r, nil
 }
 
-// maxReaders bounds the open files (and read-ahead windows) kept.
-const maxReaders = 4096
+// maxReaders bounds the open files (and read-ahead windows) kept; an
+// evicted one is reopened from the client's metadata cache, without a
+// request.
+const maxReaders = 1 << 16

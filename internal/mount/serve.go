@@ -49,7 +49,7 @@ func Serve(mountpoint string, o Options) (*Mount, error) {
 		return nil, fmt.Errorf("take over the FUSE connection: %w", err)
 	}
 	syscall.Close(fdFuse)
-	if ks := server.KernelSettings(); ks != nil && ks.Flags64()&fuse.CAP_PASSTHROUGH != 0 && !o.NoPassthrough {
+	if ks := server.KernelSettings(); ks != nil && ks.Flags64()&fuse.CAP_PASSTHROUGH != 0 && !o.NoPassthrough && !o.ZeroMessageOpens {
 		m.passthrough = true
 	}
 	go func() {

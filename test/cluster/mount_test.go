@@ -33,7 +33,7 @@ type mountProc struct {
 
 // needFUSE skips when this machine cannot mount FUSE file systems (unless
 // servers are required, as in CI, where it must).
-func needFUSE(t *testing.T) {
+func needFUSE(t testing.TB) {
 	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
 		if s3test.Required() {
 			t.Fatalf("FUSE tests need /dev/fuse and root: %v", err)
@@ -43,7 +43,7 @@ func needFUSE(t *testing.T) {
 }
 
 // mount starts `granary mount` on the cluster and waits until it serves.
-func (c *cluster) mount(t *testing.T, args ...string) *mountProc {
+func (c *cluster) mount(t testing.TB, args ...string) *mountProc {
 	t.Helper()
 	needFUSE(t)
 	cfg := filepath.Join(c.dir, fmt.Sprintf("mount-%d.yaml", time.Now().UnixNano()))
@@ -96,7 +96,7 @@ type mountStats struct {
 	} `json:"mount"`
 }
 
-func (m *mountProc) stats(t *testing.T) mountStats {
+func (m *mountProc) stats(t testing.TB) mountStats {
 	resp, err := http.Get("http://" + m.admin + "/v1/status")
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +142,7 @@ func readMount(t *testing.T, root string, tr *tree, keep func(name string, size 
 	wg.Wait()
 }
 
-func dropCaches(t *testing.T) {
+func dropCaches(t testing.TB) {
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
 		t.Logf("cannot drop the page cache: %v", err)
 	}

@@ -1,0 +1,320 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/granary-cache/granary/internal/s3test"
+)
+
+// The mount benchmarks read an ImageNet-like tree — GRANARY_BENCH_FILES
+// files (default 100,000) of 77–143 KiB in 1,000 directories — and
+// GRANARY_BENCH_BIG files (default 4) of 1 GiB, generated once per run
+// under GRANARY_BENCH_DIR (default a temporary directory). Each reports
+// the mount's rate as a ratio to the same reads of the local directory,
+// alternating the two.
+
+var (
+	benchOnce sync.Once
+	benchDir  string
+	benchErr  error
+	smallList []string
+	bigList   []string
+)
+
+func benchEnv(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// benchTree generates the tree (or reuses one a previous run left).
+func benchTree(b *testing.B) (string, []string, []string) {
+	benchOnce.Do(func() {
+		benchDir = os.Getenv("GRANARY_BENCH_DIR")
+		if benchDir == "" {
+			benchDir, benchErr = os.MkdirTemp("", "granary-bench")
+			if benchErr != nil {
+				return
+			}
+		}
+		files, big := benchEnv("GRANARY_BENCH_FILES", 100000), benchEnv("GRANARY_BENCH_BIG", 4)
+		r := rand.New(rand.NewPCG(1, 2))
+		buf := make([]byte, 143<<10)
+		for i := range buf {
+			buf[i] = byte(r.Uint32())
+		}
+		for i := range files {
+			name := fmt.Sprintf("train/n%05d/img%07d.jpg", i%1000, i)
+			smallList = append(smallList, name)
+			p := filepath.Join(benchDir, name)
+			if _, err := os.Stat(p); err == nil {
+				continue
+			}
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			size := 77<<10 + r.IntN(66<<10)
+			buf[0], buf[1], buf[2] = byte(i), byte(i>>8), byte(i>>16) // distinct content
+			if benchErr = os.WriteFile(p, buf[:size], 0o644); benchErr != nil {
+				return
+			}
+		}
+		chunk := make([]byte, 16<<20)
+		for i := range chunk {
+			chunk[i] = byte(r.Uint32())
+		}
+		for i := range big {
+			name := fmt.Sprintf("shards/shard-%d.bin", i)
+			bigList = append(bigList, name)
+			p := filepath.Join(benchDir, name)
+			if st, err := os.Stat(p); err == nil && st.Size() == 1<<30 {
+				continue
+			}
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			f, err := os.Create(p)
+			if err != nil {
+				benchErr = err
+				return
+			}
+			for range (1 << 30) / len(chunk) {
+				chunk[0]++
+				f.Write(chunk)
+			}
+			f.Close()
+		}
+	})
+	if benchErr != nil {
+		b.Fatal(benchErr)
+	}
+	return benchDir, smallList, bigList
+}
+
+// benchMount starts workers over the tree (1 GiB blocks, so that the big
+// files are single blocks and passthrough-eligible) and a mount.
+func benchMount(b *testing.B, dir string, args ...string) (*cluster, *mountProc) {
+	c := startCluster(b, clusterOpts{workers: 1, blockSize: 1 << 30, pageSize: 4 << 20,
+		datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\"}\n", dir),
+		tiers: func(_ int, d string) string {
+			return fmt.Sprintf("    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", d)
+		}})
+	return c, c.mount(b, args...)
+}
+
+// epoch reads names under root with readers goroutines, whole files, in a
+// shuffled order, and returns the bytes read.
+func epoch(b *testing.B, root string, names []string, readers int, seed uint64) int64 {
+	order := append([]string(nil), names...)
+	rand.New(rand.NewPCG(seed, 3)).Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	work := make(chan string, 1024)
+	var total int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range readers {
+		wg.Go(func() {
+			buf := make([]byte, 1<<20)
+			var n int64
+			for name := range work {
+				f, err := os.Open(filepath.Join(root, name))
+				if err != nil {
+					b.Error(err)
+					continue
+				}
+				for {
+					k, err := f.Read(buf)
+					n += int64(k)
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						b.Error(err)
+						break
+					}
+				}
+				f.Close()
+			}
+			mu.Lock()
+			total += n
+			mu.Unlock()
+		})
+	}
+	for _, n := range order {
+		work <- n
+	}
+	close(work)
+	wg.Wait()
+	return total
+}
+
+// compare runs warm epochs through the mount and directly, alternating,
+// and reports both rates and their ratio.
+func compare(b *testing.B, mnt, direct string, names []string, readers int) {
+	epoch(b, direct, names, readers, 0) // warm both page caches (and the cache)
+	epoch(b, mnt, names, readers, 0)
+	var tm, td time.Duration
+	var bytes int64
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		start := time.Now()
+		bytes = epoch(b, mnt, names, readers, uint64(i+1))
+		tm += time.Since(start)
+		start = time.Now()
+		epoch(b, direct, names, readers, uint64(i+1))
+		td += time.Since(start)
+	}
+	n := float64(b.N)
+	b.ReportMetric(n*float64(bytes)/1e6/tm.Seconds(), "mount_MB/s")
+	b.ReportMetric(n*float64(bytes)/1e6/td.Seconds(), "direct_MB/s")
+	b.ReportMetric(n*float64(len(names))/tm.Seconds(), "mount_files/s")
+	b.ReportMetric(td.Seconds()/tm.Seconds(), "mount/direct")
+}
+
+// BenchmarkMountSmallWarm: a warm epoch of the small files, 16 readers,
+// with passthrough opens and with zero-message opens.
+func BenchmarkMountSmallWarm(b *testing.B) {
+	dir, small, _ := benchTree(b)
+	for _, mode := range []string{"passthrough", "zero-message-opens"} {
+		b.Run(mode, func(b *testing.B) {
+			var args []string
+			if mode != "passthrough" {
+				args = append(args, "--"+mode)
+			}
+			_, m := benchMount(b, dir, args...)
+			compare(b, filepath.Join(m.dir, "d"), dir, small, 16)
+		})
+	}
+}
+
+// BenchmarkMountBigWarm: warm sequential reads of the 1 GiB files, one
+// reader per file, with passthrough and with zero-message opens (then from
+// the kernel's page cache of the mount).
+func BenchmarkMountBigWarm(b *testing.B) {
+	dir, _, big := benchTree(b)
+	for _, mode := range []string{"passthrough", "zero-message-opens"} {
+		b.Run(mode, func(b *testing.B) {
+			var args []string
+			if mode != "passthrough" {
+				args = append(args, "--"+mode)
+			}
+			_, m := benchMount(b, dir, args...)
+			compare(b, filepath.Join(m.dir, "d"), dir, big, len(big))
+			if st := m.stats(b); mode == "passthrough" && st.Mount.PassthroughOpens == 0 {
+				b.Errorf("no passthrough opens for the big files")
+			}
+		})
+	}
+}
+
+// BenchmarkMountLsLR: `ls -lR` of the tree, warm, through the mount and on
+// the local directory.
+func BenchmarkMountLsLR(b *testing.B) {
+	dir, _, _ := benchTree(b)
+	_, m := benchMount(b, dir)
+	ls := func(root string) time.Duration {
+		start := time.Now()
+		cmd := exec.Command("ls", "-lR", root)
+		cmd.Stdout = io.Discard
+		if err := cmd.Run(); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	ls(dir)
+	ls(filepath.Join(m.dir, "d"))
+	var tm, td time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		tm += ls(filepath.Join(m.dir, "d"))
+		td += ls(dir)
+	}
+	b.ReportMetric(td.Seconds()/tm.Seconds(), "mount/direct")
+}
+
+// BenchmarkMountColdS3: a cold epoch of the small files from a real S3
+// server through the mount, against a parallel SDK download of the same
+// objects (what `aws s3 cp --recursive` does), each on a fresh server state.
+func BenchmarkMountColdS3(b *testing.B) {
+	if s3srv == nil {
+		b.Skip("no S3 server")
+	}
+	dir, small, _ := benchTree(b)
+	n := min(len(small), benchEnv("GRANARY_BENCH_S3_FILES", 20000))
+	small = small[:n]
+	ctx := context.Background()
+	bucket := fmt.Sprintf("bench%d", time.Now().UnixNano())
+	if err := s3srv.CreateBucket(ctx, bucket); err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	work := make(chan string)
+	for range 16 {
+		wg.Go(func() {
+			for name := range work {
+				data, _ := os.ReadFile(filepath.Join(dir, name))
+				if err := s3srv.Put(ctx, bucket, name, data); err != nil {
+					b.Error(err)
+				}
+			}
+		})
+	}
+	for _, name := range small {
+		work <- name
+	}
+	close(work)
+	wg.Wait()
+	sdk := s3.New(s3.Options{BaseEndpoint: aws.String(s3srv.Endpoint), Region: "us-east-1", UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider(s3test.AccessKey, s3test.SecretKey, "")})
+	download := func() time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		work := make(chan string)
+		for range 16 {
+			wg.Go(func() {
+				for name := range work {
+					out, err := sdk.GetObject(ctx, &s3.GetObjectInput{Bucket: &bucket, Key: aws.String(name)})
+					if err != nil {
+						b.Error(err)
+						continue
+					}
+					io.Copy(io.Discard, out.Body)
+					out.Body.Close()
+				}
+			})
+		}
+		for _, name := range small {
+			work <- name
+		}
+		close(work)
+		wg.Wait()
+		return time.Since(start)
+	}
+	var tm, ts time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		b.StopTimer()
+		c := startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
+			datasets: fmt.Sprintf("  - name: s3\n    ufs: s3://%s\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
+				bucket, s3srv.Endpoint, s3test.AccessKey, s3test.SecretKey),
+			tiers: func(_ int, d string) string { return fmt.Sprintf("    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", d) }})
+		m := c.mount(b)
+		b.StartTimer()
+		start := time.Now()
+		epoch(b, filepath.Join(m.dir, "s3"), small, 16, 1)
+		tm += time.Since(start)
+		ts += download()
+	}
+	b.ReportMetric(ts.Seconds()/tm.Seconds(), "mount/sdk")
+	b.ReportMetric(float64(b.N*len(small))/tm.Seconds(), "mount_files/s")
+}
