@@ -49,8 +49,8 @@ type Options struct {
 	// kernel opens files without asking (and keeps their pages cached):
 	// the fastest warm small-file reads, but no passthrough.
 	ZeroMessageOpens bool
-	Debug         bool
-	Log           *slog.Logger
+	Debug            bool
+	Log              *slog.Logger
 }
 
 // Stats count what the serving process did.
