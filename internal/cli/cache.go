@@ -2,10 +2,12 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -246,11 +248,20 @@ func (w countWriter) Write(p []byte) (int, error) { *w.n += int64(len(p)); retur
 
 func newStatusCmd(g *globals) *cobra.Command {
 	var asJSON bool
+	var mountAdmin string
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show the workers: capacity, use, hit ratio and UFS operations per dataset",
+		Short: "Show the workers: capacity, use, hit ratio and UFS operations per dataset (and a mount's, with --mount-admin)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if mountAdmin != "" {
+				if err := printMountStatus(g.stdout, mountAdmin, asJSON); err != nil {
+					return err
+				}
+				if g.configPath == "" && len(g.datasets) == 0 {
+					return nil
+				}
+			}
 			cfg, err := g.loadConfig()
 			if err != nil {
 				return err
@@ -268,7 +279,30 @@ func newStatusCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&mountAdmin, "mount-admin", "", "also show the mount whose --admin address this is")
 	return cmd
+}
+
+// printMountStatus shows what a mount did: passthrough in use, opens,
+// reads that reached the daemon.
+func printMountStatus(out io.Writer, admin string, asJSON bool) error {
+	resp, err := http.Get("http://" + admin + "/v1/status")
+	if err != nil {
+		return fmt.Errorf("mount admin %s: %w", admin, err)
+	}
+	defer resp.Body.Close()
+	var st mountStatus
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return fmt.Errorf("mount admin %s: %w", admin, err)
+	}
+	if asJSON {
+		return writeJSON(out, st)
+	}
+	m := st.Mount
+	_, err = fmt.Fprintf(out, "MOUNT %s  server generation %d  passthrough: %v\n  opens %d (passthrough %d)  daemon reads %d (%s)  lookups %d  errors %d\n  client: %d remote reads, %d short-circuit, %d fallback, %d retries\n",
+		admin, m.Generation, m.PassthroughSupported, m.Opens, m.PassthroughOpens, m.DaemonReads, config.Size(m.DaemonReadBytes),
+		m.Lookups, m.Errors, st.Client.RemoteReads, st.Client.ShortCircuitReads, st.Client.FallbackReads, st.Client.Retries)
+	return err
 }
 
 func printStatus(out io.Writer, st []client.WorkerStatus) error {

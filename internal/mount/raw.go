@@ -133,10 +133,14 @@ func (f *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *
 	defer stop()
 	ds, p := f.childOf(parent, name)
 	fi, st := f.stat(ctx, ds, p)
+	if st == fuse.ENOENT {
+		// A negative entry: node id 0 with a timeout, so that the kernel
+		// remembers the miss instead of asking again.
+		*out = fuse.EntryOut{}
+		out.SetEntryTimeout(f.m.timeout(ds))
+		return fuse.OK
+	}
 	if !st.Ok() {
-		if st == fuse.ENOENT {
-			out.SetEntryTimeout(f.m.timeout(parent.ds)) // cache the miss
-		}
 		return st
 	}
 	f.fillEntry(out, ds, p, fi)

@@ -231,6 +231,28 @@ func TestMount(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(m.dir, "nope")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("an unknown dataset: %v", err)
 	}
+	// A miss is cached by the kernel: the second stat asks nobody.
+	lookups := func() int64 {
+		resp, err := http.Get("http://" + m.admin + "/v1/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var st struct {
+			Mount struct{ Lookups int64 } `json:"mount"`
+		}
+		json.NewDecoder(resp.Body).Decode(&st)
+		return st.Mount.Lookups
+	}
+	before := lookups()
+	for range 3 {
+		if _, err := os.Stat(filepath.Join(m.dir, "local", "edge", "missing")); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("stat of a missing file: %v", err)
+		}
+	}
+	if n := lookups() - before; n != 1 {
+		t.Errorf("3 stats of a missing file made %d lookups; want 1 (negative entries cached)", n)
+	}
 }
 
 // checkTools runs ls -l, stat, find and du on the mount.
