@@ -96,7 +96,7 @@ func New(cfg *config.Config) (*Client, error) {
 	}
 	for _, ds := range cfg.Datasets {
 		c.datasets[ds.Name] = ds
-		c.metas[ds.Name] = meta.New(ds.MetadataSync.Interval)
+		c.metas[ds.Name] = meta.New(ds.Name, ds.MetadataSync.Interval)
 	}
 	if cfg.Client.ShortCircuitOn() {
 		for _, m := range cfg.Membership.Workers {

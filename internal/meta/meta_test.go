@@ -70,7 +70,7 @@ func newTree() *treeSource {
 
 func TestListingAnswersStat(t *testing.T) {
 	src := newTree()
-	c := New(0)
+	c := New("d", 0)
 	ctx := context.Background()
 	d, err := c.List(ctx, src, "a")
 	if err != nil {
@@ -98,29 +98,43 @@ func TestListingAnswersStat(t *testing.T) {
 	if n := src.stats.Load(); n != 0 {
 		t.Errorf("%d stats reached the source after a listing; want 0", n)
 	}
-	// Without a listing, a Stat is fetched once and kept, misses included.
+	// A Stat without the parent's listing fetches the listing: siblings,
+	// and misses, are then answered from it.
 	for range 3 {
-		c.Stat(ctx, src, "top.txt")
-		c.Stat(ctx, src, "nope")
+		if fi, err := c.Stat(ctx, src, "top.txt"); err != nil || fi.Size != 1 {
+			t.Errorf("Stat(top.txt) = %+v, %v", fi, err)
+		}
+		if _, err := c.Stat(ctx, src, "nope"); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("Stat(nope) = %v", err)
+		}
 	}
-	if n := src.stats.Load(); n != 2 {
-		t.Errorf("%d stats reached the source; want 2", n)
+	if _, err := c.Stat(ctx, src, "missing-dir/x"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Stat under a missing directory = %v", err)
+	}
+	if n := src.stats.Load(); n != 0 {
+		t.Errorf("%d stats reached the source; want 0", n)
 	}
 	for range 3 {
 		c.List(ctx, src, "a")
 	}
-	if n := src.lists.Load(); n != 1 {
-		t.Errorf("listed %d times; want 1", n)
+	if n := src.lists.Load(); n != 3 { // a, the root, missing-dir
+		t.Errorf("listed %d times; want 3", n)
+	}
+	// The root itself has no parent listing: it is stat'ed once.
+	c.Stat(ctx, src, "")
+	c.Stat(ctx, src, "")
+	if n := src.stats.Load(); n != 1 {
+		t.Errorf("the root was stat'ed %d times; want 1", n)
 	}
 }
 
 func TestInvalidateAndExpiry(t *testing.T) {
 	src := newTree()
 	ctx := context.Background()
-	c := New(0)
+	c := New("d", 0)
 	c.List(ctx, src, "a")
 	c.List(ctx, src, "a/sub")
-	c.Stat(ctx, src, "top.txt")
+	c.Stat(ctx, src, "")
 	c.Invalidate("a")
 	if dirs, _, singles := c.Len(); dirs != 0 || singles != 1 {
 		t.Errorf("after Invalidate(a): %d dirs, %d singles; want a, a/sub and the parent listing gone", dirs, singles)
@@ -130,7 +144,7 @@ func TestInvalidateAndExpiry(t *testing.T) {
 		t.Error("Invalidate of the root must forget everything")
 	}
 
-	short := New(time.Nanosecond)
+	short := New("d", time.Nanosecond)
 	short.List(ctx, src, "a")
 	time.Sleep(time.Millisecond)
 	short.List(ctx, src, "a")
@@ -142,7 +156,7 @@ func TestInvalidateAndExpiry(t *testing.T) {
 func TestListMerged(t *testing.T) {
 	src := newTree()
 	src.gate = make(chan struct{})
-	c := New(0)
+	c := New("d", 0)
 	var merged atomic.Int32
 	c.Merged = func() { merged.Add(1) }
 	var wg sync.WaitGroup
@@ -173,7 +187,7 @@ func BenchmarkMemoryPerEntry(b *testing.B) {
 	const dirs, perDir = 1000, 1000
 	for b.Loop() {
 		src := &treeSource{dirs: map[string][]ufs.FileInfo{}}
-		c := New(0)
+		c := New("d", 0)
 		runtime.GC()
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)

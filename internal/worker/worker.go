@@ -97,7 +97,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 	}
 	pinned := map[string]bool{}
 	for _, ds := range cfg.Datasets {
-		mc := meta.New(ds.MetadataSync.Interval)
+		mc := meta.New(ds.Name, ds.MetadataSync.Interval)
 		mc.Merged = func() { w.m.merged.WithLabelValues("metadata").Inc() }
 		w.metas[ds.Name] = mc
 		pinned[ds.Name] = ds.Pin
