@@ -14,7 +14,7 @@ package cache
 //
 // Record: u32 payload length | u32 CRC32C of payload | payload.
 // Payload: u8 kind, 16-byte block id, then per kind:
-//   add:    uvarint-prefixed dataset, path, version; varint index; varint length
+//   add:    uvarint-prefixed dataset, path, version; varint index, length, block size
 //   page:   uvarint page number; u32 CRC32C of the page
 //   remove: nothing
 
@@ -65,6 +65,7 @@ func (r journalRecord) encode(buf []byte) []byte {
 		}
 		buf = binary.AppendVarint(buf, r.key.Index)
 		buf = binary.AppendVarint(buf, r.length)
+		buf = binary.AppendVarint(buf, r.key.BlockSize)
 	case recPage:
 		buf = binary.AppendUvarint(buf, uint64(r.page))
 		buf = binary.LittleEndian.AppendUint32(buf, r.crc)
@@ -109,10 +110,11 @@ func decodeRecord(p []byte) (journalRecord, error) {
 		r.key.Dataset, a = str()
 		r.key.Path, b = str()
 		r.key.Version, c = str()
-		var d, e bool
+		var d, e, f bool
 		r.key.Index, d = vint()
 		r.length, e = vint()
-		ok = a && b && c && d && e && r.length >= 0
+		r.key.BlockSize, f = vint()
+		ok = a && b && c && d && e && f && r.length >= 0
 	case recPage:
 		n, k := binary.Uvarint(p)
 		if k <= 0 || len(p) < k+4 {

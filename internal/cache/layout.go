@@ -63,16 +63,19 @@ func (l Layout) PageLen(blockLen int64, p int) int64 {
 	return max(0, min(l.PageSize, blockLen-int64(p)*l.PageSize))
 }
 
-// BlockKey names one block of one version of one file.
+// BlockKey names one block of one version of one file. The block size is
+// part of the name: block 3 of 64 MiB blocks is not block 3 of 1 GiB blocks,
+// and a changed layout must never serve the old bytes.
 type BlockKey struct {
-	Dataset string
-	Path    string
-	Version string
-	Index   int64
+	Dataset   string
+	Path      string
+	Version   string
+	BlockSize int64
+	Index     int64
 }
 
 func (k BlockKey) String() string {
-	return fmt.Sprintf("/%s/%s@%s#%d", k.Dataset, k.Path, k.Version, k.Index)
+	return fmt.Sprintf("/%s/%s@%s#%d/%d", k.Dataset, k.Path, k.Version, k.Index, k.BlockSize)
 }
 
 // blockID is a fixed-size digest of a BlockKey: file names and journal
@@ -87,9 +90,10 @@ func (k BlockKey) id() blockID {
 		h.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
 		h.Write([]byte(s))
 	}
-	var idx [8]byte
-	binary.LittleEndian.PutUint64(idx[:], uint64(k.Index))
-	h.Write(idx[:])
+	var nums [16]byte
+	binary.LittleEndian.PutUint64(nums[:8], uint64(k.Index))
+	binary.LittleEndian.PutUint64(nums[8:], uint64(k.BlockSize))
+	h.Write(nums[:])
 	var id blockID
 	copy(id[:], h.Sum(nil))
 	return id

@@ -34,7 +34,7 @@ func openStore(t *testing.T, tiers ...TierConfig) *Store {
 }
 
 func key(ds string, i int) BlockKey {
-	return BlockKey{Dataset: ds, Path: fmt.Sprintf("dir/file-%d", i), Version: "v1", Index: 0}
+	return BlockKey{Dataset: ds, Path: fmt.Sprintf("dir/file-%d", i), Version: "v1", BlockSize: testBlock, Index: 0}
 }
 
 func pageData(k BlockKey, p int, n int64) []byte {
@@ -106,9 +106,9 @@ func TestLayout(t *testing.T) {
 	}
 	// A changed version or index is another block, in another file.
 	k := key("ds", 1)
-	k2, k3 := k, k
-	k2.Version, k3.Index = "v2", 1
-	if k.id() == k2.id() || k.id() == k3.id() || k.id() != key("ds", 1).id() {
+	k2, k3, k4 := k, k, k
+	k2.Version, k3.Index, k4.BlockSize = "v2", 1, 2*testBlock
+	if k.id() == k2.id() || k.id() == k3.id() || k.id() == k4.id() || k.id() != key("ds", 1).id() {
 		t.Error("block ids do not follow the key")
 	}
 }

@@ -93,6 +93,14 @@ func (c *Client) Open(ctx context.Context, p string) (*File, error) {
 	return &File{c: c, ds: ds, path: rel, info: fi}, nil
 }
 
+// blockSize is the dataset's block size.
+func (f *File) blockSize() int64 {
+	if f.ds.BlockSize > 0 {
+		return int64(f.ds.BlockSize)
+	}
+	return f.c.layout.BlockSize
+}
+
 // Info returns the attributes the file was opened with.
 func (f *File) Info() ufs.FileInfo { return f.info }
 
@@ -114,7 +122,7 @@ func (f *File) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 		return 0, io.EOF
 	}
 	n := min(int64(len(p)), f.info.Size-off)
-	bs := f.c.layout.BlockSize
+	bs := f.blockSize()
 	first, last := off/bs, (off+n-1)/bs
 	var err error
 	if first == last {
@@ -149,7 +157,7 @@ func (f *File) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 // else (if the dataset allows) straight from the UFS.
 func (f *File) readBlock(ctx context.Context, idx, off int64, buf []byte) error {
 	c := f.c
-	ref := wire.BlockRef{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, Size: f.info.Size, Index: idx}
+	ref := wire.BlockRef{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, Size: f.info.Size, BlockSize: f.blockSize(), Index: idx}
 	owners := c.owners(dataKey(f.ds.Name, f.path, idx), f.ds.Replicas)
 	err := c.try(ctx, owners, func(ctx context.Context, m placement.Member) error {
 		if _, local := c.sockets[m.ID]; local {
@@ -163,7 +171,7 @@ func (f *File) readBlock(ctx context.Context, idx, off int64, buf []byte) error 
 		return c.readRemote(ctx, m, ref, off, buf)
 	})
 	if err != nil && f.ds.Fallback == config.FallbackUFS && errors.Is(err, errAllOwnersFailed) {
-		return c.fallbackRead(ctx, f.ds, f.path, f.info.Version, idx*c.layout.BlockSize+off, buf)
+		return c.fallbackRead(ctx, f.ds, f.path, f.info.Version, idx*f.blockSize()+off, buf)
 	}
 	return err
 }
@@ -435,10 +443,10 @@ var ErrNoLocalFile = errors.New("no local block file")
 // and checks every page before it answers.
 func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 	c := f.c
-	if f.info.Size == 0 || f.info.Size > c.layout.BlockSize {
+	if f.info.Size == 0 || f.info.Size > f.blockSize() {
 		return nil, ErrNoLocalFile
 	}
-	ref := wire.BlockRef{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, Size: f.info.Size}
+	ref := wire.BlockRef{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, Size: f.info.Size, BlockSize: f.blockSize()}
 	for _, m := range c.owners(dataKey(f.ds.Name, f.path, 0), f.ds.Replicas) {
 		hc, ok := c.unix[m.ID]
 		if !ok {

@@ -150,6 +150,15 @@ func (c *Config) checkCluster(at func(string) *yaml.Node) []problem {
 	if w.PageSize > w.BlockSize || w.BlockSize%w.PageSize != 0 {
 		bad("worker.block_size", "%s is not a multiple of page_size %s", w.BlockSize, w.PageSize)
 	}
+	for i := range c.Datasets {
+		ds := &c.Datasets[i]
+		if ds.BlockSize == 0 {
+			ds.BlockSize = w.BlockSize
+		}
+		if ds.BlockSize < w.PageSize || ds.BlockSize%w.PageSize != 0 {
+			bad(fmt.Sprintf("datasets[%d].block_size", i), "%s is not a multiple of worker.page_size %s", ds.BlockSize, w.PageSize)
+		}
+	}
 	if w.Readahead == 0 {
 		w.Readahead = DefaultReadahead
 	}

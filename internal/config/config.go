@@ -50,6 +50,10 @@ type Dataset struct {
 	// Fallback is what a client does when no worker can serve a read:
 	// "ufs" (the default) reads the UFS directly, "none" fails the read.
 	Fallback string `yaml:"fallback"`
+	// BlockSize is the unit of placement for this dataset (default:
+	// worker.block_size). A file of one block can be read with FUSE
+	// passthrough, so datasets of large shards want large blocks.
+	BlockSize Size `yaml:"block_size"`
 
 	// URI is UFS, parsed; set by Load.
 	URI ufs.URI `yaml:"-"`
@@ -366,6 +370,9 @@ func (c *Config) Dataset(name string) (*Dataset, bool) {
 func (c *Config) Add(ds Dataset) error {
 	if _, dup := c.Dataset(ds.Name); dup {
 		return fmt.Errorf("dataset %q is defined twice", ds.Name)
+	}
+	if ds.BlockSize == 0 {
+		ds.BlockSize = c.Worker.BlockSize
 	}
 	c.Datasets = append(c.Datasets, ds)
 	return nil

@@ -130,6 +130,7 @@ func TestParseErrors(t *testing.T) {
 		{"file for non-secret", "datasets:\n  - name: a\n    ufs: s3://b\n    options:\n      endpoint_file: /x\n", []string{"datasets[0].options.endpoint_file: unknown option"}},
 		{"bad bool option", "datasets:\n  - name: a\n    ufs: s3://b\n    options:\n      path_style: maybe\n", []string{"bad.yaml:5: datasets[0].options.path_style: expected true or false"}},
 		{"negative replicas", "datasets:\n  - name: a\n    ufs: file:///x\n    replicas: -1\n", []string{"bad.yaml:4: datasets[0].replicas: must be at least 1"}},
+		{"bad dataset block size", "datasets:\n  - name: a\n    ufs: file:///x\n    block_size: 5MiB\n", []string{"bad.yaml:4: datasets[0].block_size: 5MiB is not a multiple of worker.page_size 4MiB"}},
 		{"negative inflight", "datasets:\n  - name: a\n    ufs: file:///x\n    ufs_limits:\n      max_inflight: -3\n", []string{"bad.yaml:5: datasets[0].ufs_limits.max_inflight: must not be negative"}},
 	}
 	for _, c := range cases {

@@ -133,7 +133,7 @@ func writeConfig(path string, cfg *config.Config) error {
 	}
 	for _, ds := range cfg.Datasets {
 		out.Datasets = append(out.Datasets, clientDataset{Name: ds.Name, UFS: ds.UFS, Options: ds.Options,
-			MetadataSync: ds.MetadataSync, Replicas: ds.Replicas, Fallback: ds.Fallback})
+			MetadataSync: ds.MetadataSync, Replicas: ds.Replicas, Fallback: ds.Fallback, BlockSize: ds.BlockSize})
 	}
 	b, err := yaml.Marshal(out)
 	if err != nil {
@@ -152,6 +152,7 @@ type clientDataset struct {
 	MetadataSync config.Sync       `yaml:"metadata_sync"`
 	Replicas     int               `yaml:"replicas"`
 	Fallback     string            `yaml:"fallback"`
+	BlockSize    config.Size       `yaml:"block_size"`
 }
 
 func shortHash(s string) string {

@@ -69,26 +69,28 @@ func (w FileInfo) Info() ufs.FileInfo {
 // version and size it knows so that any worker can fetch the block without
 // asking the file's metadata owner.
 type BlockRef struct {
-	Dataset string
-	Path    string
-	Version string
-	Size    int64
-	Index   int64
+	Dataset   string
+	Path      string
+	Version   string
+	Size      int64
+	BlockSize int64 // the client's layout for this dataset: the worker follows it
+	Index     int64
 }
 
 // Query encodes a block reference.
 func (b BlockRef) Query() url.Values {
 	return url.Values{"ds": {b.Dataset}, "path": {b.Path}, "ver": {b.Version},
-		"size": {strconv.FormatInt(b.Size, 10)}, "idx": {strconv.FormatInt(b.Index, 10)}}
+		"size": {strconv.FormatInt(b.Size, 10)}, "bs": {strconv.FormatInt(b.BlockSize, 10)}, "idx": {strconv.FormatInt(b.Index, 10)}}
 }
 
 // ParseBlockRef decodes a block reference.
 func ParseBlockRef(q url.Values) (BlockRef, error) {
 	b := BlockRef{Dataset: q.Get("ds"), Path: q.Get("path"), Version: q.Get("ver")}
-	var err1, err2 error
+	var err1, err2, err3 error
 	b.Size, err1 = strconv.ParseInt(q.Get("size"), 10, 64)
 	b.Index, err2 = strconv.ParseInt(q.Get("idx"), 10, 64)
-	if err1 != nil || err2 != nil || b.Size < 0 || b.Index < 0 || b.Dataset == "" {
+	b.BlockSize, err3 = strconv.ParseInt(q.Get("bs"), 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || b.Size < 0 || b.Index < 0 || b.BlockSize <= 0 || b.Dataset == "" {
 		return b, fmt.Errorf("malformed block reference %q", q.Encode())
 	}
 	return b, nil

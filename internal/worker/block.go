@@ -102,13 +102,25 @@ func (w *Worker) blockRequest(ref wire.BlockRef) (blockReq, error) {
 	if err != nil {
 		return blockReq{}, err
 	}
-	if ref.Index >= w.layout.Blocks(ref.Size) {
+	// The client's block size for the dataset is followed, so that client
+	// and worker can never disagree on what block i is; it must fit this
+	// worker's pages.
+	l := cache.Layout{BlockSize: ref.BlockSize, PageSize: w.layout.PageSize}
+	if err := l.Check(); err != nil || ref.BlockSize > maxBlockSize {
+		return blockReq{}, &ufs.Error{Op: "read", Dataset: ds.Name(), Path: p, Class: ufs.ClassInvalid,
+			Err: fmt.Errorf("block size %d does not fit pages of %d bytes (or exceeds %d)", ref.BlockSize, w.layout.PageSize, int64(maxBlockSize))}
+	}
+	if ref.Index >= l.Blocks(ref.Size) {
 		return blockReq{}, &ufs.Error{Op: "read", Dataset: ds.Name(), Path: p, Class: ufs.ClassInvalid,
 			Err: fmt.Errorf("block %d is past the end of a %d-byte file", ref.Index, ref.Size)}
 	}
-	return blockReq{ds: ds, key: cache.BlockKey{Dataset: ds.Name(), Path: p, Version: ref.Version, Index: ref.Index},
-		size: ref.Size, blen: w.layout.BlockLen(ref.Size, ref.Index)}, nil
+	return blockReq{ds: ds, key: cache.BlockKey{Dataset: ds.Name(), Path: p, Version: ref.Version, BlockSize: ref.BlockSize, Index: ref.Index},
+		size: ref.Size, blen: l.BlockLen(ref.Size, ref.Index)}, nil
 }
+
+// maxBlockSize bounds what a client may ask for: a block is one file on
+// one tier.
+const maxBlockSize = 64 << 30
 
 // send writes bytes [off, off+n) of the block: runs of stored pages straight
 // from the file (sendfile), pages held in memory from there.
@@ -256,7 +268,7 @@ func (w *Worker) fetchPage(ctx context.Context, req blockReq, b *cache.Block, p 
 		plen := w.layout.PageLen(req.blen, p)
 		bufp := w.pagePool.Get().(*[]byte)
 		buf := (*bufp)[:plen]
-		off := req.key.Index*w.layout.BlockSize + int64(p)*w.layout.PageSize
+		off := req.key.Index*req.key.BlockSize + int64(p)*w.layout.PageSize
 		r := ufs.Range{Off: off, Len: plen, IfVersion: req.key.Version}
 		if off == 0 && plen == req.size {
 			r.Len = -1 // the whole file: a plain read, which servers answer fastest

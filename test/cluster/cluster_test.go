@@ -273,7 +273,7 @@ func TestEvictionDemotionPinning(t *testing.T) {
 	unix := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", w.socket)
 	}}}
-	q := url.Values{"ds": {"p"}, "path": {"keep.bin"}, "ver": {fi.Version}, "size": {fmt.Sprint(fi.Size)}, "idx": {"0"}}
+	q := url.Values{"ds": {"p"}, "path": {"keep.bin"}, "ver": {fi.Version}, "size": {fmt.Sprint(fi.Size)}, "bs": {fmt.Sprint(blockSize)}, "idx": {"0"}}
 	resp, err := unix.Get("http://worker/v1/local?" + q.Encode())
 	if err != nil {
 		t.Fatal(err)
@@ -345,7 +345,8 @@ func TestUnknownDatasetAndEscape(t *testing.T) {
 		"/v1/stat?ds=d&path=../f",
 		"/v1/stat?ds=d&path=a/../../etc/passwd",
 		"/v1/block?ds=d&path=../../etc/passwd&ver=x&size=10&idx=0",
-		"/v1/block?ds=d&path=f&ver=x&size=1&idx=5",
+		"/v1/block?ds=d&path=f&ver=x&size=1&bs=1048576&idx=5",
+		"/v1/block?ds=d&path=f&ver=x&size=1&bs=1000&idx=0", // not whole pages
 	} {
 		resp, err := http.Get(base + q)
 		if err != nil {

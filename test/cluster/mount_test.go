@@ -160,7 +160,8 @@ func TestMount(t *testing.T) {
 	outside := filepath.Join(t.TempDir(), "secret")
 	os.WriteFile(outside, []byte("not in the dataset"), 0o644)
 	os.Symlink(outside, filepath.Join(dir, "link-out"))
-	datasets := fmt.Sprintf("  - {name: local, ufs: \"file://%s\"}\n", dir)
+	// "wide" is the same tree in blocks of 8 MiB: its 5 MiB file is one block.
+	datasets := fmt.Sprintf("  - {name: local, ufs: \"file://%s\"}\n  - {name: wide, ufs: \"file://%s\", block_size: 8MiB}\n", dir, dir)
 	if s3srv != nil {
 		tr.writeBucket(t, s3srv, "mount")
 		datasets += fmt.Sprintf("  - name: s3\n    ufs: s3://mount\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
@@ -225,6 +226,15 @@ func TestMount(t *testing.T) {
 			}
 		})
 	}
+	// A dataset's own block size decides what is passthrough-eligible.
+	dropCaches(t)
+	before := m.stats(t)
+	readMount(t, filepath.Join(m.dir, "wide"), tr, func(name string, _ int) bool { return name == "big/five-blocks.bin" })
+	readMount(t, filepath.Join(m.dir, "wide"), tr, func(name string, _ int) bool { return name == "big/five-blocks.bin" })
+	if after := m.stats(t); before.Mount.PassthroughSupported && (after.Mount.DaemonReads != before.Mount.DaemonReads || after.Mount.PassthroughOpens == before.Mount.PassthroughOpens) {
+		t.Errorf("a 5 MiB file in 8 MiB blocks: %d daemon reads, %d passthrough opens; want passthrough only",
+			after.Mount.DaemonReads-before.Mount.DaemonReads, after.Mount.PassthroughOpens-before.Mount.PassthroughOpens)
+	}
 	if _, err := os.Stat(filepath.Join(m.dir, "local", "link-out")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("a symlink out of the dataset is reachable through the mount: %v", err)
 	}
@@ -248,11 +258,11 @@ func TestMount(t *testing.T) {
 	if _, err := os.Stat(missing); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("stat of a missing file: %v", err)
 	}
-	before := lookups()
+	seen := lookups()
 	for range 3 {
 		os.Stat(missing)
 	}
-	if n := lookups() - before; n != 0 {
+	if n := lookups() - seen; n != 0 {
 		t.Errorf("3 more stats of a missing file made %d lookups; want 0 (negative entries cached)", n)
 	}
 }

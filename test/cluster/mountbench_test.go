@@ -102,11 +102,12 @@ func benchTree(b *testing.B) (string, []string, []string) {
 	return benchDir, smallList, bigList
 }
 
-// benchMount starts workers over the tree (1 GiB blocks, so that the big
-// files are single blocks and passthrough-eligible) and a mount.
+// benchMount starts workers over the tree and a mount. The dataset has
+// 1 GiB blocks, so that the big files are single blocks and
+// passthrough-eligible.
 func benchMount(b *testing.B, dir string, args ...string) (*cluster, *mountProc) {
-	c := startCluster(b, clusterOpts{workers: 1, blockSize: 1 << 30, pageSize: 4 << 20,
-		datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\"}\n", dir),
+	c := startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
+		datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\", block_size: 1GiB}\n", dir),
 		tiers: func(_ int, d string) string {
 			return fmt.Sprintf("    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", d)
 		}})
