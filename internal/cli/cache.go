@@ -262,11 +262,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 					return nil
 				}
 			}
-			cfg, err := g.loadConfig()
-			if err != nil {
-				return err
-			}
-			c, err := client.New(cfg)
+			c, _, err := g.openClient()
 			if err != nil {
 				return err
 			}
@@ -344,11 +340,7 @@ func newRefreshCmd(g *globals) *cobra.Command {
 		Short: "Forget cached metadata of paths (and below) so that the next access sees the UFS as it is now",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := g.loadConfig()
-			if err != nil {
-				return err
-			}
-			c, err := client.New(cfg)
+			c, _, err := g.openClient()
 			if err != nil {
 				return err
 			}

@@ -132,11 +132,7 @@ func (g *globals) serveMount(ctx context.Context, mountpoint string, f mountFlag
 	if err != nil {
 		return err
 	}
-	cfg, err := g.loadConfig()
-	if err != nil {
-		return err
-	}
-	c, err := client.New(cfg)
+	c, cfg, err := g.openClient()
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/version"
 )
@@ -112,6 +113,19 @@ func (g *globals) loadConfig() (*config.Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// openClient loads the configuration and makes a client of its workers.
+func (g *globals) openClient() (*client.Client, *config.Config, error) {
+	cfg, err := g.loadConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := client.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, cfg, nil
 }
 
 func newVersionCmd(g *globals) *cobra.Command {

@@ -47,14 +47,8 @@ func (l *loaded) close() {
 // handleBlock serves a byte range of one block: from its file on a tier
 // (sendfile) when cached, after fetching missing pages from the UFS.
 func (w *Worker) handleBlock(rw http.ResponseWriter, r *http.Request) {
-	ref, err := wire.ParseBlockRef(r.URL.Query())
-	if err != nil {
-		wire.WriteError(rw, ufs.NewError("read", ref.Path, ufs.ClassInvalid, err))
-		return
-	}
-	req, err := w.blockRequest(ref)
-	if err != nil {
-		wire.WriteError(rw, err)
+	req, ok := w.parseBlockRequest(rw, r)
+	if !ok {
 		return
 	}
 	off, n, partial, err := parseRange(r.Header.Get("Range"), req.blen)
@@ -94,6 +88,22 @@ func (w *Worker) handleBlock(rw http.ResponseWriter, r *http.Request) {
 	if l.b != nil && req.last+1 < w.layout.Pages(req.blen) && (req.first == 0 || w.store.Present(l.b, req.first-1)) {
 		w.readAhead(req, l.b)
 	}
+}
+
+// parseBlockRequest reads and checks the block a request names, answering
+// the error itself when there is one.
+func (w *Worker) parseBlockRequest(rw http.ResponseWriter, r *http.Request) (blockReq, bool) {
+	ref, err := wire.ParseBlockRef(r.URL.Query())
+	if err != nil {
+		wire.WriteError(rw, ufs.NewError("read", ref.Path, ufs.ClassInvalid, err))
+		return blockReq{}, false
+	}
+	req, err := w.blockRequest(ref)
+	if err != nil {
+		wire.WriteError(rw, err)
+		return blockReq{}, false
+	}
+	return req, true
 }
 
 // blockRequest checks a block reference against the dataset and layout.
@@ -332,14 +342,8 @@ func (w *Worker) readAhead(req blockReq, b *cache.Block) {
 // it directly (short-circuit). A block that cannot be cached is refused; the
 // client then reads it over HTTP.
 func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
-	ref, err := wire.ParseBlockRef(r.URL.Query())
-	if err != nil {
-		wire.WriteError(rw, ufs.NewError("read", ref.Path, ufs.ClassInvalid, err))
-		return
-	}
-	req, err := w.blockRequest(ref)
-	if err != nil {
-		wire.WriteError(rw, err)
+	req, ok := w.parseBlockRequest(rw, r)
+	if !ok {
 		return
 	}
 	req.first, req.last = 0, w.layout.Pages(req.blen)-1
