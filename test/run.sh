@@ -34,7 +34,7 @@ step "staticcheck"
 # test/cluster then builds the worker binary with -race as well.
 race_pkgs=(./internal/ufs/... ./internal/dataset/... ./internal/cache/... ./internal/client/...
 	./internal/flight/... ./internal/meta/... ./internal/placement/... ./internal/membership/...
-	./internal/worker/... ./internal/localcluster/... ./test/cluster/...)
+	./internal/worker/... ./internal/localcluster/... ./internal/mount/... ./test/cluster/...)
 mapfile -t race_list < <(go list "${race_pkgs[@]}")
 mapfile -t other_list < <(go list ./... | grep -v -x -F "${race_list[@]/#/-e}")
 

@@ -74,9 +74,10 @@ func (s *Store) demote(b *Block, dst *tier) demotion {
 	s.mu.Unlock()
 
 	err := copyFile(src.blockPath(b.id), dst.blockPath(b.id))
+	var recs []journalRecord
 	if err == nil {
 		s.mu.Lock()
-		recs := b.records()
+		recs = b.records()
 		s.mu.Unlock()
 		err = dst.j.append(recs...)
 	}
@@ -94,9 +95,10 @@ func (s *Store) demote(b *Block, dst *tier) demotion {
 	}
 	src.lru.Remove(b.elem)
 	src.used -= b.Length
+	src.live -= int64(len(recs))
 	b.tier = dst
 	b.elem = dst.lru.PushFront(b)
-	dst.live += int64(len(b.pages)) + 1
+	dst.live += int64(len(recs))
 	s.mu.Unlock()
 
 	src.j.append(journalRecord{kind: recRemove, id: b.id})

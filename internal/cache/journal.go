@@ -229,6 +229,14 @@ func (j *journal) append(recs ...journalRecord) error {
 		j.buf = r.encode(j.buf)
 	}
 	n, err := j.f.Write(j.buf)
+	if err != nil && n > 0 {
+		// A torn record in the middle would hide every later one at the
+		// next start: cut it off.
+		if terr := j.f.Truncate(j.size); terr != nil {
+			err = fmt.Errorf("%w (and the torn record stays: %v)", err, terr)
+		}
+		n = 0
+	}
 	j.size += int64(n)
 	if err != nil {
 		return fmt.Errorf("append to journal %s: %w", j.path, err)

@@ -489,23 +489,26 @@ func (s *Store) Stats() []TierStats {
 }
 
 // drop removes b from the cache and deletes its file.
+// The file goes while the lock is held: once the lock is released, the same
+// block may be created again under the same name, and a late remove would
+// delete the new file under a writer that thinks its pages are stored.
 func (s *Store) drop(b *Block, reason string) {
 	s.mu.Lock()
-	if b.removed {
-		s.mu.Unlock()
+	defer s.mu.Unlock()
+	if b.removed || (reason == "evict" && (b.busy > 0 || b.moving)) {
 		return
 	}
 	t := b.tier
 	s.forgetLocked(b)
-	s.mu.Unlock()
+	os.Remove(t.blockPath(b.id))
 	if err := t.j.append(journalRecord{kind: recRemove, id: b.id}); err != nil {
 		s.m.storeError(err)
 	}
-	os.Remove(t.blockPath(b.id))
 	s.m.evicted(t.Name, reason)
 }
 
 func (s *Store) forgetLocked(b *Block) {
+	b.tier.live -= int64(len(b.records()))
 	b.removed = true
 	b.tier.lru.Remove(b.elem)
 	b.tier.used -= b.Length

@@ -77,7 +77,7 @@ type Mount struct {
 	generation int
 
 	opens, ptOpens, reads, readBytes, lookups, errs atomic.Int64
-	passthrough                                     bool
+	passthrough                                     atomic.Bool
 
 	logged sync.Map // paths whose error was logged already
 	done   chan struct{}
@@ -118,7 +118,7 @@ func newMount(mountpoint string, o Options) (*Mount, error) {
 func (m *Mount) Stats() Stats {
 	return Stats{Opens: m.opens.Load(), PassthroughOpens: m.ptOpens.Load(), DaemonReads: m.reads.Load(),
 		DaemonReadBytes: m.readBytes.Load(), Lookups: m.lookups.Load(), Errors: m.errs.Load(),
-		PassthroughSupported: m.passthrough, Generation: m.generation}
+		PassthroughSupported: m.passthrough.Load(), Generation: m.generation}
 }
 
 // Done is closed when the file system is unmounted.
@@ -133,6 +133,14 @@ func (m *Mount) timeout(ds string) time.Duration {
 		return m.opts.EntryTimeout
 	}
 	return DefaultTimeout
+}
+
+// attrTimeout is the kernel attribute timeout of a dataset.
+func (m *Mount) attrTimeout(ds string) time.Duration {
+	if m.opts.AttrTimeout > 0 {
+		return m.opts.AttrTimeout
+	}
+	return m.timeout(ds)
 }
 
 // failed logs an error once per path and maps it to an errno.

@@ -24,6 +24,10 @@ import (
 //	N <id> <dataset> <path>   a node the kernel was told about
 //	+ <id> <backing id>       the node's passthrough backing file, registered
 //	- <id>                    and unregistered
+//	o <id>                    an open of the node read through granary
+//	c <id>                    its release
+//
+// Malformed lines (a server killed mid-write) are skipped.
 //
 // Paths are quoted with strconv.Quote so any byte survives.
 
@@ -48,6 +52,12 @@ type nodeInfo struct {
 	// inode anyway, and a cached block never changes.
 	backing    int32
 	hasBacking bool
+	// opens counts the node's opens read through granary: the kernel
+	// refuses (EIO) to mix them with passthrough opens of the same inode.
+	opens int
+	// choosing serialises the first opens of a node while one of them
+	// decides between passthrough and reading through granary.
+	choosing sync.Mutex
 }
 
 type nodeTable struct {
@@ -83,13 +93,16 @@ func (t *nodeTable) load() error {
 			return err
 		}
 		f := strings.SplitN(strings.TrimSuffix(line, "\n"), " ", 4)
+		if len(f) < 2 || !strings.HasSuffix(line, "\n") {
+			continue // torn by a crash
+		}
 		id, _ := strconv.ParseUint(f[1], 10, 64)
 		switch {
 		case f[0] == "N" && len(f) == 4:
 			ds, e1 := strconv.Unquote(f[2])
 			p, e2 := strconv.Unquote(f[3])
 			if e1 != nil || e2 != nil {
-				return fmt.Errorf("mount state: bad line %q", line)
+				continue
 			}
 			t.nodes[id] = &nodeInfo{ds: ds, path: p, lookups: 1 << 62}
 		case f[0] == "+" && len(f) == 3:
@@ -100,6 +113,14 @@ func (t *nodeTable) load() error {
 		case f[0] == "-":
 			if n := t.nodes[id]; n != nil {
 				n.hasBacking = false
+			}
+		case f[0] == "o":
+			if n := t.nodes[id]; n != nil {
+				n.opens++
+			}
+		case f[0] == "c":
+			if n := t.nodes[id]; n != nil && n.opens > 0 {
+				n.opens--
 			}
 		}
 	}
@@ -166,9 +187,10 @@ func (t *nodeTable) registered(id uint64) (int32, bool) {
 	return 0, false
 }
 
-// backing returns the node's backing id, calling register to make one the
-// first time.
-func (t *nodeTable) backing(id uint64, register func() (int32, bool)) (int32, bool) {
+// openMode decides how an open of node id is served: passthrough with the
+// node's backing id (registered by register on the first open), or through
+// granary. All opens of an inode must agree, or the kernel fails them.
+func (t *nodeTable) openMode(id uint64, passthrough bool, register func() (int32, bool)) (int32, bool) {
 	t.mu.Lock()
 	n := t.nodes[id]
 	if n == nil {
@@ -176,23 +198,50 @@ func (t *nodeTable) backing(id uint64, register func() (int32, bool)) (int32, bo
 		return 0, false
 	}
 	if n.hasBacking {
-		b := n.backing
 		t.mu.Unlock()
-		return b, true
+		return n.backing, true
 	}
 	t.mu.Unlock()
-	// Registering asks a worker for the block: not under the lock. Two
-	// opens racing here may both register; the loser's id is dropped.
-	b, ok := register()
-	if !ok {
+	n.choosing.Lock()
+	defer n.choosing.Unlock()
+	t.mu.Lock()
+	if n.hasBacking {
+		defer t.mu.Unlock()
+		return n.backing, true
+	}
+	if !passthrough || n.opens > 0 {
+		t.openedLocked(id, n)
+		t.mu.Unlock()
 		return 0, false
 	}
+	t.mu.Unlock()
+	b, ok := register() // asks a worker for the block: not under the table lock
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if n.hasBacking {
-		return n.backing, true // the caller must unregister b
+	if !ok {
+		t.openedLocked(id, n)
+		return 0, false
 	}
 	n.backing, n.hasBacking = b, true
 	t.record("+ %d %d\n", id, b)
 	return b, true
+}
+
+func (t *nodeTable) openedLocked(id uint64, n *nodeInfo) {
+	n.opens++
+	t.record("o %d\n", id)
+}
+
+// closed counts the release of an open read through granary and reports
+// whether it was the node's last.
+func (t *nodeTable) closed(id uint64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.nodes[id]
+	if n == nil || n.opens == 0 {
+		return true
+	}
+	n.opens--
+	t.record("c %d\n", id)
+	return n.opens == 0
 }

@@ -104,7 +104,7 @@ func (f *FS) fillEntry(out *fuse.EntryOut, ds, p string, fi ufs.FileInfo) uint64
 	fillAttr(&out.Attr, fi, id)
 	t := f.m.timeout(ds)
 	out.SetEntryTimeout(t)
-	out.SetAttrTimeout(t)
+	out.SetAttrTimeout(f.m.attrTimeout(ds))
 	f.nodes.lookedUp(id, ds, p)
 	return id
 }
@@ -168,12 +168,12 @@ func (f *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrO
 	}
 	id := in.NodeId
 	fillAttr(&out.Attr, fi, id)
-	out.SetTimeout(f.m.timeout(n.ds))
+	out.SetTimeout(f.m.attrTimeout(n.ds))
 	return fuse.OK
 }
 
 // Access implements fuse.RawFileSystem: the mode bits are checked by the
-// kernel; writes are refused by the read-only mount.
+// kernel (default_permissions); writes are refused by the read-only mount.
 func (f *FS) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
 	if in.Mask&2 != 0 { // W_OK
 		return fuse.EROFS
@@ -268,39 +268,22 @@ func (f *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fu
 		// all. Passthrough, which is set up at open, is then out.
 		return fuse.ENOSYS
 	}
-	r := f.cachedReader(in.NodeId, n)
-	if r != nil && m.passthrough {
-		if id, ok := f.nodes.registered(in.NodeId); ok { // the warm path: no context, no request
-			m.ptOpens.Add(1)
-			out.Fh, out.BackingID, out.OpenFlags = fhPassthrough, id, fuse.FOPEN_PASSTHROUGH
-			return fuse.OK
-		}
+	if id, ok := f.nodes.registered(in.NodeId); ok { // the warm path: no context, no request
+		m.ptOpens.Add(1)
+		out.Fh, out.BackingID, out.OpenFlags = fhPassthrough, id, fuse.FOPEN_PASSTHROUGH
+		return fuse.OK
 	}
 	ctx, stop := ctxOf(cancel)
 	defer stop()
-	if r == nil {
-		var err error
-		if r, err = f.reader(ctx, in.NodeId, n); err != nil {
-			return fuse.Status(m.failed("open", nsPath(n), err))
-		}
+	r, err := f.reader(ctx, in.NodeId, n)
+	if err != nil {
+		return fuse.Status(m.failed("open", nsPath(n), err))
 	}
-	if m.passthrough {
-		var mine int32
-		id, ok := f.nodes.backing(in.NodeId, func() (int32, bool) {
-			var ok bool
-			mine, ok = f.registerBacking(ctx, r)
-			return mine, ok
-		})
-		if ok && mine != 0 && mine != id {
-			f.server.UnregisterBackingFd(mine) // another open registered first
-		}
-		if ok {
-			m.ptOpens.Add(1)
-			out.Fh = fhPassthrough
-			out.BackingID = id
-			out.OpenFlags = fuse.FOPEN_PASSTHROUGH
-			return fuse.OK
-		}
+	id, passthrough := f.nodes.openMode(in.NodeId, m.passthrough.Load(), func() (int32, bool) { return f.registerBacking(ctx, r) })
+	if passthrough {
+		m.ptOpens.Add(1)
+		out.Fh, out.BackingID, out.OpenFlags = fhPassthrough, id, fuse.FOPEN_PASSTHROUGH
+		return fuse.OK
 	}
 	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
 	return fuse.OK
@@ -317,15 +300,27 @@ func (f *FS) registerBacking(ctx context.Context, r *reader) (int32, bool) {
 	id, errno := f.server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(fd.Fd())})
 	if errno != 0 {
 		f.m.log.Warn("FUSE passthrough refused by the kernel; reads go through granary", "errno", errno.Error())
-		f.m.passthrough = false
+		f.m.passthrough.Store(false)
 		return 0, false
 	}
 	return id, true
 }
 
 // Release implements fuse.RawFileSystem. A passthrough backing id outlives
-// the open: it goes when the kernel forgets the node.
-func (f *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {}
+// the open: it goes when the kernel forgets the node. The last release of
+// a file read through granary frees its read-ahead windows.
+func (f *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	if in.Fh&fhPassthrough != 0 || !f.nodes.closed(in.NodeId) {
+		return
+	}
+	f.readersMu.Lock()
+	r := f.readers[in.NodeId]
+	delete(f.readers, in.NodeId)
+	f.readersMu.Unlock()
+	if r != nil {
+		r.close()
+	}
+}
 
 // Flush implements fuse.RawFileSystem. ENOSYS stops the kernel from
 // sending it at every close: a read-only file has nothing to flush.
@@ -378,7 +373,8 @@ func (f *FS) reader(ctx context.Context, id uint64, n *nodeInfo) (*reader, error
 	f.readersMu.Lock()
 	defer f.readersMu.Unlock()
 	if len(f.readers) >= maxReaders {
-		for k := range f.readers { // drop any: they are cheap to open again
+		for k, old := range f.readers { // drop any: they are cheap to open again
+			old.close()
 			delete(f.readers, k)
 			break
 		}

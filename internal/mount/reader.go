@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/granary-cache/granary/internal/client"
@@ -21,20 +22,46 @@ type reader struct {
 	pos       int64 // where a sequential reader reads next
 }
 
-// window is a prefetched range of a file.
+// window is a prefetched range [off, off+size) of a file. data and err
+// are written by the fetch and read only after done is closed.
 type window struct {
-	off  int64
-	data []byte
-	done chan struct{}
-	err  error
+	off, size int64
+	data      []byte
+	done      chan struct{}
+	err       error
 }
 
+// covers reports whether off falls in the window's range (whose data may
+// still be on its way).
 func (w *window) covers(off int64) bool {
-	return w != nil && off >= w.off && off < w.off+int64(len(w.data))
+	return w != nil && off >= w.off && off < w.off+w.size
 }
 
-// readAheadSize is the size of a read-ahead window.
-const readAheadSize = 8 << 20
+// readAheadSize is the size of a read-ahead window; at most
+// maxWindowBytes of windows exist at once in the process, so that many
+// open files cannot hold unbounded memory.
+const (
+	readAheadSize  = 8 << 20
+	maxWindowBytes = 512 << 20
+)
+
+var windowBytes atomic.Int64
+
+// close frees the reader's windows.
+func (r *reader) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.drop(r.cur)
+	r.drop(r.next)
+	r.cur, r.next = nil, nil
+}
+
+// drop gives a window's memory back to the budget. Called with r.mu held.
+func (r *reader) drop(w *window) {
+	if w != nil {
+		windowBytes.Add(-w.size)
+	}
+}
 
 func (r *reader) read(ctx context.Context, dest []byte, off int64) (int, error) {
 	size := r.file.Size()
@@ -48,16 +75,23 @@ func (r *reader) read(ctx context.Context, dest []byte, off int64) (int, error) 
 	switch {
 	case r.cur.covers(off):
 	case r.next.covers(off):
+		r.drop(r.cur)
 		r.cur, r.next = r.next, nil
 	case sequential:
-		r.cur, r.next = r.prefetch(off), nil
+		if w := r.prefetch(off); w != nil {
+			r.drop(r.cur)
+			r.drop(r.next)
+			r.cur, r.next = w, nil
+			break
+		}
+		fallthrough
 	default:
 		r.mu.Unlock()
 		return r.file.ReadAtContext(ctx, dest, off)
 	}
 	w := r.cur
-	end := w.off + int64(len(w.data))
-	if r.next == nil && off+want > w.off+int64(len(w.data))/2 && end < size {
+	end := w.off + w.size
+	if r.next == nil && off+want > w.off+w.size/2 && end < size {
 		r.next = r.prefetch(end)
 	}
 	r.mu.Unlock()
@@ -67,22 +101,30 @@ func (r *reader) read(ctx context.Context, dest []byte, off int64) (int, error) 
 		return 0, ctx.Err()
 	}
 	if w.err == nil || w.err == io.EOF {
-		if in := w.data[off-w.off:]; int64(len(in)) >= want {
-			return copy(dest, in), nil
+		if at := off - w.off; at <= int64(len(w.data)) && int64(len(w.data))-at >= want {
+			return copy(dest, w.data[at:]), nil
 		}
 	}
 	// The window failed, or ends inside this read: read directly.
 	return r.file.ReadAtContext(ctx, dest, off)
 }
 
-// prefetch starts fetching a window at off. Called with r.mu held.
+// prefetch starts fetching a window at off, or returns nil when the
+// process holds its budget of windows already. Called with r.mu held.
 func (r *reader) prefetch(off int64) *window {
-	w := &window{off: off, data: make([]byte, min(int64(readAheadSize), r.file.Size()-off)), done: make(chan struct{})}
+	n := min(int64(readAheadSize), r.file.Size()-off)
+	if windowBytes.Add(n) > maxWindowBytes {
+		windowBytes.Add(-n)
+		return nil
+	}
+	w := &window{off: off, size: n, done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		_, w.err = r.file.ReadAtContext(ctx, w.data, off)
+		data := make([]byte, n)
+		k, err := r.file.ReadAtContext(ctx, data, off)
+		w.data, w.err = data[:k], err // a short read keeps only what was read
 	}()
 	return w
 }

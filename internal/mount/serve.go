@@ -50,13 +50,13 @@ func Serve(mountpoint string, o Options) (*Mount, error) {
 	}
 	syscall.Close(fdFuse)
 	if ks := server.KernelSettings(); ks != nil && ks.Flags64()&fuse.CAP_PASSTHROUGH != 0 && !o.NoPassthrough && !o.ZeroMessageOpens {
-		m.passthrough = true
+		m.passthrough.Store(true)
 	}
 	go func() {
 		server.Serve()
 		close(m.done)
 	}()
-	m.log.Info("serving the mount", "mountpoint", mountpoint, "generation", m.generation, "passthrough", m.passthrough)
+	m.log.Info("serving the mount", "mountpoint", mountpoint, "generation", m.generation, "passthrough", m.passthrough.Load())
 	return m, nil
 }
 

@@ -55,7 +55,9 @@ func Supervise(ctx context.Context, mountpoint string, o SuperviseOptions) error
 		return fmt.Errorf("open /dev/fuse: %w", err)
 	}
 	defer dev.Close()
-	data := fmt.Sprintf("fd=%d,rootmode=40000,user_id=%d,group_id=%d,max_read=1048576", dev.Fd(), os.Getuid(), os.Getgid())
+	// default_permissions: the kernel checks the mode bits of every access,
+	// which matters once other users may read the mount (allow_other).
+	data := fmt.Sprintf("fd=%d,rootmode=40000,user_id=%d,group_id=%d,max_read=1048576,default_permissions", dev.Fd(), os.Getuid(), os.Getgid())
 	if o.AllowOther {
 		data += ",allow_other"
 	}
@@ -174,6 +176,6 @@ func resendInFlight(dev *os.File, log *slog.Logger) {
 	binary.LittleEndian.PutUint32(msg[0:], 16)
 	binary.LittleEndian.PutUint32(msg[4:], notifyResend) // the notify code travels in the error field
 	if _, err := dev.Write(msg[:]); err != nil && !errors.Is(err, syscall.ENOENT) {
-		log.Warn("the kernel cannot resend requests in flight (Linux 6.10+); they fail", "err", err)
+		log.Warn("the kernel cannot resend requests in flight (FUSE_NOTIFY_RESEND needs Linux 6.9+); they stay unanswered", "err", err)
 	}
 }
