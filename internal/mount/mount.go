@@ -74,6 +74,10 @@ type Mount struct {
 	mountpoint string
 	log        *slog.Logger
 	timeouts   map[string]time.Duration
+	// fixed holds the datasets whose metadata never changes: only their
+	// files get passthrough, since a backing file stays with the inode for
+	// as long as the kernel knows it and could outlive a new version.
+	fixed      map[string]bool
 	generation int
 
 	opens, ptOpens, reads, readBytes, lookups, errs atomic.Int64
@@ -95,8 +99,9 @@ func newMount(mountpoint string, o Options) (*Mount, error) {
 	if o.Client == nil || o.Config == nil {
 		return nil, errors.New("mount: a client and its config are required")
 	}
-	m := &Mount{opts: o, mountpoint: mountpoint, log: o.Log, timeouts: map[string]time.Duration{}, done: make(chan struct{})}
+	m := &Mount{opts: o, mountpoint: mountpoint, log: o.Log, timeouts: map[string]time.Duration{}, fixed: map[string]bool{}, done: make(chan struct{})}
 	for _, ds := range o.Config.Datasets {
+		m.fixed[ds.Name] = ds.MetadataSync.Never()
 		t := DefaultTimeout
 		if !ds.MetadataSync.Never() {
 			t = ds.MetadataSync.Interval

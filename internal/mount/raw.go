@@ -279,7 +279,8 @@ func (f *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fu
 	if err != nil {
 		return fuse.Status(m.failed("open", nsPath(n), err))
 	}
-	id, passthrough := f.nodes.openMode(in.NodeId, m.passthrough.Load(), func() (int32, bool) { return f.registerBacking(ctx, r) })
+	allowed := m.passthrough.Load() && m.fixed[n.ds]
+	id, passthrough := f.nodes.openMode(in.NodeId, allowed, func() (int32, bool) { return f.registerBacking(ctx, r) })
 	if passthrough {
 		m.ptOpens.Add(1)
 		out.Fh, out.BackingID, out.OpenFlags = fhPassthrough, id, fuse.FOPEN_PASSTHROUGH

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -104,9 +105,12 @@ func Supervise(ctx context.Context, mountpoint string, o SuperviseOptions) error
 			}
 			return nil // the server unmounted (or the deferred detach does)
 		}
-		if werr == nil {
+		if werr == nil && !mounted(mountpoint) {
 			unmounted = true // unmounted from outside; the server is done
 			return nil
+		}
+		if werr == nil {
+			werr = errors.New("the server stopped while the file system was still mounted")
 		}
 		o.Log.Warn("mount server died; starting another on the same connection", "mountpoint", mountpoint, "err", werr, "generation", generation)
 		now := time.Now()
@@ -165,6 +169,22 @@ func startServer(dev, state *os.File, init []byte, generation int, o SuperviseOp
 		o.Started(generation)
 	}
 	return cmd, nil
+}
+
+// mounted reports whether a granary file system is mounted at mountpoint.
+func mounted(mountpoint string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		// Field 5 is the mount point; the file system type follows " - ".
+		f := strings.Fields(line)
+		if len(f) > 4 && f[4] == mountpoint && strings.Contains(line, " - fuse.granary ") {
+			return true
+		}
+	}
+	return false
 }
 
 // notifyResend is FUSE_NOTIFY_RESEND: the kernel moves every request that
