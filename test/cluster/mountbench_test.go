@@ -182,10 +182,10 @@ func compare(b *testing.B, mnt, direct string, names []string, readers int) {
 	b.ReportMetric(td.Seconds()/tm.Seconds(), "mount/direct")
 }
 
-// BenchmarkMountSmallWarm: a warm epoch of the small files, 16 readers,
-// with passthrough opens and with zero-message opens.
-func BenchmarkMountSmallWarm(b *testing.B) {
-	dir, small, _ := benchTree(b)
+// openModes runs a benchmark under each way of opening files: passthrough
+// (the default) and zero-message opens.
+func openModes(b *testing.B, run func(b *testing.B, m *mountProc, passthrough bool)) {
+	dir, _, _ := benchTree(b)
 	for _, mode := range []string{"passthrough", "zero-message-opens"} {
 		b.Run(mode, func(b *testing.B) {
 			var args []string
@@ -193,29 +193,29 @@ func BenchmarkMountSmallWarm(b *testing.B) {
 				args = append(args, "--"+mode)
 			}
 			_, m := benchMount(b, dir, args...)
-			compare(b, filepath.Join(m.dir, "d"), dir, small, 16)
+			run(b, m, mode == "passthrough")
 		})
 	}
 }
 
+// BenchmarkMountSmallWarm: a warm epoch of the small files, 16 readers.
+func BenchmarkMountSmallWarm(b *testing.B) {
+	openModes(b, func(b *testing.B, m *mountProc, _ bool) {
+		dir, small, _ := benchTree(b)
+		compare(b, filepath.Join(m.dir, "d"), dir, small, 16)
+	})
+}
+
 // BenchmarkMountBigWarm: warm sequential reads of the 1 GiB files, one
-// reader per file, with passthrough and with zero-message opens (then from
-// the kernel's page cache of the mount).
+// reader per file (with zero-message opens, from the mount's page cache).
 func BenchmarkMountBigWarm(b *testing.B) {
-	dir, _, big := benchTree(b)
-	for _, mode := range []string{"passthrough", "zero-message-opens"} {
-		b.Run(mode, func(b *testing.B) {
-			var args []string
-			if mode != "passthrough" {
-				args = append(args, "--"+mode)
-			}
-			_, m := benchMount(b, dir, args...)
-			compare(b, filepath.Join(m.dir, "d"), dir, big, len(big))
-			if st := m.stats(b); mode == "passthrough" && st.Mount.PassthroughOpens == 0 {
-				b.Errorf("no passthrough opens for the big files")
-			}
-		})
-	}
+	openModes(b, func(b *testing.B, m *mountProc, passthrough bool) {
+		dir, _, big := benchTree(b)
+		compare(b, filepath.Join(m.dir, "d"), dir, big, len(big))
+		if st := m.stats(b); passthrough && st.Mount.PassthroughOpens == 0 {
+			b.Errorf("no passthrough opens for the big files")
+		}
+	})
 }
 
 // BenchmarkMountLsLR: `ls -lR` of the tree, warm, through the mount and on
