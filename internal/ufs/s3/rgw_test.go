@@ -50,7 +50,9 @@ func (r rgwFixture) WriteFile(ctx context.Context, name string, data []byte) err
 	return err
 }
 
-func (r rgwFixture) Mkdir(ctx context.Context, name string) error { return r.WriteFile(ctx, name+"/", nil) }
+func (r rgwFixture) Mkdir(ctx context.Context, name string) error {
+	return r.WriteFile(ctx, name+"/", nil)
+}
 
 // TestConformanceRGW runs the UFS conformance suite against Ceph's radosgw:
 // its ETags, listing and range behaviour differ from versitygw's.
