@@ -1,0 +1,22 @@
+# Release builds: a pure-Go binary and one with native CephFS (cgo, needs
+# Debian's libcephfs-dev). The version and commit are stamped in.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null)
+LDFLAGS := -s -w -X github.com/granary-cache/granary/internal/version.Version=$(VERSION) \
+	-X github.com/granary-cache/granary/internal/version.Commit=$(COMMIT)
+export PATH := /usr/local/go/bin:$(PATH)
+
+.PHONY: all granary granary-cephfs test bench
+all: granary granary-cephfs
+
+granary:
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/granary ./cmd/granary
+
+granary-cephfs:
+	CGO_ENABLED=1 go build -trimpath -tags cephfs -ldflags '$(LDFLAGS)' -o bin/granary-cephfs ./cmd/granary
+
+test:
+	bash test/run.sh
+
+bench:
+	bash test/bench.sh
