@@ -2,10 +2,11 @@
 # The whole granary test suite, as CI runs it (README.md, second command).
 #
 # On a fresh Debian machine as root it installs what the tests need — Debian
-# packages, staticcheck and versitygw (a real S3 server) from the Go module
-# proxy — then runs gofmt, go vet, staticcheck, the race detector on the
-# packages with concurrency, and every test. Test packages start the servers
-# they need themselves (on 127.0.0.1) and stop them by PID.
+# packages (fuse3, Ceph), staticcheck and versitygw (a real S3 server) from the
+# Go module proxy — then runs gofmt, go vet, staticcheck, the race detector on
+# the packages with concurrency, and every test. It starts a one-host Ceph
+# cluster for the Ceph suites; test packages start the other servers they need
+# themselves (on 127.0.0.1). Everything is stopped by PID.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,6 +29,18 @@ go vet ./...
 
 step "staticcheck"
 "$tools/staticcheck" ./...
+
+# A one-host Ceph cluster (test/ceph), for the radosgw and CephFS suites and
+# the MDS accounting test; stopped by PID when the script ends.
+step "Ceph test cluster"
+ceph_dir=$(mktemp -d /tmp/granary-ceph.XXXXXX)
+trap 'bash test/ceph/stop.sh "$ceph_dir"; rm -rf "$ceph_dir"' EXIT
+bash test/ceph/start.sh "$ceph_dir"
+export GRANARY_CEPH_DIR=$ceph_dir
+
+step "go test -tags cephfs (the native CephFS backend, cgo)"
+CGO_ENABLED=1 go vet -tags cephfs ./internal/ufs/cephfs/ ./internal/dataset/
+CGO_ENABLED=1 go test -tags cephfs -count=1 ./internal/ufs/cephfs/ ./internal/dataset/
 
 # Packages with concurrency run under the race detector; the others once
 # without it (running everything twice would double the suite's time).

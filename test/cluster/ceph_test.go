@@ -17,6 +17,9 @@ import (
 func cephDir(t *testing.T) string {
 	dir := os.Getenv("GRANARY_CEPH_DIR")
 	if dir == "" {
+		if os.Getenv("GRANARY_REQUIRE_SERVERS") != "" {
+			t.Fatal("GRANARY_CEPH_DIR is not set: test/run.sh starts a Ceph cluster")
+		}
 		t.Skip("no Ceph cluster: run test/ceph/start.sh DIR and set GRANARY_CEPH_DIR")
 	}
 	return dir

@@ -21,6 +21,9 @@ import (
 func rgwEnv(t *testing.T) map[string]string {
 	dir := os.Getenv("GRANARY_CEPH_DIR")
 	if dir == "" {
+		if os.Getenv("GRANARY_REQUIRE_SERVERS") != "" {
+			t.Fatal("GRANARY_CEPH_DIR is not set: test/run.sh starts a Ceph cluster")
+		}
 		t.Skip("no Ceph cluster: run test/ceph/start.sh DIR and set GRANARY_CEPH_DIR")
 	}
 	f, err := os.Open(filepath.Join(dir, "s3.env"))
