@@ -3,27 +3,15 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/cephtest"
 	"github.com/granary-cache/granary/internal/client"
 )
-
-// cephDir returns the cluster test/ceph/start.sh started, or skips.
-func cephDir(t *testing.T) string {
-	dir := os.Getenv("GRANARY_CEPH_DIR")
-	if dir == "" {
-		if os.Getenv("GRANARY_REQUIRE_SERVERS") != "" {
-			t.Fatal("GRANARY_CEPH_DIR is not set: test/run.sh starts a Ceph cluster")
-		}
-		t.Skip("no Ceph cluster: run test/ceph/start.sh DIR and set GRANARY_CEPH_DIR")
-	}
-	return dir
-}
 
 // mds reads the MDS's count of client requests and its client sessions
 // from its admin socket.
@@ -51,33 +39,23 @@ func mds(t *testing.T, dir string) (requests float64, sessions int) {
 	return perf.MDS.Request, len(ls)
 }
 
-// cephFuse mounts the cluster's CephFS with ceph-fuse and returns the mount point.
-func cephFuse(t *testing.T, dir string) string {
-	mnt := t.TempDir()
-	if out, err := exec.Command("ceph-fuse", "-c", filepath.Join(dir, "ceph.conf"), "-n", "client.admin", mnt).CombinedOutput(); err != nil {
-		t.Fatalf("ceph-fuse: %v: %s", err, out)
-	}
-	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
-	return mnt
-}
-
 // TestCephFSSparesTheMDS reads a tree on CephFS through 3 workers with two
 // clients, 3 epochs each, against ceph-fuse reading it directly: the first
 // epoch costs the MDS no more than one direct client's pass, every later
 // epoch and the second client cost it nothing, and the MDS holds one
 // session per worker, not per reader.
 func TestCephFSSparesTheMDS(t *testing.T) {
-	dir := cephDir(t)
+	dir := cephtest.Dir(t)
 	root := fmt.Sprintf("mds-%d", time.Now().UnixNano())
 	tr := makeTree(21, 400)
-	w := cephFuse(t, dir)
+	w := cephtest.FuseMount(t, dir)
 	tr.writeDir(t, filepath.Join(w, root))
 	if err := syscall.Unmount(w, 0); err != nil { // flush the writer's metadata
 		t.Fatal(err)
 	}
 
 	// The baseline: one ceph-fuse client reading the tree directly.
-	direct := cephFuse(t, dir)
+	direct := cephtest.FuseMount(t, dir)
 	before, _ := mds(t, dir)
 	readMount(t, filepath.Join(direct, root), tr, nil)
 	after, _ := mds(t, dir)
@@ -86,7 +64,7 @@ func TestCephFSSparesTheMDS(t *testing.T) {
 	_, sessionsBefore := mds(t, dir)
 
 	c := startCluster(t, clusterOpts{workers: 3, datasets: fmt.Sprintf(
-		"  - name: cf\n    ufs: cephfs://cephfs/%s\n    options: {conf: %q}\n", root, filepath.Join(dir, "ceph.conf"))})
+		"  - name: cf\n    ufs: cephfs://cephfs/%s\n    options: {conf: %q}\n", root, cephtest.Conf(dir))})
 	for i, cl := range []*client.Client{c.client(false), c.client(true)} {
 		for epoch := 1; epoch <= 3; epoch++ {
 			before, _ := mds(t, dir)

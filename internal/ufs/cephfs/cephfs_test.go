@@ -5,55 +5,23 @@ package cephfs_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/cephtest"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/ufs/cephfs"
 	"github.com/granary-cache/granary/internal/ufs/ufstest"
 )
 
-// cluster returns the directory of a cluster started by test/ceph/start.sh.
-func cluster(t *testing.T) string {
-	dir := os.Getenv("GRANARY_CEPH_DIR")
-	if dir == "" {
-		if os.Getenv("GRANARY_REQUIRE_SERVERS") != "" {
-			t.Fatal("GRANARY_CEPH_DIR is not set")
-		}
-		t.Skip("no Ceph cluster: run test/ceph/start.sh DIR and set GRANARY_CEPH_DIR")
-	}
-	return dir
-}
-
-// dirFixture writes the tree through a ceph-fuse mount: CephFS's own client.
-type dirFixture string
-
-func (d dirFixture) WriteFile(_ context.Context, name string, data []byte) error {
-	p := filepath.Join(string(d), name)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(p, data, 0o644)
-}
-
-func (d dirFixture) Mkdir(_ context.Context, name string) error {
-	return os.MkdirAll(filepath.Join(string(d), name), 0o755)
-}
-
 func TestConformance(t *testing.T) {
-	dir := cluster(t)
-	conf := filepath.Join(dir, "ceph.conf")
-	mnt := t.TempDir()
-	if out, err := exec.Command("ceph-fuse", "-c", conf, "-n", "client.admin", mnt).CombinedOutput(); err != nil {
-		t.Fatalf("ceph-fuse: %v: %s", err, out)
-	}
-	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	dir := cephtest.Dir(t)
+	conf := cephtest.Conf(dir)
+	mnt := cephtest.FuseMount(t, dir)
 	root := fmt.Sprintf("/conformance-%d", time.Now().UnixNano())
-	if err := ufstest.Populate(context.Background(), dirFixture(filepath.Join(mnt, root))); err != nil {
+	if err := ufstest.Populate(context.Background(), ufstest.DirFixture(filepath.Join(mnt, root))); err != nil {
 		t.Fatal(err)
 	}
 	// Unmounting the writer flushes its sizes to the MDS: until then another
@@ -70,8 +38,7 @@ func TestConformance(t *testing.T) {
 }
 
 func TestOpenErrors(t *testing.T) {
-	dir := cluster(t)
-	conf := filepath.Join(dir, "ceph.conf")
+	conf := cephtest.Conf(cephtest.Dir(t))
 	for _, c := range []struct {
 		root string
 		o    cephfs.Options

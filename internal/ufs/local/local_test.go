@@ -14,24 +14,9 @@ import (
 	"github.com/granary-cache/granary/internal/ufs/ufstest"
 )
 
-// dirFixture writes the conformance tree into a plain directory.
-type dirFixture string
-
-func (d dirFixture) WriteFile(_ context.Context, name string, data []byte) error {
-	p := filepath.Join(string(d), name)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(p, data, 0o644)
-}
-
-func (d dirFixture) Mkdir(_ context.Context, name string) error {
-	return os.MkdirAll(filepath.Join(string(d), name), 0o755)
-}
-
 func TestConformance(t *testing.T) {
 	dir := t.TempDir()
-	if err := ufstest.Populate(context.Background(), dirFixture(dir)); err != nil {
+	if err := ufstest.Populate(context.Background(), ufstest.DirFixture(dir)); err != nil {
 		t.Fatal(err)
 	}
 	fsys, err := local.Open(dir)

@@ -1,10 +1,7 @@
 package s3_test
 
 import (
-	"bufio"
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -12,34 +9,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/granary-cache/granary/internal/cephtest"
 	"github.com/granary-cache/granary/internal/ufs/s3"
 	"github.com/granary-cache/granary/internal/ufs/ufstest"
 )
-
-// rgwEnv reads the S3 endpoint and keys of the Ceph cluster that
-// test/ceph/start.sh started in $GRANARY_CEPH_DIR.
-func rgwEnv(t *testing.T) map[string]string {
-	dir := os.Getenv("GRANARY_CEPH_DIR")
-	if dir == "" {
-		if os.Getenv("GRANARY_REQUIRE_SERVERS") != "" {
-			t.Fatal("GRANARY_CEPH_DIR is not set: test/run.sh starts a Ceph cluster")
-		}
-		t.Skip("no Ceph cluster: run test/ceph/start.sh DIR and set GRANARY_CEPH_DIR")
-	}
-	f, err := os.Open(filepath.Join(dir, "s3.env"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	env := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
-			env[k] = v
-		}
-	}
-	return env
-}
 
 // rgwFixture writes the conformance tree through radosgw's S3 API.
 type rgwFixture struct {
@@ -60,7 +33,7 @@ func (r rgwFixture) Mkdir(ctx context.Context, name string) error {
 // TestConformanceRGW runs the UFS conformance suite against Ceph's radosgw:
 // its ETags, listing and range behaviour differ from versitygw's.
 func TestConformanceRGW(t *testing.T) {
-	env := rgwEnv(t)
+	env := cephtest.S3(t, cephtest.Dir(t))
 	ctx := context.Background()
 	c := awss3.New(awss3.Options{BaseEndpoint: aws.String(env["S3_ENDPOINT"]), Region: "default", UsePathStyle: true,
 		Credentials: credentials.NewStaticCredentialsProvider(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], "")})

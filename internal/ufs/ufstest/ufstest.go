@@ -14,6 +14,8 @@ import (
 	"io"
 	"io/fs"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
@@ -60,6 +62,24 @@ var Names = []string{
 	"..%2F..%2Fescape",
 	"plus+sign&amp=1",
 	"quote'\"s",
+}
+
+// DirFixture writes the tree into a directory: a local one, or the mount
+// of a shared file system through its own client.
+type DirFixture string
+
+// WriteFile implements Fixture.
+func (d DirFixture) WriteFile(_ context.Context, name string, data []byte) error {
+	p := filepath.Join(string(d), name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(p, data, 0o644)
+}
+
+// Mkdir implements Fixture.
+func (d DirFixture) Mkdir(_ context.Context, name string) error {
+	return os.MkdirAll(filepath.Join(string(d), name), 0o755)
 }
 
 // DeepFile is a file ten directories down.

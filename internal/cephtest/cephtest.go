@@ -1,0 +1,61 @@
+// Package cephtest gives tests the Ceph cluster that test/ceph/start.sh
+// started (test/run.sh starts one and sets $GRANARY_CEPH_DIR).
+package cephtest
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// Dir returns the cluster's directory. Without one a test skips, unless
+// $GRANARY_REQUIRE_SERVERS is set (as in CI), where it fails.
+func Dir(t testing.TB) string {
+	t.Helper()
+	dir := os.Getenv("GRANARY_CEPH_DIR")
+	if dir == "" {
+		if os.Getenv("GRANARY_REQUIRE_SERVERS") != "" {
+			t.Fatal("GRANARY_CEPH_DIR is not set: test/run.sh starts a Ceph cluster")
+		}
+		t.Skip("no Ceph cluster: run test/ceph/start.sh DIR and set GRANARY_CEPH_DIR")
+	}
+	return dir
+}
+
+// Conf is the cluster's ceph.conf.
+func Conf(dir string) string { return filepath.Join(dir, "ceph.conf") }
+
+// FuseMount mounts the cluster's CephFS with ceph-fuse (CephFS's own
+// client) for the length of the test and returns the mount point.
+func FuseMount(t testing.TB, dir string) string {
+	t.Helper()
+	mnt := t.TempDir()
+	if out, err := exec.Command("ceph-fuse", "-c", Conf(dir), "-n", "client.admin", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("ceph-fuse: %v: %s", err, out)
+	}
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	return mnt
+}
+
+// S3 returns radosgw's endpoint and keys (S3_ENDPOINT, AWS_ACCESS_KEY_ID,
+// AWS_SECRET_ACCESS_KEY).
+func S3(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(dir, "s3.env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	env := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
