@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 )
@@ -58,4 +60,44 @@ func S3(t testing.TB, dir string) map[string]string {
 		}
 	}
 	return env
+}
+
+// PauseMDS stops the MDS (SIGSTOP) until the returned function is called
+// (SIGCONT), which the test's cleanup also does. A paused MDS answers
+// nothing, the way an overloaded or partitioned one does, and comes back
+// without a replay.
+func PauseMDS(t testing.TB, dir string) (resume func()) {
+	t.Helper()
+	pid := daemonPID(t, dir, "mds.a")
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("stop the MDS: %v", err)
+	}
+	var once sync.Once
+	resume = func() {
+		once.Do(func() {
+			if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+				t.Errorf("resume the MDS: %v", err)
+			}
+		})
+	}
+	t.Cleanup(resume)
+	return resume
+}
+
+// daemonPID reads a daemon's PID from the pids file start.sh writes.
+func daemonPID(t testing.TB, dir, name string) int {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "pids"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(data)) {
+		if n, pid, ok := strings.Cut(strings.TrimSpace(line), " "); ok && n == name {
+			if p, err := strconv.Atoi(pid); err == nil {
+				return p
+			}
+		}
+	}
+	t.Fatalf("no PID for %s in %s/pids", name, dir)
+	return 0
 }

@@ -175,7 +175,6 @@ func cutFirst(p string) (string, string, bool) {
 // metaKey and dataKey are the placement keys: a path's metadata lives with
 // its directory's listing (one listing answers every child); a block is
 // placed by file and index.
-func metaKey(ds, dir string) string { return "m\x00" + ds + "\x00" + dir }
 func dataKey(ds, p string, idx int64) string {
 	return fmt.Sprintf("d\x00%s\x00%s\x00%d", ds, p, idx)
 }
@@ -284,7 +283,7 @@ type source struct {
 func (s source) Stat(ctx context.Context, name string) (ufs.FileInfo, error) {
 	var fi ufs.FileInfo
 	q := url.Values{"ds": {s.ds.Name}, "path": {name}}
-	err := s.c.try(ctx, s.c.owners(metaKey(s.ds.Name, meta.Parent(name)), s.ds.Replicas), func(ctx context.Context, m placement.Member) error {
+	err := s.c.try(ctx, s.c.owners(wire.MetaKey(s.ds.Name, meta.Parent(name)), s.ds.Replicas), func(ctx context.Context, m placement.Member) error {
 		resp, err := s.c.get(ctx, m, wire.PathStat, q, nil, "stat", s.ds.Name, name)
 		if err != nil {
 			return err
@@ -308,7 +307,7 @@ func (s source) List(ctx context.Context, dir string) iter.Seq2[[]ufs.FileInfo, 
 	return func(yield func([]ufs.FileInfo, error) bool) {
 		var all []ufs.FileInfo
 		q := url.Values{"ds": {s.ds.Name}, "path": {dir}}
-		err := s.c.try(ctx, s.c.owners(metaKey(s.ds.Name, dir), s.ds.Replicas), func(ctx context.Context, m placement.Member) error {
+		err := s.c.try(ctx, s.c.owners(wire.MetaKey(s.ds.Name, dir), s.ds.Replicas), func(ctx context.Context, m placement.Member) error {
 			all = all[:0]
 			resp, err := s.c.get(ctx, m, wire.PathList, q, nil, "list", s.ds.Name, dir)
 			if err != nil {

@@ -310,6 +310,11 @@ func resolveOptions(ds *Dataset, f string, at func(string) *yaml.Node) []problem
 				bad(field, "%q is not an absolute path", value)
 				continue
 			}
+		case ufs.OptDuration:
+			if _, err := time.ParseDuration(value); err != nil {
+				bad(field, "expected a duration such as 30s, found %q", value)
+				continue
+			}
 		}
 		resolved[name] = value
 	}

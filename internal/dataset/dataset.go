@@ -24,6 +24,9 @@ type Dataset struct {
 	FS ufs.FS
 	// Counts is the counting layer, to read how much the UFS was asked.
 	Counts *ufs.Instrumented
+	// DirAffine is set when opening a file costs the UFS a metadata request
+	// unless the same client listed its directory (see ufs.DirAffine).
+	DirAffine bool
 }
 
 // Name is the dataset's name.
@@ -36,7 +39,9 @@ func Open(ds config.Dataset, m *ufs.Metrics) (*Dataset, error) {
 		return nil, fmt.Errorf("dataset %s (%s): %w", ds.Name, ds.URI, err)
 	}
 	counted := ufs.Instrument(backend, ds.Name, m)
-	return &Dataset{Config: ds, FS: ufs.Limit(counted, ds.UFSLimits.Limits()), Counts: counted}, nil
+	affine, _ := backend.(ufs.DirAffine)
+	return &Dataset{Config: ds, FS: ufs.Limit(counted, ds.UFSLimits.Limits()), Counts: counted,
+		DirAffine: affine != nil && affine.DirAffine()}, nil
 }
 
 func openBackend(u ufs.URI, opts map[string]string) (ufs.FS, error) {

@@ -89,6 +89,9 @@ func Start(o Options) (*Cluster, error) {
 		c.Workers = append(c.Workers, wk)
 		members = append(members, config.Member{ID: id, Addr: wk.Addr(), Socket: wk.Socket(), Weight: 1})
 	}
+	for _, wk := range c.Workers {
+		wk.SetMembers(members)
+	}
 	cc := *o.Config
 	cc.Membership = config.Membership{Type: "static", Workers: members}
 	c.Client = &cc

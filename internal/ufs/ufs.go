@@ -66,3 +66,11 @@ type FileInfo struct {
 
 // IsDir reports whether the entry is a directory.
 func (fi FileInfo) IsDir() bool { return fi.Mode.IsDir() }
+
+// DirAffine is implemented by backends where opening a file costs a
+// metadata request unless the same client listed the file's directory
+// before (CephFS: a listing gives the client every child's inode and caps).
+// A cluster then reads small files through the worker that listed them.
+type DirAffine interface {
+	DirAffine() bool
+}

@@ -39,7 +39,8 @@ const (
 	OptString OptionKind = iota
 	OptBool
 	OptInt
-	OptPath // an absolute file path
+	OptPath     // an absolute file path
+	OptDuration // a Go duration such as "30s"; "-1s" or less to disable
 )
 
 // OptionSpec describes one option a backend accepts under a dataset's options.
@@ -101,6 +102,9 @@ var Schemes = map[string]Scheme{
 		{Name: "keyring", Kind: OptPath},
 		{Name: "secret", Secret: true},
 		{Name: "fs_name"},
+		{Name: "mds_namespace"}, // the older name of fs_name
+		{Name: "op_timeout", Kind: OptDuration},
+		{Name: "idle_unmount", Kind: OptDuration},
 	}},
 }
 

@@ -29,7 +29,8 @@ const (
 	PathBlock   = "/v1/block"
 	PathLocal   = "/v1/local" // unix socket only: where a block's file is
 	PathRefresh = "/v1/refresh"
-	PathStatus  = "/v1/status" // admin listener
+	PathUFSRead = "/v1/ufs/read" // worker to worker: a range read from the UFS, uncached
+	PathStatus  = "/v1/status"   // admin listener
 )
 
 // Headers.
@@ -64,6 +65,10 @@ func (w FileInfo) Info() ufs.FileInfo {
 	}
 	return fi
 }
+
+// MetaKey is the placement key of a directory's metadata: its owner lists
+// it and answers the stats of its children.
+func MetaKey(ds, dir string) string { return "m\x00" + ds + "\x00" + dir }
 
 // BlockRef names one block of one version of a file; the client sends the
 // version and size it knows so that any worker can fetch the block without

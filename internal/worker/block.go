@@ -283,7 +283,7 @@ func (w *Worker) fetchPage(ctx context.Context, req blockReq, b *cache.Block, p 
 		if off == 0 && plen == req.size {
 			r.Len = -1 // the whole file: a plain read, which servers answer fastest
 		}
-		rc, err := req.ds.FS.ReadRange(ctx, req.key.Path, r)
+		rc, err := w.readUFS(ctx, req, r)
 		if err == nil {
 			_, err = io.ReadFull(rc, buf)
 			rc.Close()

@@ -18,6 +18,7 @@ type metrics struct {
 	unauthorized prometheus.Counter
 	readahead    prometheus.Counter
 	uncached     prometheus.Counter
+	peerReads    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -47,8 +48,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		uncached: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "granary_worker_uncached_pages_total", Help: "Pages served from the UFS without being cached (no space, disk full, quota smaller than a block).",
 		}),
+		peerReads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "granary_worker_directory_reader_reads_total", Help: "UFS reads made through the worker that listed the file's directory (CephFS: spares the MDS a lookup).",
+		}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.bytes, m.pages, m.merged, m.unauthorized, m.readahead, m.uncached)
+	reg.MustRegister(m.requests, m.latency, m.bytes, m.pages, m.merged, m.unauthorized, m.readahead, m.uncached, m.peerReads)
 	for _, s := range []string{"mem", "ssd", "hdd", "ufs"} {
 		m.bytes.WithLabelValues(s)
 	}

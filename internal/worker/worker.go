@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,10 @@ type Worker struct {
 	pages     flight.Group[pageKey, []byte]
 	readahead chan struct{} // bounds background page fetches
 	pagePool  sync.Pool
+
+	peers     atomic.Pointer[peers]
+	peerHTTP  *http.Client
+	downPeers sync.Map // worker ID → *atomic.Int64, unix nanoseconds until it is tried again
 
 	data, admin, unix net.Listener
 	servers           []*http.Server
@@ -88,6 +93,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 		metas:     map[string]*meta.Cache{},
 		layout:    cache.Layout{BlockSize: int64(wc.BlockSize), PageSize: int64(wc.PageSize)},
 		readahead: make(chan struct{}, 8),
+		peerHTTP:  newPeerHTTP(),
 	}
 	w.bgCtx, w.bgCancel = context.WithCancel(context.Background())
 	w.pagePool.New = func() any { b := make([]byte, w.layout.PageSize); return &b }
@@ -111,6 +117,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 	if err != nil {
 		w.datasets.Close()
 		return nil, err
+	}
+	if len(cfg.Membership.Workers) > 0 {
+		w.SetMembers(cfg.Membership.Workers)
 	}
 	if err := w.listen(); err != nil {
 		w.Close()
@@ -224,6 +233,7 @@ func (w *Worker) apiMux(local bool) http.Handler {
 	mux.HandleFunc("GET "+wire.PathList, w.instrument("list", w.handleList))
 	mux.HandleFunc("GET "+wire.PathBlock, w.instrument("block", w.handleBlock))
 	mux.HandleFunc("POST "+wire.PathRefresh, w.instrument("refresh", w.handleRefresh))
+	mux.HandleFunc("GET "+wire.PathUFSRead, w.instrument("ufs_read", w.handleUFSRead))
 	mux.HandleFunc("GET "+wire.PathStatus, w.handleStatus)
 	if local {
 		mux.HandleFunc("GET "+wire.PathLocal, w.instrument("local", w.handleLocal))

@@ -1,86 +1,267 @@
 package cluster
 
 import (
-	"encoding/json"
+	"context"
+	"crypto/sha256"
 	"fmt"
-	"os/exec"
+	"io/fs"
+	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/cephstat"
 	"github.com/granary-cache/granary/internal/cephtest"
-	"github.com/granary-cache/granary/internal/client"
 )
 
-// mds reads the MDS's count of client requests and its client sessions
-// from its admin socket.
-func mds(t *testing.T, dir string) (requests float64, sessions int) {
-	t.Helper()
-	asok := filepath.Join(dir, "run", "ceph-mds.a.asok")
-	out, err := exec.Command("ceph", "--admin-daemon", asok, "perf", "dump").Output()
-	if err != nil {
-		t.Fatalf("mds perf dump: %v", err)
-	}
-	var perf struct {
-		MDS struct {
-			Request float64 `json:"request"`
-		} `json:"mds"`
-	}
-	if err := json.Unmarshal(out, &perf); err != nil {
-		t.Fatal(err)
-	}
-	out, err = exec.Command("ceph", "--admin-daemon", asok, "session", "ls").Output()
-	if err != nil {
-		t.Fatalf("mds session ls: %v", err)
-	}
-	var ls []json.RawMessage
-	json.Unmarshal(out, &ls)
-	return perf.MDS.Request, len(ls)
+// cephTree is a tree of small files written to CephFS, remembered by size
+// and sha256 (20,000 files would not fit comfortably in memory as bytes).
+type cephTree struct {
+	files map[string][sha256.Size]byte
+	bytes int64
 }
 
-// TestCephFSSparesTheMDS reads a tree on CephFS through 3 workers with two
-// clients, 3 epochs each, against ceph-fuse reading it directly: the first
-// epoch costs the MDS no more than one direct client's pass, every later
-// epoch and the second client cost it nothing, and the MDS holds one
-// session per worker, not per reader.
+// cephTreeShape is the tree of the MDS test: $GRANARY_CEPH_TREE as
+// DIRSxFILES (the issue's full size is 200x100), 60x100 by default.
+func cephTreeShape(t *testing.T) (dirs, files int) {
+	shape := os.Getenv("GRANARY_CEPH_TREE")
+	if shape == "" {
+		shape = "60x100"
+	}
+	d, f, ok := strings.Cut(shape, "x")
+	dirs, err1 := strconv.Atoi(d)
+	files, err2 := strconv.Atoi(f)
+	if !ok || err1 != nil || err2 != nil || dirs <= 0 || files <= 0 {
+		t.Fatalf("GRANARY_CEPH_TREE=%q: want DIRSxFILES, as in 200x100", shape)
+	}
+	return dirs, files
+}
+
+// writeCephTree writes dirs×files files of 90–110 KiB below root with 8
+// writers.
+func writeCephTree(t *testing.T, root string, dirs, files int) *cephTree {
+	tr := &cephTree{files: map[string][sha256.Size]byte{}}
+	var mu sync.Mutex
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for i := range work {
+				r := rand.New(rand.NewPCG(uint64(i), 7))
+				b := make([]byte, 90<<10+r.IntN(20<<10))
+				for j := 0; j+8 <= len(b); j += 8 {
+					v := r.Uint64()
+					for k := range 8 {
+						b[j+k] = byte(v >> (8 * k))
+					}
+				}
+				name := fmt.Sprintf("class%03d/img%05d.jpg", i%dirs, i)
+				p := filepath.Join(root, name)
+				os.MkdirAll(filepath.Dir(p), 0o755)
+				if err := os.WriteFile(p, b, 0o644); err != nil {
+					t.Error(err)
+				}
+				mu.Lock()
+				tr.files[name] = sha256.Sum256(b)
+				tr.bytes += int64(len(b))
+				mu.Unlock()
+			}
+		})
+	}
+	for i := range dirs * files {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	return tr
+}
+
+// epoch reads the tree below root the way a training job does: it walks
+// the directories (ImageFolder), then reads every file in a shuffled order
+// with 16 readers, checking each one's sha256. It returns the time taken.
+func (tr *cephTree) epoch(t *testing.T, root string, seed uint64) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var names []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			names = append(names, strings.TrimPrefix(p, root+"/"))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) != len(tr.files) {
+		t.Fatalf("the walk of %s found %d files; want %d", root, len(names), len(tr.files))
+	}
+	rand.New(rand.NewPCG(seed, 3)).Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for name := range work {
+				b, err := os.ReadFile(filepath.Join(root, name))
+				if err != nil {
+					t.Errorf("read %s: %v", name, err)
+				} else if sha256.Sum256(b) != tr.files[name] {
+					t.Errorf("%s: %d bytes with the wrong sha256", name, len(b))
+				}
+			}
+		})
+	}
+	for _, n := range names {
+		work <- n
+	}
+	close(work)
+	wg.Wait()
+	return time.Since(start)
+}
+
+// backgroundReads bounds what the OSD serves while nobody reads the tree:
+// radosgw and the MDS read small objects of their own all the time (about
+// 9 reads every 2 s here). Any file of the tree is larger.
+const backgroundReads = 64 << 10
+
+// cephLoad is what a phase cost the cluster.
+type cephLoad struct {
+	mds cephstat.MDS // requests since the phase began; sessions opened since the test began
+	osd cephstat.OSD
+	dur time.Duration
+}
+
+type cephMeter struct {
+	t        *testing.T
+	mds, osd string
+	start    cephstat.MDS // at the test's start: its sessions are not ours
+}
+
+func newCephMeter(t *testing.T, dir string) *cephMeter {
+	m := &cephMeter{t: t, mds: filepath.Join(dir, "run", "ceph-mds.a.asok"), osd: filepath.Join(dir, "run", "ceph-osd.0.asok")}
+	m.start, _ = m.read()
+	return m
+}
+
+func (m *cephMeter) read() (cephstat.MDS, cephstat.OSD) {
+	ctx := context.Background()
+	mds, err := cephstat.ReadMDS(ctx, m.mds)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	osd, err := cephstat.ReadOSD(ctx, m.osd)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	return mds, osd
+}
+
+// measure runs fn and returns the requests and reads it caused.
+func (m *cephMeter) measure(fn func() time.Duration) cephLoad {
+	mds0, osd0 := m.read()
+	d := fn()
+	mds1, osd1 := m.read()
+	l := cephLoad{mds: mds1.Since(mds0), osd: osd1.Since(osd0), dur: d}
+	l.mds.Sessions = mds1.Since(m.start).Sessions
+	return l
+}
+
+// TestCephFSSparesTheMDS is the reason granary exists. A tree of ~100 KiB
+// files on CephFS is read for 3 epochs by each of 2 clients, first through
+// 2 ceph-fuse mounts directly, then through 2 granary mounts in front of 3
+// workers. It checks that:
+//   - granary's cold epoch costs the MDS no more than one ceph-fuse
+//     client's first epoch;
+//   - every later epoch, and the whole second client, cost the MDS and the
+//     OSD nothing;
+//   - the MDS holds at most one session per worker, and once the dataset is
+//     cached and the workers idle, granary holds caps on at most 1% of the
+//     files;
+//   - the UFS sent each byte once: bytes read ÷ dataset size = 1.00.
 func TestCephFSSparesTheMDS(t *testing.T) {
 	dir := cephtest.Dir(t)
+	needFUSE(t)
+	dirs, perDir := cephTreeShape(t)
 	root := fmt.Sprintf("mds-%d", time.Now().UnixNano())
-	tr := makeTree(21, 400)
 	w := cephtest.FuseMount(t, dir)
-	tr.writeDir(t, filepath.Join(w, root))
+	start := time.Now()
+	tr := writeCephTree(t, filepath.Join(w, root), dirs, perDir)
 	if err := syscall.Unmount(w, 0); err != nil { // flush the writer's metadata
 		t.Fatal(err)
 	}
+	t.Logf("wrote %d files (%d MiB) in %d directories in %v", len(tr.files), tr.bytes>>20, dirs, time.Since(start).Round(time.Millisecond))
+	meter := newCephMeter(t, dir)
 
-	// The baseline: one ceph-fuse client reading the tree directly.
-	direct := cephtest.FuseMount(t, dir)
-	before, _ := mds(t, dir)
-	readMount(t, filepath.Join(direct, root), tr, nil)
-	after, _ := mds(t, dir)
-	baseline := after - before
-	syscall.Unmount(direct, 0)
-	_, sessionsBefore := mds(t, dir)
+	// The baseline: two ceph-fuse clients reading the tree directly.
+	var direct [2][3]cephLoad
+	for c := range 2 {
+		mnt := cephtest.FuseMount(t, dir)
+		for e := range 3 {
+			dropCaches(t)
+			direct[c][e] = meter.measure(func() time.Duration { return tr.epoch(t, filepath.Join(mnt, root), uint64(10*c+e)) })
+			l := direct[c][e]
+			t.Logf("ceph-fuse client %d epoch %d: %v MDS requests %v, %v OSD reads, %v (%.0f MB/s)",
+				c+1, e+1, l.mds.Requests, l.mds.ByOp, l.osd.Reads, l.dur.Round(time.Millisecond), float64(tr.bytes)/l.dur.Seconds()/1e6)
+		}
+		syscall.Unmount(mnt, 0)
+	}
 
-	c := startCluster(t, clusterOpts{workers: 3, datasets: fmt.Sprintf(
-		"  - name: cf\n    ufs: cephfs://cephfs/%s\n    options: {conf: %q}\n", root, cephtest.Conf(dir))})
-	for i, cl := range []*client.Client{c.client(false), c.client(true)} {
-		for epoch := 1; epoch <= 3; epoch++ {
-			before, _ := mds(t, dir)
-			readTree(t, cl, "cf", tr, 16, uint64(epoch))
-			after, sessions := mds(t, dir)
-			n := after - before
-			t.Logf("client %d epoch %d: %v MDS requests (direct ceph-fuse: %v), %d sessions (%d before granary)", i+1, epoch, n, baseline, sessions, sessionsBefore)
+	// granary: 3 workers, 2 mounts. Each worker's cache holds the tree.
+	quota := tr.bytes/2 + 256<<20
+	tiers := func(_ int, d string) string {
+		return fmt.Sprintf("    - {name: SSD, path: %s/ssd, quota: %d}\n", d, quota)
+	}
+	const idle = 3 * time.Second
+	c := startCluster(t, clusterOpts{workers: 3, tiers: tiers, datasets: fmt.Sprintf(
+		"  - name: cf\n    ufs: cephfs://cephfs/%s\n    metadata_sync: never\n    options: {conf: %q, idle_unmount: %v}\n", root, cephtest.Conf(dir), idle)})
+	var cached [2][3]cephLoad
+	for cl := range 2 {
+		m := c.mount(t)
+		for e := range 3 {
+			dropCaches(t)
+			cached[cl][e] = meter.measure(func() time.Duration { return tr.epoch(t, filepath.Join(m.dir, "cf"), uint64(10*cl+e)) })
+			l := cached[cl][e]
+			t.Logf("granary client %d epoch %d: %v MDS requests %v, %v OSD reads (%v bytes), %d sessions, %v (%.0f MB/s)",
+				cl+1, e+1, l.mds.Requests, l.mds.ByOp, l.osd.Reads, l.osd.ReadBytes, len(l.mds.Sessions), l.dur.Round(time.Millisecond), float64(tr.bytes)/l.dur.Seconds()/1e6)
 			switch {
-			case i == 0 && epoch == 1 && n > baseline:
-				t.Errorf("cold epoch: %v MDS requests; want at most the direct client's %v", n, baseline)
-			case (i > 0 || epoch > 1) && n != 0:
-				t.Errorf("client %d epoch %d: %v MDS requests; want 0", i+1, epoch, n)
+			case cl == 0 && e == 0 && l.mds.Requests > direct[0][0].mds.Requests:
+				t.Errorf("cold epoch: %v MDS requests; want at most ceph-fuse's %v", l.mds.Requests, direct[0][0].mds.Requests)
+			case (cl > 0 || e > 0) && (l.mds.Requests != 0 || l.osd.ReadBytes > backgroundReads):
+				t.Errorf("client %d epoch %d: %v MDS requests and %v bytes read from the OSD; want none", cl+1, e+1, l.mds.Requests, l.osd.ReadBytes)
 			}
-			if sessions-sessionsBefore > 3 {
-				t.Errorf("%d MDS sessions for granary; want at most one per worker (3)", sessions-sessionsBefore)
+			if n := len(l.mds.Sessions); n > 3 {
+				t.Errorf("%d MDS sessions for granary; want at most one per worker (3)", n)
 			}
 		}
 	}
+	ufsBytes := c.metric("granary_ufs_read_bytes_total", `dataset="cf"`)
+	if ratio := ufsBytes / float64(tr.bytes); ratio < 0.99 || ratio > 1.01 {
+		t.Errorf("the UFS sent %.0f bytes for a %d-byte dataset read 6 times: %.3f×; want 1.00", ufsBytes, tr.bytes, ratio)
+	} else {
+		t.Logf("UFS bytes ÷ dataset size over 2 clients × 3 epochs: %.4f", ratio)
+	}
+	t.Logf("directory-reader reads: %v", c.metric("granary_worker_directory_reader_reads_total"))
+
+	// Once idle, the workers give their sessions and caps back.
+	var caps, sessions int
+	for deadline := time.Now().Add(idle + 20*time.Second); ; time.Sleep(250 * time.Millisecond) {
+		mds, _ := meter.read()
+		ours := mds.Since(meter.start)
+		caps, sessions = ours.Caps(), len(ours.Sessions)
+		if caps*100 <= len(tr.files) || time.Now().After(deadline) {
+			break
+		}
+	}
+	t.Logf("idle: granary holds %d sessions and %d caps for %d files", sessions, caps, len(tr.files))
+	if caps*100 > len(tr.files) {
+		t.Errorf("granary holds %d caps once idle; want at most 1%% of %d files", caps, len(tr.files))
+	}
+
+	ratio := func(a, b cephLoad) float64 { return b.dur.Seconds() / a.dur.Seconds() }
+	t.Logf("throughput granary ÷ ceph-fuse: cold %.2f×, warm (epoch 2) %.2f×, warm (epoch 3) %.2f×, second client cold %.2f×",
+		ratio(cached[0][0], direct[0][0]), ratio(cached[0][1], direct[0][1]), ratio(cached[0][2], direct[0][2]), ratio(cached[1][0], direct[1][0]))
 }

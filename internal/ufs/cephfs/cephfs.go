@@ -4,11 +4,19 @@
 // system read natively through libcephfs (cgo; build with -tags cephfs and
 // Debian's libcephfs-dev), without a kernel or ceph-fuse mount.
 //
-// One mount handle per dataset is shared by every reader: libcephfs
-// serialises on its client lock, and a single client session keeps the MDS
-// load (sessions, capabilities) independent of the number of readers.
-// Listings use readdirplus, so one listing also yields every child's
-// attributes without a getattr each.
+// What it costs the MDS is the point of granary, so the handle is managed
+// for that:
+//   - One mount handle per dataset is shared by every reader: libcephfs
+//     serialises on its client lock, and a single client session keeps the
+//     MDS load (sessions, capabilities) independent of the number of readers.
+//   - Listings use readdirplus, so one listing also yields every child's
+//     attributes, and later opens in that directory cost the MDS nothing.
+//   - A handle idle for Options.IdleUnmount is unmounted, which closes the
+//     session and returns every capability it held: once a dataset is
+//     cached the MDS keeps nothing for granary. The next call mounts again.
+//   - libcephfs calls cannot be interrupted and wait as long as the MDS or
+//     an OSD does not answer. Each call is bounded by Options.OpTimeout: the
+//     caller gets a retryable error and the call finishes in the background.
 package cephfs
 
 /*
@@ -22,14 +30,11 @@ package cephfs
 import "C"
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"iter"
-	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -37,7 +42,7 @@ import (
 	"github.com/granary-cache/granary/internal/ufs"
 )
 
-// Options say how to reach the cluster.
+// Options say how to reach the cluster and how to hold the handle.
 type Options struct {
 	Conf     string // a ceph.conf; may be empty when Monitors is set
 	Monitors string // mon_host, e.g. "127.0.0.1:6789"
@@ -45,17 +50,104 @@ type Options struct {
 	Keyring  string // keyring file
 	Secret   string // or the key itself
 	FSName   string // the file system; empty for the default one
+	// OpTimeout bounds each libcephfs call; 0 means 30 s.
+	OpTimeout time.Duration
+	// IdleUnmount unmounts the handle after this long without a call; 0
+	// means 30 s, a negative value never.
+	IdleUnmount time.Duration
 }
 
 // FS is a read-only UFS over one CephFS directory.
 type FS struct {
-	mount *C.struct_ceph_mount_info
-	root  string
-	mu    sync.Mutex // guards mount against Close
+	root      string
+	o         Options
+	timeout   time.Duration
+	idleAfter time.Duration
+
+	// mu is held shared by every call and open file that uses mount, and
+	// exclusively to mount or unmount it.
+	mu     sync.RWMutex
+	mount  *C.struct_ceph_mount_info // nil while idle-unmounted
+	closed bool
+
+	lastUse   atomic.Int64 // unix nanoseconds
+	mounts    atomic.Int64
+	stop      chan struct{}
+	janitorW  sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Open mounts root (an absolute path inside the file system) with libcephfs.
+// Mounting here, rather than at the first call, reports a wrong monitor, key
+// or path when the dataset is opened.
 func Open(root string, o Options) (*FS, error) {
+	f := &FS{root: root, o: o, timeout: o.OpTimeout, idleAfter: o.IdleUnmount, stop: make(chan struct{})}
+	if f.timeout <= 0 {
+		f.timeout = 30 * time.Second
+	}
+	if f.idleAfter == 0 {
+		f.idleAfter = 30 * time.Second
+	}
+	m, err := f.connect()
+	if err != nil {
+		return nil, err
+	}
+	f.mount = m
+	f.lastUse.Store(time.Now().UnixNano())
+	if f.idleAfter > 0 {
+		f.janitorW.Add(1)
+		go f.janitor()
+	}
+	return f, nil
+}
+
+// DirAffine implements ufs.DirAffine: an open costs the MDS a lookup unless
+// this client listed the directory.
+func (f *FS) DirAffine() bool { return true }
+
+// Mounts reports how many times the handle was mounted (1 + the remounts
+// after idle unmounts).
+func (f *FS) Mounts() int64 { return f.mounts.Load() }
+
+// Mounted reports whether the handle holds a session now.
+func (f *FS) Mounted() bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.mount != nil
+}
+
+// connect creates, configures and mounts a client, bounded by the op timeout.
+func (f *FS) connect() (*C.struct_ceph_mount_info, error) {
+	type result struct {
+		m   *C.struct_ceph_mount_info
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		m, err := f.connectNow()
+		done <- result{m, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err == nil {
+			f.mounts.Add(1)
+		}
+		return r.m, r.err
+	case <-time.After(f.timeout + 5*time.Second):
+		go func() { // release the client if the mount ever finishes
+			if r := <-done; r.m != nil {
+				C.ceph_unmount(r.m)
+				C.ceph_release(r.m)
+			}
+		}()
+		return nil, ufs.NewError("cephfs", strings.TrimPrefix(f.root, "/"), ufs.ClassRetryable,
+			fmt.Errorf("mount: no answer from the cluster within %v (check monitors and that the MDS is up)", f.timeout))
+	}
+}
+
+func (f *FS) connectNow() (*C.struct_ceph_mount_info, error) {
+	o := f.o
 	user := o.User
 	if user == "" {
 		user = "admin"
@@ -66,20 +158,25 @@ func Open(root string, o Options) (*FS, error) {
 	if rc := C.ceph_create(&m, cuser); rc < 0 {
 		return nil, fmt.Errorf("cephfs: create a client: %w", errno(rc))
 	}
-	f := &FS{mount: m, root: root}
-	fail := func(what string, rc C.int) (*FS, error) {
+	fail := func(what string, rc C.int) (*C.struct_ceph_mount_info, error) {
 		C.ceph_release(m)
-		return nil, fmt.Errorf("cephfs: %s: %w", what, errno(rc))
+		return nil, mountError(f.root, what, rc)
 	}
 	if o.Conf != "" {
 		cconf := C.CString(o.Conf)
 		rc := C.ceph_conf_read_file(m, cconf)
 		C.free(unsafe.Pointer(cconf))
 		if rc < 0 {
-			return fail("read "+o.Conf, rc)
+			return fail("read the conf "+o.Conf, rc)
 		}
 	}
-	for _, kv := range [][2]string{{"mon_host", o.Monitors}, {"keyring", o.Keyring}, {"key", o.Secret}, {"client_fs", o.FSName}} {
+	secs := fmt.Sprint(int(f.timeout.Seconds() + 0.5))
+	for _, kv := range [][2]string{
+		{"mon_host", o.Monitors}, {"keyring", o.Keyring}, {"key", o.Secret},
+		// Bound the mount itself: without these a wrong monitor address or
+		// key waits five minutes.
+		{"client_mount_timeout", secs}, {"rados_mon_op_timeout", secs},
+	} {
 		if kv[1] == "" {
 			continue
 		}
@@ -87,13 +184,16 @@ func Open(root string, o Options) (*FS, error) {
 		rc := C.ceph_conf_set(m, k, v)
 		C.free(unsafe.Pointer(k))
 		C.free(unsafe.Pointer(v))
-		if rc < 0 && kv[0] != "client_fs" {
+		if rc < 0 {
 			what := kv[0]
 			if kv[0] == "key" {
 				what = "the secret" // never its value
 			}
 			return fail("set "+what, rc)
 		}
+	}
+	if rc := C.ceph_init(m); rc < 0 {
+		return fail("connect to the monitors (check monitors, user and key)", rc)
 	}
 	if o.FSName != "" {
 		cfs := C.CString(o.FSName)
@@ -103,222 +203,129 @@ func Open(root string, o Options) (*FS, error) {
 			return fail("select file system "+o.FSName, rc)
 		}
 	}
-	croot := C.CString(root)
+	croot := C.CString(f.root)
 	defer C.free(unsafe.Pointer(croot))
 	if rc := C.ceph_mount(m, croot); rc < 0 {
-		return fail("mount "+root+" (check monitors, user and key)", rc)
+		what := "mount"
+		switch syscall.Errno(-rc) {
+		case syscall.ENOENT:
+			what += " (no such directory"
+			if o.FSName != "" {
+				what += ", or no file system named " + o.FSName
+			}
+			what += ")"
+		default:
+			what += " (check monitors, user, key and fs_name)"
+		}
+		return fail(what, rc)
 	}
-	return f, nil
+	return m, nil
 }
 
-// Close unmounts.
-func (f *FS) Close() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.mount == nil {
-		return nil
-	}
-	C.ceph_unmount(f.mount)
-	C.ceph_release(f.mount)
-	f.mount = nil
-	return nil
-}
-
-func errno(rc C.int) error { return syscall.Errno(-rc) }
-
-// wrap classifies a libcephfs result.
-func wrap(op, name string, rc C.int) error {
+// mountError classifies a failure to mount root.
+func mountError(root, what string, rc C.int) error {
 	e := syscall.Errno(-rc)
-	var cls ufs.Class
+	cls := ufs.ClassFatal
 	switch e {
-	case syscall.ENOENT, syscall.ENOTDIR:
+	case syscall.ENOENT:
 		cls = ufs.ClassNotExist
 	case syscall.EACCES, syscall.EPERM:
 		cls = ufs.ClassPermission
-	case syscall.EINVAL, syscall.ENAMETOOLONG, syscall.ELOOP, syscall.EISDIR:
-		cls = ufs.ClassInvalid
-	case syscall.EIO, syscall.EAGAIN, syscall.ETIMEDOUT, syscall.ESHUTDOWN, syscall.ENOTCONN:
+	case syscall.ETIMEDOUT, syscall.EAGAIN:
 		cls = ufs.ClassRetryable
-	default:
-		cls = ufs.ClassFatal
 	}
-	return ufs.NewError(op, name, cls, e)
+	return ufs.NewError("cephfs", strings.TrimPrefix(root, "/"), cls, fmt.Errorf("%s: %w", what, e))
 }
 
-// cpath is the path libcephfs resolves inside the mounted root.
-func cpath(name string) *C.char {
-	if name == "" {
-		return C.CString("/")
-	}
-	return C.CString("/" + name)
-}
-
-const want = C.CEPH_STATX_MODE | C.CEPH_STATX_SIZE | C.CEPH_STATX_MTIME
-
-func info(stx *C.struct_ceph_statx) ufs.FileInfo {
-	mode := fs.FileMode(stx.stx_mode & 0o777)
-	fi := ufs.FileInfo{ModTime: time.Unix(int64(stx.stx_mtime.tv_sec), int64(stx.stx_mtime.tv_nsec))}
-	if stx.stx_mode&C.S_IFMT == C.S_IFDIR {
-		fi.Mode = fs.ModeDir | mode
-		return fi
-	}
-	fi.Mode = mode
-	fi.Size = int64(stx.stx_size)
-	fi.Version = strconv.FormatInt(fi.Size, 36) + "-" + strconv.FormatInt(fi.ModTime.UnixNano(), 36)
-	return fi
-}
-
-// Stat implements ufs.FS: one statx.
-func (f *FS) Stat(ctx context.Context, name string) (ufs.FileInfo, error) {
-	if err := ctx.Err(); err != nil {
-		return ufs.FileInfo{}, ufs.NewError("stat", name, ufs.ClassCanceled, err)
-	}
-	p := cpath(name)
-	defer C.free(unsafe.Pointer(p))
-	var stx C.struct_ceph_statx
-	if rc := C.ceph_statx(f.mount, p, &stx, want, 0); rc < 0 {
-		err := wrap("stat", name, rc)
-		if syscall.Errno(-rc) == syscall.EACCES && name != "" && f.underFile(ctx, name) {
-			// libcephfs answers EACCES, not ENOTDIR, for a path through a file.
-			err = ufs.NewError("stat", name, ufs.ClassNotExist, syscall.ENOENT)
+// acquire returns the mounted handle, mounting it again after an idle
+// unmount, with mu held shared: the caller must call f.release.
+func (f *FS) acquire() (*C.struct_ceph_mount_info, error) {
+	for {
+		f.mu.RLock()
+		if f.closed {
+			f.mu.RUnlock()
+			return nil, ufs.NewError("call", f.root, ufs.ClassFatal, errors.New("cephfs: the dataset is closed"))
 		}
-		return ufs.FileInfo{}, err
-	}
-	fi := info(&stx)
-	fi.Name = name
-	return fi, nil
-}
-
-// underFile reports whether some parent of name is not a directory.
-func (f *FS) underFile(ctx context.Context, name string) bool {
-	parent := name
-	for i := len(parent) - 1; i >= 0; i-- {
-		if parent[i] == '/' {
-			parent = parent[:i]
-			fi, err := f.Stat(ctx, parent)
-			return err != nil && ufs.ClassOf(err) == ufs.ClassNotExist || err == nil && !fi.IsDir()
+		if m := f.mount; m != nil {
+			f.lastUse.Store(time.Now().UnixNano())
+			return m, nil
 		}
+		f.mu.RUnlock()
+		f.mu.Lock()
+		if f.mount == nil && !f.closed {
+			m, err := f.connect()
+			if err != nil {
+				f.mu.Unlock()
+				return nil, err
+			}
+			f.mount = m
+		}
+		f.mu.Unlock()
 	}
-	return false
 }
 
-// List implements ufs.FS with readdirplus: names and attributes together.
-func (f *FS) List(ctx context.Context, dir string) iter.Seq2[[]ufs.FileInfo, error] {
-	return func(yield func([]ufs.FileInfo, error) bool) {
-		p := cpath(dir)
-		defer C.free(unsafe.Pointer(p))
-		var d *C.struct_ceph_dir_result
-		if rc := C.ceph_opendir(f.mount, p, &d); rc < 0 {
-			yield(nil, wrap("list", dir, rc))
+func (f *FS) release() {
+	f.lastUse.Store(time.Now().UnixNano())
+	f.mu.RUnlock()
+}
+
+// janitor unmounts the handle when nothing used it for idleAfter.
+func (f *FS) janitor() {
+	defer f.janitorW.Done()
+	tick := time.NewTicker(min(f.idleAfter/4+time.Millisecond, time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-f.stop:
 			return
+		case <-tick.C:
 		}
-		defer C.ceph_closedir(f.mount, d)
-		var de C.struct_dirent
-		var stx C.struct_ceph_statx
-		for {
-			if err := ctx.Err(); err != nil {
-				yield(nil, ufs.NewError("list", dir, ufs.ClassCanceled, err))
-				return
-			}
-			page := make([]ufs.FileInfo, 0, 1000)
-			for len(page) < cap(page) {
-				rc := C.ceph_readdirplus_r(f.mount, d, &de, &stx, want, 0, nil)
-				if rc < 0 {
-					yield(nil, wrap("list", dir, rc))
-					return
-				}
-				if rc == 0 {
-					if len(page) > 0 {
-						yield(page, nil)
-					}
-					return
-				}
-				name := C.GoString(&de.d_name[0])
-				if !ufs.ValidName(name) {
-					continue
-				}
-				fi := info(&stx)
-				fi.Name = name
-				page = append(page, fi)
-			}
-			if !yield(page, nil) {
-				return
-			}
+		if time.Since(time.Unix(0, f.lastUse.Load())) < f.idleAfter {
+			continue
 		}
+		// TryLock: a call or an open file holds mu shared, and a call stuck
+		// on an unanswering MDS must not block the others behind a waiting
+		// writer.
+		if !f.mu.TryLock() {
+			continue
+		}
+		if f.mount != nil && time.Since(time.Unix(0, f.lastUse.Load())) >= f.idleAfter {
+			C.ceph_unmount(f.mount)
+			C.ceph_release(f.mount)
+			f.mount = nil
+		}
+		f.mu.Unlock()
 	}
 }
 
-// ReadRange implements ufs.FS with pread on a file opened for the range.
-func (f *FS) ReadRange(ctx context.Context, name string, r ufs.Range) (io.ReadCloser, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, ufs.NewError("read", name, ufs.ClassCanceled, err)
-	}
-	if r.Off < 0 {
-		return nil, ufs.NewError("read", name, ufs.ClassInvalid, fmt.Errorf("negative offset %d", r.Off))
-	}
-	p := cpath(name)
-	defer C.free(unsafe.Pointer(p))
-	fd := C.ceph_open(f.mount, p, C.O_RDONLY, 0)
-	if fd < 0 {
-		return nil, wrap("read", name, fd)
-	}
-	var stx C.struct_ceph_statx
-	if rc := C.ceph_fstatx(f.mount, fd, &stx, want, 0); rc < 0 {
-		C.ceph_close(f.mount, fd)
-		return nil, wrap("read", name, rc)
-	}
-	fi := info(&stx)
-	if fi.IsDir() {
-		C.ceph_close(f.mount, fd)
-		return nil, ufs.NewError("read", name, ufs.ClassInvalid, errors.New("is a directory"))
-	}
-	if r.IfVersion != "" && fi.Version != r.IfVersion {
-		C.ceph_close(f.mount, fd)
-		return nil, ufs.NewError("read", name, ufs.ClassVersionChanged, ufs.ErrVersionChanged)
-	}
-	end := fi.Size
-	if r.Len >= 0 {
-		end = min(end, r.Off+r.Len)
-	}
-	return &reader{f: f, fd: fd, name: name, off: r.Off, end: max(end, r.Off), ctx: ctx}, nil
+// Close unmounts. If calls are still stuck in libcephfs after the op
+// timeout, it returns an error and unmounts when they finish.
+func (f *FS) Close() error {
+	f.closeOnce.Do(func() { f.closeErr = f.close() })
+	return f.closeErr
 }
 
-type reader struct {
-	f        *FS
-	fd       C.int
-	name     string
-	off, end int64
-	ctx      context.Context
-	closed   bool
-}
-
-func (r *reader) Read(p []byte) (int, error) {
-	if r.off >= r.end {
-		return 0, io.EOF
-	}
-	if err := r.ctx.Err(); err != nil {
-		return 0, ufs.NewError("read", r.name, ufs.ClassCanceled, err)
-	}
-	n := min(int64(len(p)), r.end-r.off, 64<<20)
-	if n == 0 {
-		return 0, nil
-	}
-	rc := C.ceph_read(r.f.mount, r.fd, (*C.char)(unsafe.Pointer(&p[0])), C.int64_t(n), C.int64_t(r.off))
-	if rc < 0 {
-		return 0, wrap("read", r.name, rc)
-	}
-	if rc == 0 {
-		return 0, io.EOF
-	}
-	r.off += int64(rc)
-	return int(rc), nil
-}
-
-func (r *reader) Close() error {
-	if r.closed {
+func (f *FS) close() error {
+	close(f.stop)
+	f.janitorW.Wait()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.closed = true
+		if f.mount != nil {
+			C.ceph_unmount(f.mount)
+			C.ceph_release(f.mount)
+			f.mount = nil
+		}
+	}()
+	select {
+	case <-done:
 		return nil
+	case <-time.After(f.timeout):
+		return fmt.Errorf("cephfs: close %s: calls still waiting on the cluster after %v; it unmounts when they end", f.root, f.timeout)
 	}
-	r.closed = true
-	C.ceph_close(r.f.mount, r.fd)
-	return nil
 }
+
+func errno(rc C.int) error { return syscall.Errno(-rc) }

@@ -4,32 +4,58 @@ package cephfs_test
 
 import (
 	"context"
+	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/cephstat"
 	"github.com/granary-cache/granary/internal/cephtest"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/ufs/cephfs"
 	"github.com/granary-cache/granary/internal/ufs/ufstest"
 )
 
-func TestConformance(t *testing.T) {
-	dir := cephtest.Dir(t)
-	conf := cephtest.Conf(dir)
+// tree writes files (name → content) below a new directory of the test
+// cluster's CephFS and returns that directory's path in CephFS.
+func tree(t *testing.T, dir string, files map[string]string) string {
+	t.Helper()
 	mnt := cephtest.FuseMount(t, dir)
-	root := fmt.Sprintf("/conformance-%d", time.Now().UnixNano())
-	if err := ufstest.Populate(context.Background(), ufstest.DirFixture(filepath.Join(mnt, root))); err != nil {
-		t.Fatal(err)
+	root := fmt.Sprintf("/%s-%d", strings.ToLower(t.Name()), time.Now().UnixNano())
+	for name, data := range files {
+		p := filepath.Join(mnt, root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Unmounting the writer flushes its sizes to the MDS: until then another
 	// client's readdirplus may see a file still being written as empty.
 	if err := syscall.Unmount(mnt, 0); err != nil {
 		t.Fatal(err)
 	}
-	fsys, err := cephfs.Open(root, cephfs.Options{Conf: conf, FSName: "cephfs"})
+	return root
+}
+
+func TestConformance(t *testing.T) {
+	dir := cephtest.Dir(t)
+	mnt := cephtest.FuseMount(t, dir)
+	root := fmt.Sprintf("/conformance-%d", time.Now().UnixNano())
+	if err := ufstest.Populate(context.Background(), ufstest.DirFixture(filepath.Join(mnt, root))); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Unmount(mnt, 0); err != nil {
+		t.Fatal(err)
+	}
+	fsys, err := cephfs.Open(root, cephfs.Options{Conf: cephtest.Conf(dir), FSName: "cephfs"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,21 +63,146 @@ func TestConformance(t *testing.T) {
 	ufstest.Run(t, fsys)
 }
 
+// TestOpenErrors: each way of getting the cluster wrong fails within the
+// op timeout, with a message that names what is wrong and no secret.
 func TestOpenErrors(t *testing.T) {
-	conf := cephtest.Conf(cephtest.Dir(t))
+	dir := cephtest.Dir(t)
+	conf := cephtest.Conf(dir)
+	const badKey = "AQBbadbadbadbadbadbadbadbadbadbadbadbadbad=="
+	// A well-formed key that is not client.admin's: type 1 (AES), a zero
+	// creation time, 16 bytes of secret.
+	raw := append([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0}, []byte("not-the-real-key")...)
+	wrongKey := base64.StdEncoding.EncodeToString(raw)
 	for _, c := range []struct {
+		name string
 		root string
 		o    cephfs.Options
+		want string
 	}{
-		{"/does-not-exist", cephfs.Options{Conf: conf}},
-		{"/", cephfs.Options{Conf: conf, FSName: "nosuchfs"}},
-		{"/", cephfs.Options{Conf: conf, Secret: "AQBbadbadbadbadbadbadbadbadbadbadbadbadbad=="}},
+		{"missing path", "/does-not-exist", cephfs.Options{Conf: conf}, "/does-not-exist: mount (no such directory"},
+		{"missing file system", "/", cephfs.Options{Conf: conf, FSName: "nosuchfs"}, "nosuchfs"},
+		{"malformed key", "/", cephfs.Options{Conf: conf, Secret: badKey}, "key"},
+		{"wrong key", "/", cephfs.Options{Conf: conf, Secret: wrongKey}, "key"},
+		{"wrong monitor", "/", cephfs.Options{Monitors: "127.0.0.1:1", User: "admin", Keyring: filepath.Join(dir, "keyring"), OpTimeout: 2 * time.Second}, "monitors"},
+		{"missing conf", "/", cephfs.Options{Conf: filepath.Join(dir, "no.conf")}, "no.conf"},
 	} {
-		if fsys, err := cephfs.Open(c.root, c.o); err == nil {
-			fsys.Close()
-			t.Errorf("Open(%q, %+v) succeeded", c.root, c.o)
-		} else if ufs.ClassOf(err) == ufs.ClassNone {
-			t.Errorf("no error class")
+		t.Run(c.name, func(t *testing.T) {
+			start := time.Now()
+			fsys, err := cephfs.Open(c.root, c.o)
+			if err == nil {
+				fsys.Close()
+				t.Fatalf("Open(%q) succeeded", c.root)
+			}
+			t.Logf("after %v: %v", time.Since(start).Round(time.Millisecond), err)
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not name %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), badKey) || strings.Contains(err.Error(), wrongKey) {
+				t.Errorf("error %q shows the secret", err)
+			}
+			if ufs.ClassOf(err) == ufs.ClassNone {
+				t.Errorf("error %q has no class", err)
+			}
+			if d := time.Since(start); d > 40*time.Second {
+				t.Errorf("took %v to fail", d)
+			}
+		})
+	}
+}
+
+// TestIdleUnmount: an idle handle gives its session and capabilities back
+// to the MDS, and the next call mounts again.
+func TestIdleUnmount(t *testing.T) {
+	dir := cephtest.Dir(t)
+	root := tree(t, dir, map[string]string{"a/x": "hello", "a/y": "world", "b/z": "!"})
+	asok := filepath.Join(dir, "run", "ceph-mds.a.asok")
+	ctx := context.Background()
+	before, err := cephstat.ReadMDS(ctx, asok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsys, err := cephfs.Open(root, cephfs.Options{Conf: cephtest.Conf(dir), IdleUnmount: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	for page, err := range fsys.List(ctx, "a") {
+		if err != nil || len(page) != 2 {
+			t.Fatalf("list a: %v, %v", page, err)
 		}
+	}
+	during, _ := cephstat.ReadMDS(ctx, asok)
+	if s := during.Since(before).Sessions; len(s) != 1 || s[0].Caps < 2 {
+		t.Fatalf("sessions while in use: %+v; want one holding caps", s)
+	}
+	// An open file keeps the handle mounted.
+	rc, err := fsys.ReadRange(ctx, "a/x", ufs.Range{Len: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if !fsys.Mounted() {
+		t.Fatal("unmounted under an open file")
+	}
+	if b, err := io.ReadAll(rc); err != nil || string(b) != "hello" {
+		t.Fatalf("read a/x = %q, %v", b, err)
+	}
+	rc.Close()
+	for deadline := time.Now().Add(20 * time.Second); fsys.Mounted(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("still mounted 20 s after the last call")
+		}
+	}
+	idle, _ := cephstat.ReadMDS(ctx, asok)
+	if s := idle.Since(before).Sessions; len(s) != 0 {
+		t.Errorf("sessions once idle: %+v; want none", s)
+	}
+	fi, err := fsys.Stat(ctx, "b/z")
+	if err != nil || fi.Size != 1 {
+		t.Fatalf("stat after the idle unmount: %+v, %v", fi, err)
+	}
+	if n := fsys.Mounts(); n != 2 {
+		t.Errorf("%d mounts; want 2", n)
+	}
+}
+
+// TestMDSPaused: with the MDS not answering, a call fails with a retryable
+// error after the op timeout instead of hanging, and the handle works
+// again once the MDS is back.
+func TestMDSPaused(t *testing.T) {
+	dir := cephtest.Dir(t)
+	root := tree(t, dir, map[string]string{"a/x": "hello", "b/y": "world"})
+	ctx := context.Background()
+	fsys, err := cephfs.Open(root, cephfs.Options{Conf: cephtest.Conf(dir), OpTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	if _, err := fsys.Stat(ctx, "a/x"); err != nil {
+		t.Fatal(err)
+	}
+	resume := cephtest.PauseMDS(t, dir)
+	start := time.Now()
+	_, err = fsys.Stat(ctx, "b/y") // never looked up: the MDS must answer
+	took := time.Since(start)
+	resume()
+	t.Logf("stat with the MDS paused: %v after %v", err, took.Round(time.Millisecond))
+	if ufs.ClassOf(err) != ufs.ClassRetryable {
+		t.Fatalf("stat with the MDS paused: %v; want a retryable error", err)
+	}
+	if took > 10*time.Second {
+		t.Errorf("took %v; want about the 2 s op timeout", took)
+	}
+	var fi ufs.FileInfo
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if fi, err = fsys.Stat(ctx, "b/y"); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil || fi.Size != 5 {
+		t.Fatalf("stat once the MDS is back: %+v, %v", fi, err)
+	}
+	if !errors.Is(fsys.Close(), nil) {
+		t.Error("close failed")
 	}
 }

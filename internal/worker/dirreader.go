@@ -1,0 +1,152 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/meta"
+	"github.com/granary-cache/granary/internal/placement"
+	"github.com/granary-cache/granary/internal/ufs"
+	"github.com/granary-cache/granary/internal/wire"
+)
+
+// On CephFS, opening a file costs the MDS a lookup unless the client that
+// opens it has listed its directory, and every worker is a client. The
+// worker that owns a directory's metadata has listed it, so a worker that
+// misses a page of a small file (one block) of such a dataset reads it
+// through that worker, its "directory reader", instead of from the UFS
+// itself: the MDS then pays for a directory once, as for one ceph-fuse
+// client, however many workers store its files. Large files are read
+// directly: one lookup is nothing beside their bytes, and spreading their
+// reads over the workers is what makes a cold epoch fast.
+
+// peers is the cluster as this worker sees it.
+type peers struct {
+	self  string
+	table *placement.Table
+}
+
+// SetMembers tells the worker who its peers are (its own ID among them).
+// A worker started from a configuration with a membership knows already.
+func (w *Worker) SetMembers(members []config.Member) {
+	pm := make([]placement.Member, len(members))
+	for i, m := range members {
+		pm[i] = placement.Member{ID: m.ID, Addr: m.Addr, Weight: m.Weight}
+	}
+	w.peers.Store(&peers{self: w.ID(), table: placement.New(pm)})
+}
+
+// dirReader returns the worker to read a file through, if not this one.
+func (w *Worker) dirReader(req blockReq) (placement.Member, bool) {
+	p := w.peers.Load()
+	if p == nil || !req.ds.DirAffine || req.size > req.key.BlockSize {
+		return placement.Member{}, false
+	}
+	m, ok := p.table.Owner(wire.MetaKey(req.ds.Name(), meta.Parent(req.key.Path)))
+	if !ok || m.ID == p.self || w.peerDown(m.ID) {
+		return placement.Member{}, false
+	}
+	return m, true
+}
+
+// readUFS reads a range of a file of the UFS, through the file's directory
+// reader when there is one and it answers.
+func (w *Worker) readUFS(ctx context.Context, req blockReq, r ufs.Range) (io.ReadCloser, error) {
+	if m, ok := w.dirReader(req); ok {
+		rc, err := w.readThrough(ctx, m, req, r)
+		if !errors.Is(err, wire.ErrWorker) {
+			return rc, err
+		}
+		w.markPeerDown(m.ID)
+		w.log.Debug("directory reader failed; reading the UFS directly", "peer", m.ID, "err", err)
+	}
+	return req.ds.FS.ReadRange(ctx, req.key.Path, r)
+}
+
+func (w *Worker) readThrough(ctx context.Context, m placement.Member, req blockReq, r ufs.Range) (io.ReadCloser, error) {
+	q := url.Values{"ds": {req.ds.Name()}, "path": {req.key.Path}, "ver": {r.IfVersion},
+		"off": {strconv.FormatInt(r.Off, 10)}, "len": {strconv.FormatInt(r.Len, 10)}}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m.Addr+wire.PathUFSRead+"?"+q.Encode(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", wire.ErrWorker, err)
+	}
+	if w.token != "" {
+		hr.Header.Set("Authorization", "Bearer "+w.token)
+	}
+	resp, err := w.peerHTTP.Do(hr)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ufs.NewError("read", req.key.Path, ufs.ClassCanceled, ctx.Err())
+		}
+		return nil, fmt.Errorf("%w: %s: %v", wire.ErrWorker, m.ID, err)
+	}
+	w.m.peerReads.Inc()
+	if resp.StatusCode == http.StatusOK {
+		return resp.Body, nil
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusServiceUnavailable {
+		// The peer reached the UFS and the UFS did not answer: reading it
+		// from here would only wait as long again.
+		return nil, ufs.NewError("read", req.key.Path, ufs.ClassRetryable, fmt.Errorf("through worker %s: %w", m.ID, wire.ReadError("read", req.ds.Name(), req.key.Path, resp)))
+	}
+	return nil, wire.ReadError("read", req.ds.Name(), req.key.Path, resp)
+}
+
+// handleUFSRead reads a range of a file from the UFS for a peer, uncached:
+// the peer stores it.
+func (w *Worker) handleUFSRead(rw http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	ds, p, err := w.dataset(q.Get("ds"), q.Get("path"))
+	if err != nil {
+		wire.WriteError(rw, err)
+		return
+	}
+	off, err1 := strconv.ParseInt(q.Get("off"), 10, 64)
+	n, err2 := strconv.ParseInt(q.Get("len"), 10, 64)
+	if err1 != nil || err2 != nil || off < 0 {
+		wire.WriteError(rw, ufs.NewError("read", p, ufs.ClassInvalid, fmt.Errorf("malformed range %q", r.URL.RawQuery)))
+		return
+	}
+	rc, err := ds.FS.ReadRange(r.Context(), p, ufs.Range{Off: off, Len: n, IfVersion: q.Get("ver")})
+	if err != nil {
+		wire.WriteError(rw, err)
+		return
+	}
+	defer rc.Close()
+	rw.Header().Set("Content-Type", "application/octet-stream")
+	if _, err := io.Copy(rw, rc); err != nil {
+		w.log.Debug("read for a peer failed", "path", p, "err", err)
+		panic(http.ErrAbortHandler) // the peer must see a broken body, not a short one
+	}
+}
+
+// A peer that failed is read around for a while.
+const peerDownFor = 5 * time.Second
+
+func (w *Worker) peerDown(id string) bool {
+	v, ok := w.downPeers.Load(id)
+	return ok && time.Now().UnixNano() < v.(*atomic.Int64).Load()
+}
+
+func (w *Worker) markPeerDown(id string) {
+	v, _ := w.downPeers.LoadOrStore(id, new(atomic.Int64))
+	v.(*atomic.Int64).Store(time.Now().Add(peerDownFor).UnixNano())
+}
+
+func newPeerHTTP() *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 32,
+		IdleConnTimeout:     time.Minute,
+	}}
+}
