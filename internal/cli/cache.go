@@ -11,12 +11,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/granary-cache/granary/examples/demo"
+	"github.com/granary-cache/granary/internal/cephstat"
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/localcluster"
@@ -248,15 +250,22 @@ func (w countWriter) Write(p []byte) (int, error) { *w.n += int64(len(p)); retur
 
 func newStatusCmd(g *globals) *cobra.Command {
 	var asJSON bool
-	var mountAdmin string
+	var mountAdmin, mdsSocket, osdSocket string
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the workers: capacity, use, hit ratio and UFS operations per dataset (and a mount's, with --mount-admin)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if mountAdmin != "" {
-				if err := printMountStatus(g.stdout, mountAdmin, asJSON); err != nil {
-					return err
+			if mountAdmin != "" || mdsSocket != "" {
+				if mountAdmin != "" {
+					if err := printMountStatus(g.stdout, mountAdmin, asJSON); err != nil {
+						return err
+					}
+				}
+				if mdsSocket != "" {
+					if err := printCephStatus(cmd.Context(), g.stdout, mdsSocket, osdSocket, asJSON); err != nil {
+						return err
+					}
 				}
 				if g.configPath == "" && len(g.datasets) == 0 {
 					return nil
@@ -276,7 +285,45 @@ func newStatusCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().StringVar(&mountAdmin, "mount-admin", "", "also show the mount whose --admin address this is")
+	cmd.Flags().StringVar(&mdsSocket, "mds-admin-socket", "", "also show what CephFS's MDS serves: its admin socket, e.g. /var/run/ceph/ceph-mds.a.asok")
+	cmd.Flags().StringVar(&osdSocket, "osd-admin-socket", "", "with --mds-admin-socket, also an OSD's reads")
 	return cmd
+}
+
+// printCephStatus shows the MDS's requests, sessions and caps (and an
+// OSD's reads): run it before and after a workload to see what it cost.
+func printCephStatus(ctx context.Context, out io.Writer, mdsSocket, osdSocket string, asJSON bool) error {
+	mds, err := cephstat.ReadMDS(ctx, mdsSocket)
+	if err != nil {
+		return err
+	}
+	var osd *cephstat.OSD
+	if osdSocket != "" {
+		o, err := cephstat.ReadOSD(ctx, osdSocket)
+		if err != nil {
+			return err
+		}
+		osd = &o
+	}
+	if asJSON {
+		return writeJSON(out, struct {
+			MDS cephstat.MDS  `json:"mds"`
+			OSD *cephstat.OSD `json:"osd,omitempty"`
+		}{mds, osd})
+	}
+	ops := make([]string, 0, len(mds.ByOp))
+	for op, n := range mds.ByOp {
+		ops = append(ops, fmt.Sprintf("%s %.0f", op, n))
+	}
+	slices.Sort(ops)
+	fmt.Fprintf(out, "MDS %s\n  requests %.0f (%s)\n  client sessions %d holding %d caps\n", mdsSocket, mds.Requests, strings.Join(ops, ", "), len(mds.Sessions), mds.Caps())
+	for _, s := range mds.Sessions {
+		fmt.Fprintf(out, "    session %d  host %s  pid %s  caps %d\n", s.ID, s.Host, s.PID, s.Caps)
+	}
+	if osd != nil {
+		fmt.Fprintf(out, "OSD %s\n  reads %.0f (%.1f MiB)\n", osdSocket, osd.Reads, osd.ReadBytes/(1<<20))
+	}
+	return nil
 }
 
 // printMountStatus shows what a mount did: passthrough in use, opens,

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
@@ -264,4 +265,77 @@ func TestCephFSSparesTheMDS(t *testing.T) {
 	ratio := func(a, b cephLoad) float64 { return b.dur.Seconds() / a.dur.Seconds() }
 	t.Logf("throughput granary ÷ ceph-fuse: cold %.2f×, warm (epoch 2) %.2f×, warm (epoch 3) %.2f×, second client cold %.2f×",
 		ratio(cached[0][0], direct[0][0]), ratio(cached[0][1], direct[0][1]), ratio(cached[0][2], direct[0][2]), ratio(cached[1][0], direct[1][0]))
+}
+
+// TestCephFSMDSPausedMidEpoch: with the MDS not answering, what is cached
+// is still served through the mount, and what is not fails with EIO within
+// a bounded time: nothing hangs. Once the MDS is back, reads work again.
+func TestCephFSMDSPausedMidEpoch(t *testing.T) {
+	dir := cephtest.Dir(t)
+	needFUSE(t)
+	root := fmt.Sprintf("pause-%d", time.Now().UnixNano())
+	w := cephtest.FuseMount(t, dir)
+	tr := writeCephTree(t, filepath.Join(w, root), 2, 20) // class000 and class001
+	if err := syscall.Unmount(w, 0); err != nil {
+		t.Fatal(err)
+	}
+	c := startCluster(t, clusterOpts{workers: 2, datasets: fmt.Sprintf(
+		"  - name: cf\n    ufs: cephfs://cephfs/%s\n    metadata_sync: never\n    options: {conf: %q, op_timeout: 2s}\n", root, cephtest.Conf(dir))})
+	m := c.mount(t)
+	mnt := filepath.Join(m.dir, "cf")
+	// Read class000 whole: cached from now on.
+	var cached, uncached []string
+	for name := range tr.files {
+		if strings.HasPrefix(name, "class000/") {
+			cached = append(cached, name)
+		} else {
+			uncached = append(uncached, name)
+		}
+	}
+	read := func(name string) error {
+		b, err := os.ReadFile(filepath.Join(mnt, name))
+		if err == nil && sha256.Sum256(b) != tr.files[name] {
+			err = fmt.Errorf("%s: wrong sha256", name)
+		}
+		return err
+	}
+	for _, name := range cached {
+		if err := read(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	resume := cephtest.PauseMDS(t, dir)
+	for _, name := range cached {
+		if err := read(name); err != nil {
+			t.Errorf("cached %s with the MDS paused: %v", name, err)
+		}
+	}
+	start := time.Now()
+	err := read(uncached[0])
+	took := time.Since(start)
+	t.Logf("uncached %s with the MDS paused: %v after %v", uncached[0], err, took.Round(time.Millisecond))
+	if !errors.Is(err, syscall.EIO) {
+		t.Errorf("uncached read with the MDS paused: %v; want EIO", err)
+	}
+	if took > 60*time.Second {
+		t.Errorf("the uncached read took %v to fail; want it bounded by the op timeouts", took)
+	}
+	resume()
+
+	// Back: the same file reads (the failure was not cached).
+	var lastErr error
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		if lastErr = read(uncached[0]); lastErr == nil {
+			break
+		}
+	}
+	if lastErr != nil {
+		t.Fatalf("after the MDS came back: %v", lastErr)
+	}
+	for _, name := range uncached {
+		if err := read(name); err != nil {
+			t.Errorf("%s after the MDS came back: %v", name, err)
+		}
+	}
 }

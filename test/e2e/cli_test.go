@@ -238,8 +238,11 @@ func TestConfigCheck(t *testing.T) {
 	fails(t, run(t, nil, "config", "check", "--config", bad), bad+":5: datasets[0].colour: unknown field")
 	fails(t, run(t, nil, "config", "check", "--config", filepath.Join(dir, "none.yaml")), "none.yaml")
 
-	// The example shipped with granary is valid.
-	ok(t, run(t, []string{"S3_ACCESS_KEY=a", "S3_SECRET_KEY=b"}, "config", "check", "--config", "../../examples/granary.yaml"))
+	// The examples shipped with granary are valid.
+	env := []string{"S3_ACCESS_KEY=a", "S3_SECRET_KEY=b", "RGW_ACCESS_KEY=c", "RGW_SECRET_KEY=d"}
+	for _, ex := range []string{"granary.yaml", "s3/granary.yaml", "rgw/granary.yaml", "cephfs/granary.yaml"} {
+		ok(t, run(t, env, "config", "check", "--config", "../../examples/"+ex))
+	}
 }
 
 func needServer(t *testing.T) *s3test.Server {

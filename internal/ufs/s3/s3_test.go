@@ -102,8 +102,16 @@ func TestConformance(t *testing.T) {
 // below it, an object and a prefix of the same name, an empty path segment.
 // A server whose storage cannot hold some of them (versitygw's POSIX backend
 // refuses an object that is also a prefix) is tested on the rest.
-func TestMarkers(t *testing.T) {
-	srv := needServer(t)
+func TestMarkers(t *testing.T) { checkMarkers(t, needServer(t), opts()) }
+
+// bucketServer is an S3 server a test can write to: versitygw or radosgw.
+type bucketServer interface {
+	Client() *awss3.Client
+	CreateBucket(ctx context.Context, name string) error
+	Put(ctx context.Context, bucket, key string, data []byte) error
+}
+
+func checkMarkers(t *testing.T, srv bucketServer, o s3.Options) {
 	ctx := context.Background()
 	must(t, srv.CreateBucket(ctx, "markers"))
 	must(t, srv.Put(ctx, "markers", "marked/", nil))
@@ -124,7 +132,7 @@ func TestMarkers(t *testing.T) {
 	if !odd {
 		t.Log("this server folds an empty path segment in a key")
 	}
-	fsys, err := s3.Open("markers", "", opts())
+	fsys, err := s3.Open("markers", "", o)
 	must(t, err)
 	defer fsys.Close()
 
