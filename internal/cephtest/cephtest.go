@@ -7,11 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // Dir returns the cluster's directory. Without one a test skips, unless
@@ -41,6 +43,53 @@ func FuseMount(t testing.TB, dir string) string {
 	}
 	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
 	return mnt
+}
+
+// Unmount unmounts a ceph-fuse mount and waits for its process to end.
+// ceph-fuse flushes what it wrote (sizes, mtimes) to the MDS after the
+// kernel lets go of the mount: until it exits, another client may still
+// list a file it wrote as empty.
+func Unmount(t testing.TB, mnt string) {
+	t.Helper()
+	pids := fusePIDs(mnt)
+	if err := syscall.Unmount(mnt, 0); err != nil {
+		t.Fatalf("unmount %s: %v", mnt, err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		alive := 0
+		for _, pid := range pids {
+			if syscall.Kill(pid, 0) == nil {
+				alive++
+			}
+		}
+		if alive == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ceph-fuse of %s still running 60 s after the unmount", mnt)
+		}
+	}
+}
+
+// fusePIDs finds the ceph-fuse processes serving mnt.
+func fusePIDs(mnt string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00")
+		if len(args) > 0 && filepath.Base(args[0]) == "ceph-fuse" && slices.Contains(args, mnt) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // S3 returns radosgw's endpoint and keys (S3_ENDPOINT, AWS_ACCESS_KEY_ID,

@@ -191,9 +191,7 @@ func TestCephFSSparesTheMDS(t *testing.T) {
 	w := cephtest.FuseMount(t, dir)
 	start := time.Now()
 	tr := writeCephTree(t, filepath.Join(w, root), dirs, perDir)
-	if err := syscall.Unmount(w, 0); err != nil { // flush the writer's metadata
-		t.Fatal(err)
-	}
+	cephtest.Unmount(t, w) // the writer's sizes reach the MDS
 	t.Logf("wrote %d files (%d MiB) in %d directories in %v", len(tr.files), tr.bytes>>20, dirs, time.Since(start).Round(time.Millisecond))
 	meter := newCephMeter(t, dir)
 
@@ -208,7 +206,7 @@ func TestCephFSSparesTheMDS(t *testing.T) {
 			t.Logf("ceph-fuse client %d epoch %d: %v MDS requests %v, %v OSD reads, %v (%.0f MB/s)",
 				c+1, e+1, l.mds.Requests, l.mds.ByOp, l.osd.Reads, l.dur.Round(time.Millisecond), float64(tr.bytes)/l.dur.Seconds()/1e6)
 		}
-		syscall.Unmount(mnt, 0)
+		cephtest.Unmount(t, mnt)
 	}
 
 	// granary: 3 workers, 2 mounts. Each worker's cache holds the tree.
@@ -276,9 +274,7 @@ func TestCephFSMDSPausedMidEpoch(t *testing.T) {
 	root := fmt.Sprintf("pause-%d", time.Now().UnixNano())
 	w := cephtest.FuseMount(t, dir)
 	tr := writeCephTree(t, filepath.Join(w, root), 2, 20) // class000 and class001
-	if err := syscall.Unmount(w, 0); err != nil {
-		t.Fatal(err)
-	}
+	cephtest.Unmount(t, w)
 	c := startCluster(t, clusterOpts{workers: 2, datasets: fmt.Sprintf(
 		"  - name: cf\n    ufs: cephfs://cephfs/%s\n    metadata_sync: never\n    options: {conf: %q, op_timeout: 2s}\n", root, cephtest.Conf(dir))})
 	m := c.mount(t)

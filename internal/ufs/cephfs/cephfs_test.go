@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -39,11 +38,7 @@ func tree(t *testing.T, dir string, files map[string]string) string {
 			t.Fatal(err)
 		}
 	}
-	// Unmounting the writer flushes its sizes to the MDS: until then another
-	// client's readdirplus may see a file still being written as empty.
-	if err := syscall.Unmount(mnt, 0); err != nil {
-		t.Fatal(err)
-	}
+	cephtest.Unmount(t, mnt) // the writer's sizes reach the MDS
 	return root
 }
 
@@ -54,9 +49,7 @@ func TestConformance(t *testing.T) {
 	if err := ufstest.Populate(context.Background(), ufstest.DirFixture(filepath.Join(mnt, root))); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Unmount(mnt, 0); err != nil {
-		t.Fatal(err)
-	}
+	cephtest.Unmount(t, mnt)
 	fsys, err := cephfs.Open(root, cephfs.Options{Conf: cephtest.Conf(dir), FSName: "cephfs"})
 	if err != nil {
 		t.Fatal(err)
