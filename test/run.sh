@@ -47,7 +47,7 @@ CGO_ENABLED=1 go test -tags cephfs -count=1 ./internal/ufs/cephfs/
 # test/cluster then builds the worker binary with -race as well.
 race_pkgs=(./internal/ufs/... ./internal/dataset/... ./internal/cache/... ./internal/client/...
 	./internal/flight/... ./internal/meta/... ./internal/placement/... ./internal/membership/...
-	./internal/worker/... ./internal/localcluster/... ./internal/mount/... ./test/cluster/...)
+	./internal/worker/... ./internal/localcluster/... ./internal/mount/... ./internal/bench/... ./test/cluster/...)
 mapfile -t race_list < <(go list "${race_pkgs[@]}")
 mapfile -t other_list < <(go list ./... | grep -v -x -F "${race_list[@]/#/-e}")
 

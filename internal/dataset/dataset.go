@@ -34,7 +34,7 @@ func (d *Dataset) Name() string { return d.Config.Name }
 
 // Open opens the backend of one dataset. m may be nil.
 func Open(ds config.Dataset, m *ufs.Metrics) (*Dataset, error) {
-	backend, err := openBackend(ds.URI, ds.Options)
+	backend, err := OpenBackend(ds.URI, ds.Options)
 	if err != nil {
 		return nil, fmt.Errorf("dataset %s (%s): %w", ds.Name, ds.URI, err)
 	}
@@ -44,7 +44,9 @@ func Open(ds config.Dataset, m *ufs.Metrics) (*Dataset, error) {
 		DirAffine: affine != nil && affine.DirAffine()}, nil
 }
 
-func openBackend(u ufs.URI, opts map[string]string) (ufs.FS, error) {
+// OpenBackend opens the bare backend of a URI with its (checked) options,
+// without counters or limits.
+func OpenBackend(u ufs.URI, opts map[string]string) (ufs.FS, error) {
 	switch u.Scheme {
 	case "file":
 		return local.Open(u.Path)

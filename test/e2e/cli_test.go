@@ -316,3 +316,32 @@ func TestS3Unreachable(t *testing.T) {
 	cfg := s3Config(t, endpoint, "b")
 	fails(t, run(t, []string{"E2E_AK=a", "E2E_SK=b"}, "ls", "--config", cfg, "/train/"), "cannot reach endpoint "+endpoint)
 }
+
+// TestBench generates a tiny dataset with `granary bench gen`, reads it with
+// `bench run` against a baseline, and checks the bad flags.
+func TestBench(t *testing.T) {
+	dir := t.TempDir()
+	r := ok(t, run(t, nil, "bench", "gen", "--quiet", "--ufs", "file://"+dir, "--profile", "imagenet", "--scale", "1MiB", "--files-per-dir", "4"))
+	if !strings.Contains(r.stdout, "wrote ") {
+		t.Errorf("gen says %q", r.stdout)
+	}
+	js, img := filepath.Join(dir, "..", "r.json"), filepath.Join(t.TempDir(), "r.png")
+	r = ok(t, run(t, nil, "bench", "run", "--quiet", "--path", "mine="+dir, "--baseline", "sdk=file://"+dir, "--epochs", "2", "--readers", "2",
+		"--json", js, "--png", img))
+	for _, w := range []string{"TARGET", "mine", "sdk", "× sdk"} {
+		if !strings.Contains(r.stdout, w) {
+			t.Errorf("the table has no %q:\n%s", w, r.stdout)
+		}
+	}
+	for _, f := range []string{js, img} {
+		if fi, err := os.Stat(f); err != nil || fi.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	fails(t, run(t, nil, "bench", "gen", "--ufs", "file://"+dir, "--profile", "videos"), `unknown profile "videos"`)
+	fails(t, run(t, nil, "bench", "gen", "--profile", "meta"), "--ufs URI or --to DATASET")
+	fails(t, run(t, nil, "bench", "gen", "--ufs", "file://"+dir, "--profile", "meta", "--scale", "1GiB"), "number of files")
+	fails(t, run(t, nil, "bench", "run", "--path", dir, "--readers", "0"), "readers must be at least 1")
+	fails(t, run(t, nil, "bench", "run", "--path", filepath.Join(dir, "missing")), "missing")
+	fails(t, run(t, nil, "bench", "run", "--path", dir, "--profile", "videos"), `unknown profile "videos"`)
+}

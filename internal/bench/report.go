@@ -1,0 +1,245 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"image/color"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+
+	"github.com/granary-cache/granary/internal/ufs"
+)
+
+// Report is what run measured, as written by --json.
+type Report struct {
+	Profile   string    `json:"profile"`
+	Epochs    int       `json:"epochs"`
+	Readers   int       `json:"readers"`
+	Batch     int       `json:"batch"`
+	Seed      uint64    `json:"seed"`
+	Started   time.Time `json:"started"`
+	PageCache string    `json:"page_cache"`
+	// Files and Bytes are the dataset as the first target's walk saw it.
+	Files   int64          `json:"files"`
+	Bytes   int64          `json:"bytes"`
+	Targets []TargetReport `json:"targets"`
+}
+
+// TargetReport is one target's epochs.
+type TargetReport struct {
+	Name     string  `json:"name"`
+	Path     string  `json:"path"`
+	Baseline bool    `json:"baseline"`
+	Epochs   []Epoch `json:"epochs"`
+}
+
+// Epoch is one epoch of one target.
+type Epoch struct {
+	Epoch        int          `json:"epoch"`
+	Seconds      float64      `json:"seconds"`
+	WalkSeconds  float64      `json:"walk_seconds"`
+	Reads        int64        `json:"reads"`
+	Bytes        int64        `json:"bytes"`
+	MBps         float64      `json:"mb_per_s"`
+	ReadsPerS    float64      `json:"files_per_s"`
+	Latency      Percentiles  `json:"latency_ms"`
+	FirstByte    Percentiles  `json:"first_byte_ms"`
+	BatchLatency *Percentiles `json:"batch_ms,omitempty"`
+	// UFS is what the granary workers asked of the storage during the
+	// epoch (needs --config); MDSRequests what CephFS's MDS served (needs
+	// --mds-admin-socket).
+	UFS         *ufs.Stats `json:"ufs,omitempty"`
+	MDSRequests *float64   `json:"mds_requests,omitempty"`
+	CPU         CPU        `json:"cpu_seconds"`
+	// Ratio is this epoch's MB/s ÷ the same epoch's MB/s of each baseline.
+	Ratio map[string]float64 `json:"ratio_to_baseline,omitempty"`
+}
+
+// CPU is the processor time an epoch cost.
+type CPU struct {
+	Reader  float64  `json:"reader"`
+	Granary *float64 `json:"granary,omitempty"`
+}
+
+// Percentiles of a latency, in milliseconds.
+type Percentiles struct {
+	P50 float64 `json:"p50"`
+	P95 float64 `json:"p95"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+func percentiles(d []time.Duration) Percentiles {
+	if len(d) == 0 {
+		return Percentiles{}
+	}
+	slices.Sort(d)
+	at := func(q float64) float64 {
+		i := int(math.Ceil(q*float64(len(d)))) - 1
+		return float64(d[max(i, 0)]) / 1e6
+	}
+	return Percentiles{P50: at(0.50), P95: at(0.95), P99: at(0.99), Max: float64(d[len(d)-1]) / 1e6}
+}
+
+// ratios fills every target's ratio to each baseline, epoch by epoch.
+func (r *Report) ratios() {
+	for i := range r.Targets {
+		t := &r.Targets[i]
+		if t.Baseline {
+			continue
+		}
+		for _, b := range r.Targets {
+			if !b.Baseline {
+				continue
+			}
+			for e := range t.Epochs {
+				if e < len(b.Epochs) && b.Epochs[e].MBps > 0 {
+					if t.Epochs[e].Ratio == nil {
+						t.Epochs[e].Ratio = map[string]float64{}
+					}
+					t.Epochs[e].Ratio[b.Name] = t.Epochs[e].MBps / b.Epochs[e].MBps
+				}
+			}
+		}
+	}
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteTable writes the report for a person: one line per target and epoch.
+func (r *Report) WriteTable(w io.Writer) error {
+	fmt.Fprintf(w, "profile %s: %d files, %.1f MB; %d readers", r.Profile, r.Files, float64(r.Bytes)/1e6, r.Readers)
+	if r.Batch > 0 {
+		fmt.Fprintf(w, " in batches of %d", r.Batch)
+	}
+	fmt.Fprintf(w, "; page cache %s\n", r.PageCache)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "TARGET\tEPOCH\tMB/s\tFILES/s\tP50 ms\tP95 ms\tP99 ms\tTTFB P50\tUFS OPS\tUFS MB\tMDS REQ\tCPU s (granary/reader)\tRATIO\t")
+	for _, t := range r.Targets {
+		for _, e := range t.Epochs {
+			ufsOps, ufsMB, mds, cpu := "-", "-", "-", fmt.Sprintf("-/%.2f", e.CPU.Reader)
+			if e.UFS != nil {
+				ufsOps = fmt.Sprint(e.UFS.Stat + e.UFS.List + e.UFS.Read)
+				ufsMB = fmt.Sprintf("%.1f", float64(e.UFS.BytesRead)/1e6)
+			}
+			if e.MDSRequests != nil {
+				mds = fmt.Sprintf("%.0f", *e.MDSRequests)
+			}
+			if e.CPU.Granary != nil {
+				cpu = fmt.Sprintf("%.2f/%.2f", *e.CPU.Granary, e.CPU.Reader)
+			}
+			ratio := ""
+			names := make([]string, 0, len(e.Ratio))
+			for n := range e.Ratio {
+				names = append(names, n)
+			}
+			slices.Sort(names)
+			for _, n := range names {
+				ratio += fmt.Sprintf("%.2f× %s ", e.Ratio[n], n)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, e.Epoch, e.MBps, e.ReadsPerS,
+				e.Latency.P50, e.Latency.P95, e.Latency.P99, e.FirstByte.P50, ufsOps, ufsMB, mds, cpu, ratio)
+		}
+	}
+	return tw.Flush()
+}
+
+// WritePNG draws throughput per epoch per target beside the latency
+// percentiles (p50, p95, p99 of every epoch, by target).
+func (r *Report) WritePNG(path string) error {
+	tp := plot.New()
+	tp.Title.Text = fmt.Sprintf("%s: throughput per epoch", r.Profile)
+	tp.X.Label.Text = "epoch"
+	tp.Y.Label.Text = "MB/s"
+	tp.Y.Min = 0
+	lp := plot.New()
+	lp.Title.Text = "read latency (ms)"
+	lp.Y.Label.Text = "ms"
+	bar := 0
+	const width = vg.Length(6)
+	for i, t := range r.Targets {
+		pts := make(plotter.XYs, len(t.Epochs))
+		for j, e := range t.Epochs {
+			pts[j] = plotter.XY{X: float64(e.Epoch), Y: e.MBps}
+		}
+		line, marks, err := plotter.NewLinePoints(pts)
+		if err != nil {
+			return err
+		}
+		c := palette(i)
+		line.Color, marks.Color = c, c
+		tp.Add(line, marks)
+		tp.Legend.Add(t.Name, line, marks)
+		for k, q := range []struct {
+			name string
+			get  func(Percentiles) float64
+		}{{"p50", func(p Percentiles) float64 { return p.P50 }}, {"p95", func(p Percentiles) float64 { return p.P95 }}, {"p99", func(p Percentiles) float64 { return p.P99 }}} {
+			vals := make(plotter.Values, len(t.Epochs))
+			for j, e := range t.Epochs {
+				vals[j] = q.get(e.Latency)
+			}
+			bars, err := plotter.NewBarChart(vals, width)
+			if err != nil {
+				return err
+			}
+			bars.Color = shade(c, k)
+			bars.LineStyle.Width = 0
+			bars.Offset = (vg.Length(bar) - vg.Length(3*len(r.Targets)-1)/2) * (width + 1) // centred on the epoch
+			bar++
+			lp.Add(bars)
+			lp.Legend.Add(t.Name+" "+q.name, bars)
+		}
+	}
+	tp.Legend.Top = true
+	tp.Add(plotter.NewGrid())
+	lp.X.Label.Text = "epoch"
+	lp.Legend.Top = true
+	epochs := make([]string, r.Epochs)
+	for i := range epochs {
+		epochs[i] = fmt.Sprint(i + 1)
+	}
+	lp.NominalX(epochs...)
+
+	img := vgimg.New(14*vg.Inch, 5*vg.Inch)
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Inch / 4, PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 8}
+	plots := [][]*plot.Plot{{tp, lp}}
+	canvases := plot.Align(plots, tiles, dc)
+	tp.Draw(canvases[0][0])
+	lp.Draw(canvases[0][1])
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// shade lightens c for the k-th percentile of a target.
+func shade(c color.Color, k int) color.Color {
+	r, g, b, _ := c.RGBA()
+	return color.NRGBA{uint8(r >> 8), uint8(g >> 8), uint8(b >> 8), uint8(255 - 70*k)}
+}
+
+func palette(i int) color.Color {
+	colors := []color.RGBA{{31, 119, 180, 255}, {255, 127, 14, 255}, {44, 160, 44, 255}, {214, 39, 40, 255}, {148, 103, 189, 255}, {140, 86, 75, 255}}
+	return colors[i%len(colors)]
+}
