@@ -41,7 +41,8 @@ go_tool() {
 # exports where to find it.
 install_test_deps() {
 	command -v go >/dev/null || { echo "Go is missing: install Go 1.26 in /usr/local/go" >&2; exit 1; }
-	apt_install ca-certificates git fuse3
+	# python3-torch(vision): the PyTorch DataLoader example's test.
+	apt_install ca-certificates git fuse3 python3-torch python3-torchvision
 	go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
 	go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 	export GRANARY_VERSITYGW="$tools/versitygw"
