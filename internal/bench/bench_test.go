@@ -158,7 +158,7 @@ func TestRunReport(t *testing.T) {
 	if err := json.Unmarshal(buf.Bytes(), &doc); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"profile", "epochs", "readers", "batch", "seed", "started", "page_cache", "files", "bytes", "targets"} {
+	for _, k := range []string{"profile", "epochs", "readers", "batch", "seed", "started", "page_cache", "warm_up", "files", "bytes", "targets"} {
 		if _, ok := doc[k]; !ok {
 			t.Errorf("report has no %q", k)
 		}

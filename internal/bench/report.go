@@ -29,6 +29,8 @@ type Report struct {
 	Seed      uint64    `json:"seed"`
 	Started   time.Time `json:"started"`
 	PageCache string    `json:"page_cache"`
+	// WarmUp says what the first epoch measures.
+	WarmUp string `json:"warm_up"`
 	// Files and Bytes are the dataset as the first target's walk saw it.
 	Files   int64          `json:"files"`
 	Bytes   int64          `json:"bytes"`
@@ -127,7 +129,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if r.Batch > 0 {
 		fmt.Fprintf(w, " in batches of %d", r.Batch)
 	}
-	fmt.Fprintf(w, "; page cache %s\n", r.PageCache)
+	fmt.Fprintf(w, "; page cache %s; %s\n", r.PageCache, r.WarmUp)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "TARGET\tEPOCH\tMB/s\tFILES/s\tP50 ms\tP95 ms\tP99 ms\tTTFB P50\tUFS OPS\tUFS MB\tMDS REQ\tCPU s (granary/reader)\tRATIO\t")
 	for _, t := range r.Targets {

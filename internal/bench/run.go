@@ -78,7 +78,8 @@ func Run(ctx context.Context, targets []NamedTarget, o RunOptions) (*Report, err
 		}
 	}
 	rep := &Report{Profile: o.Profile, Epochs: o.Epochs, Readers: o.Readers, Batch: o.Batch, Seed: o.Seed,
-		Started: time.Now().UTC(), PageCache: "kept between epochs: warm epochs may be served by the kernel's page cache"}
+		Started: time.Now().UTC(), PageCache: "kept between epochs: warm epochs may be served by the kernel's page cache",
+		WarmUp: "no warm-up: epoch 1 is cold for a cache that starts empty (see its UFS operations), later epochs are warm"}
 	if o.DropCaches {
 		rep.PageCache = "dropped before every epoch of every target"
 	}
