@@ -181,8 +181,8 @@ func newBenchRunCmd(g *globals) *cobra.Command {
 		Long: `run reads the whole dataset once per epoch in a new shuffled order (seeded), with
 --readers concurrent readers; for the records profile it makes random reads of
 4 KiB to 1 MiB instead. Each --path and --baseline is a directory (a granary mount,
-a local copy, a ceph-fuse or rclone mount) or a UFS URI read directly, without
-cache. Epochs alternate between targets: epoch 1 of each, then epoch 2 of each...
+a local copy, a ceph-fuse or rclone mount), or a UFS read directly, without
+cache: a URI, or dataset:NAME for a dataset of --config with its options. Epochs alternate between targets: epoch 1 of each, then epoch 2 of each...
 
 With --config, the UFS operations of the granary workers are reported per epoch;
 with --mds-admin-socket, the CephFS MDS's requests. The CPU time of every granary
@@ -201,7 +201,7 @@ process of this machine and of the reader itself is reported too.`,
 				baseline bool
 			}{{paths, false}, {bases, true}} {
 				for _, spec := range group.specs {
-					t, err := openTarget(spec, group.baseline)
+					t, err := g.openTarget(spec, group.baseline)
 					if err != nil {
 						return err
 					}
@@ -266,8 +266,8 @@ process of this machine and of the reader itself is reported too.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringArrayVar(&paths, "path", nil, "what to measure: [NAME=]DIR or URI (repeatable)")
-	fl.StringArrayVar(&bases, "baseline", nil, "what to compare with: [NAME=]DIR or URI (repeatable)")
+	fl.StringArrayVar(&paths, "path", nil, "what to measure: [NAME=]DIR, URI or dataset:NAME (repeatable)")
+	fl.StringArrayVar(&bases, "baseline", nil, "what to compare with: [NAME=]DIR, URI, or dataset:NAME (a dataset of --config read straight from its UFS)")
 	fl.StringVar(&o.Profile, "profile", "imagenet", "imagenet, shards, records or meta (the shape written by bench gen)")
 	fl.IntVar(&o.Epochs, "epochs", 3, "passes over the dataset")
 	fl.IntVar(&o.Readers, "readers", 16, "concurrent readers, like DataLoader workers")
@@ -282,8 +282,9 @@ process of this machine and of the reader itself is reported too.`,
 	return cmd
 }
 
-// openTarget opens [NAME=]DIR or [NAME=]URI.
-func openTarget(spec string, baseline bool) (bench.NamedTarget, error) {
+// openTarget opens [NAME=]DIR, [NAME=]URI or [NAME=]dataset:DATASET (a
+// dataset of --config, read directly through its UFS with its options).
+func (g *globals) openTarget(spec string, baseline bool) (bench.NamedTarget, error) {
 	name, where, ok := strings.Cut(spec, "=")
 	if !ok || strings.Contains(name, "/") {
 		name, where = "", spec
@@ -293,8 +294,14 @@ func openTarget(spec string, baseline bool) (bench.NamedTarget, error) {
 		role = "--baseline"
 	}
 	t := bench.NamedTarget{Name: name, Path: where, Baseline: baseline}
-	if strings.Contains(where, "://") {
-		ds, err := config.FromURI("bench", where)
+	if dsName, ok := strings.CutPrefix(where, "dataset:"); ok || strings.Contains(where, "://") {
+		var ds config.Dataset
+		var err error
+		if ok {
+			ds, err = g.benchDataset("", dsName)
+		} else {
+			ds, err = config.FromURI("bench", where)
+		}
 		if err != nil {
 			return t, fmt.Errorf("%s %s: %w", role, spec, err)
 		}

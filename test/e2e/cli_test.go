@@ -326,9 +326,9 @@ func TestBench(t *testing.T) {
 		t.Errorf("gen says %q", r.stdout)
 	}
 	js, img := filepath.Join(dir, "..", "r.json"), filepath.Join(t.TempDir(), "r.png")
-	r = ok(t, run(t, nil, "bench", "run", "--quiet", "--path", "mine="+dir, "--baseline", "sdk=file://"+dir, "--epochs", "2", "--readers", "2",
+	r = ok(t, run(t, nil, "bench", "run", "--quiet", "--path", "mine="+dir, "--baseline", "sdk=file://"+dir, "--baseline", "ds=dataset:d", "--dataset", "d=file://"+dir, "--epochs", "2", "--readers", "2",
 		"--json", js, "--png", img))
-	for _, w := range []string{"TARGET", "mine", "sdk", "× sdk"} {
+	for _, w := range []string{"TARGET", "mine", "sdk", "× sdk", "× ds"} {
 		if !strings.Contains(r.stdout, w) {
 			t.Errorf("the table has no %q:\n%s", w, r.stdout)
 		}
