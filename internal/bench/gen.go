@@ -185,6 +185,14 @@ func Generate(ctx context.Context, o GenOptions, sink Sink, writers int, progres
 	if writers <= 0 {
 		writers = 4
 	}
+	// A file is made in memory before it is written: bound what the
+	// writers hold together to about 2 GiB (large shards go one or two at a
+	// time).
+	var largest int64
+	for _, f := range files {
+		largest = max(largest, f.Size)
+	}
+	writers = max(1, min(writers, int((2<<30)/max(largest, 1))))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	work := make(chan File)
