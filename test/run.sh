@@ -40,7 +40,7 @@ export GRANARY_CEPH_DIR=$ceph_dir
 
 step "go test -tags cephfs (the native CephFS backend, cgo)"
 CGO_ENABLED=1 go vet -tags cephfs ./internal/ufs/cephfs/ ./internal/dataset/
-CGO_ENABLED=1 go test -tags cephfs -count=1 ./internal/ufs/cephfs/
+CGO_ENABLED=1 go test -race -tags cephfs -count=1 ./internal/ufs/cephfs/
 
 # Packages with concurrency run under the race detector; the others once
 # without it (running everything twice would double the suite's time).

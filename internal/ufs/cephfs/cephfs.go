@@ -30,6 +30,7 @@ package cephfs
 import "C"
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -64,23 +65,51 @@ type FS struct {
 	timeout   time.Duration
 	idleAfter time.Duration
 
-	// mu is held shared by every call and open file that uses mount, and
-	// exclusively to mount or unmount it.
-	mu     sync.RWMutex
-	mount  *C.struct_ceph_mount_info // nil while idle-unmounted
-	closed bool
+	mu         sync.Mutex
+	cur        *handle       // nil while idle-unmounted
+	connecting *mountAttempt // non-nil while a mount is under way
+	closed     bool
 
 	lastUse   atomic.Int64 // unix nanoseconds
 	mounts    atomic.Int64
+	live      atomic.Int64 // clients mounted and not yet shut down
+	stuck     atomic.Int64 // calls given up on that are still inside libcephfs
+	realDirs  sync.Map     // directories known not to be links: path → struct{}
 	stop      chan struct{}
 	janitorW  sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
 }
 
+// handle is one mounted libcephfs client. Every call and open file holds a
+// reference to the handle it started on; a retired handle (idle, or the
+// dataset closed) takes no new references and is shut down by its last
+// one, so a call still running in libcephfs never loses its client, and no
+// lock is held across a call.
+type handle struct {
+	m       *C.struct_ceph_mount_info
+	refs    int           // guarded by FS.mu
+	retired bool          // guarded by FS.mu
+	gone    chan struct{} // closed once the client is shut down
+}
+
+// mountAttempt is a mount under way. Callers that find one wait for it and
+// share its outcome, so that a cluster that does not answer costs each of
+// them one op timeout, not one per caller queued ahead of it.
+type mountAttempt struct {
+	done chan struct{}
+	err  error
+}
+
+// maxStuck bounds the calls left running in libcephfs after their callers
+// gave up on them (each pins a thread): past it, calls fail at once until
+// the cluster answers again.
+const maxStuck = 64
+
 // Open mounts root (an absolute path inside the file system) with libcephfs.
 // Mounting here, rather than at the first call, reports a wrong monitor, key
-// or path when the dataset is opened.
+// or path when the dataset is opened; an idle worker gives the session back
+// after Options.IdleUnmount.
 func Open(root string, o Options) (*FS, error) {
 	f := &FS{root: root, o: o, timeout: o.OpTimeout, idleAfter: o.IdleUnmount, stop: make(chan struct{})}
 	if f.timeout <= 0 {
@@ -93,7 +122,7 @@ func Open(root string, o Options) (*FS, error) {
 	if err != nil {
 		return nil, err
 	}
-	f.mount = m
+	f.cur = f.newHandle(m)
 	f.lastUse.Store(time.Now().UnixNano())
 	if f.idleAfter > 0 {
 		f.janitorW.Add(1)
@@ -110,11 +139,14 @@ func (f *FS) DirAffine() bool { return true }
 // after idle unmounts).
 func (f *FS) Mounts() int64 { return f.mounts.Load() }
 
-// Mounted reports whether the handle holds a session now.
-func (f *FS) Mounted() bool {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.mount != nil
+// Mounted reports whether a client of this dataset holds a session now: the
+// current handle, or a retired one not yet shut down.
+func (f *FS) Mounted() bool { return f.live.Load() > 0 }
+
+// newHandle wraps a mounted client.
+func (f *FS) newHandle(m *C.struct_ceph_mount_info) *handle {
+	f.live.Add(1)
+	return &handle{m: m, gone: make(chan struct{})}
 }
 
 // connect creates, configures and mounts a client, bounded by the op timeout.
@@ -137,8 +169,7 @@ func (f *FS) connect() (*C.struct_ceph_mount_info, error) {
 	case <-time.After(f.timeout + 5*time.Second):
 		go func() { // release the client if the mount ever finishes
 			if r := <-done; r.m != nil {
-				C.ceph_unmount(r.m)
-				C.ceph_release(r.m)
+				C.ceph_shutdown(r.m)
 			}
 		}()
 		return nil, ufs.NewError("cephfs", strings.TrimPrefix(f.root, "/"), ufs.ClassRetryable,
@@ -162,12 +193,19 @@ func (f *FS) connectNow() (*C.struct_ceph_mount_info, error) {
 		C.ceph_release(m)
 		return nil, mountError(f.root, what, rc)
 	}
-	if o.Conf != "" {
+	switch {
+	case o.Conf != "":
 		cconf := C.CString(o.Conf)
 		rc := C.ceph_conf_read_file(m, cconf)
 		C.free(unsafe.Pointer(cconf))
 		if rc < 0 {
 			return fail("read the conf "+o.Conf, rc)
+		}
+	case o.Monitors == "":
+		// Neither: the places every Ceph client looks ($CEPH_CONF,
+		// /etc/ceph/ceph.conf, ~/.ceph/config, ./ceph.conf).
+		if rc := C.ceph_conf_read_file(m, nil); rc < 0 {
+			return fail("read the default ceph.conf ($CEPH_CONF or /etc/ceph/ceph.conf; or set the conf or monitors option)", rc)
 		}
 	}
 	secs := fmt.Sprint(int(f.timeout.Seconds() + 0.5))
@@ -237,39 +275,99 @@ func mountError(root, what string, rc C.int) error {
 	return ufs.NewError("cephfs", strings.TrimPrefix(root, "/"), cls, fmt.Errorf("%s: %w", what, e))
 }
 
-// acquire returns the mounted handle, mounting it again after an idle
-// unmount, with mu held shared: the caller must call f.release.
-func (f *FS) acquire() (*C.struct_ceph_mount_info, error) {
+// acquire returns the mounted handle with a reference the caller must give
+// back with f.release, mounting it again after an idle unmount.
+func (f *FS) acquire(ctx context.Context) (*handle, error) {
+	if f.stuck.Load() >= maxStuck {
+		return nil, ufs.NewError("call", f.root, ufs.ClassRetryable,
+			fmt.Errorf("cephfs: %d calls still waiting on the cluster; not adding more (is the MDS or an OSD down?)", maxStuck))
+	}
 	for {
-		f.mu.RLock()
+		f.mu.Lock()
 		if f.closed {
-			f.mu.RUnlock()
+			f.mu.Unlock()
 			return nil, ufs.NewError("call", f.root, ufs.ClassFatal, errors.New("cephfs: the dataset is closed"))
 		}
-		if m := f.mount; m != nil {
+		if h := f.cur; h != nil {
+			h.refs++
+			f.mu.Unlock()
 			f.lastUse.Store(time.Now().UnixNano())
-			return m, nil
+			return h, nil
 		}
-		f.mu.RUnlock()
-		f.mu.Lock()
-		if f.mount == nil && !f.closed {
-			m, err := f.connect()
-			if err != nil {
-				f.mu.Unlock()
-				return nil, err
-			}
-			f.mount = m
+		a := f.connecting
+		if a == nil {
+			a = &mountAttempt{done: make(chan struct{})}
+			f.connecting = a
+			go f.remount(a)
 		}
 		f.mu.Unlock()
+		select {
+		case <-a.done:
+		case <-ctx.Done():
+			return nil, ufs.NewError("call", f.root, ufs.ClassCanceled, ctx.Err())
+		}
+		if a.err != nil {
+			return nil, a.err
+		}
 	}
 }
 
-func (f *FS) release() {
-	f.lastUse.Store(time.Now().UnixNano())
-	f.mu.RUnlock()
+// remount mounts a new handle after an idle unmount, for every caller
+// waiting on a.
+func (f *FS) remount(a *mountAttempt) {
+	m, err := f.connect()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.connecting, a.err = nil, err
+	close(a.done)
+	if err != nil {
+		return
+	}
+	h := f.newHandle(m)
+	if f.closed {
+		h.retired = true
+		go f.shutdown(h)
+		return
+	}
+	f.cur = h
 }
 
-// janitor unmounts the handle when nothing used it for idleAfter.
+// release gives back a reference taken by acquire.
+func (f *FS) release(h *handle) {
+	f.lastUse.Store(time.Now().UnixNano())
+	f.mu.Lock()
+	h.refs--
+	last := h.retired && h.refs == 0
+	f.mu.Unlock()
+	if last {
+		f.shutdown(h)
+	}
+}
+
+// retire takes h out of use; with f.mu held. It is shut down now if
+// nothing holds it, else by its last release.
+func (f *FS) retire(h *handle) {
+	if f.cur == h {
+		f.cur = nil
+	}
+	h.retired = true
+	if h.refs == 0 {
+		go f.shutdown(h)
+	}
+}
+
+// shutdown unmounts the client and frees it. ceph_shutdown does both
+// whatever state the mount is in, and closes the MDS session: the caps go
+// with it.
+func (f *FS) shutdown(h *handle) {
+	C.ceph_shutdown(h.m)
+	f.live.Add(-1)
+	close(h.gone)
+}
+
+// janitor unmounts the handle when nothing used it for idleAfter. It never
+// waits on the cluster itself: the shutdown runs on its own, and a call
+// arriving meanwhile mounts a new handle.
 func (f *FS) janitor() {
 	defer f.janitorW.Done()
 	tick := time.NewTicker(min(f.idleAfter/4+time.Millisecond, time.Second))
@@ -283,23 +381,18 @@ func (f *FS) janitor() {
 		if time.Since(time.Unix(0, f.lastUse.Load())) < f.idleAfter {
 			continue
 		}
-		// TryLock: a call or an open file holds mu shared, and a call stuck
-		// on an unanswering MDS must not block the others behind a waiting
-		// writer.
-		if !f.mu.TryLock() {
-			continue
-		}
-		if f.mount != nil && time.Since(time.Unix(0, f.lastUse.Load())) >= f.idleAfter {
-			C.ceph_unmount(f.mount)
-			C.ceph_release(f.mount)
-			f.mount = nil
+		f.mu.Lock()
+		// Calls and open files hold references: an open file keeps the
+		// handle, and with it the caps of what it reads.
+		if h := f.cur; h != nil && h.refs == 0 && time.Since(time.Unix(0, f.lastUse.Load())) >= f.idleAfter {
+			f.retire(h)
 		}
 		f.mu.Unlock()
 	}
 }
 
 // Close unmounts. If calls are still stuck in libcephfs after the op
-// timeout, it returns an error and unmounts when they finish.
+// timeout, it returns an error and the handle is unmounted when they end.
 func (f *FS) Close() error {
 	f.closeOnce.Do(func() { f.closeErr = f.close() })
 	return f.closeErr
@@ -308,20 +401,18 @@ func (f *FS) Close() error {
 func (f *FS) close() error {
 	close(f.stop)
 	f.janitorW.Wait()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		f.closed = true
-		if f.mount != nil {
-			C.ceph_unmount(f.mount)
-			C.ceph_release(f.mount)
-			f.mount = nil
-		}
-	}()
+	f.mu.Lock()
+	f.closed = true
+	h := f.cur
+	if h != nil {
+		f.retire(h)
+	}
+	f.mu.Unlock()
+	if h == nil {
+		return nil
+	}
 	select {
-	case <-done:
+	case <-h.gone:
 		return nil
 	case <-time.After(f.timeout):
 		return fmt.Errorf("cephfs: close %s: calls still waiting on the cluster after %v; it unmounts when they end", f.root, f.timeout)

@@ -257,3 +257,139 @@ func TestMetadataLimit(t *testing.T) {
 		t.Errorf("24 operations took %v; the limit of %d/s allows no less than 1.4 s", took, rate)
 	}
 }
+
+// TestSymlinksNotFollowed: links are left out of listings and refused by
+// Stat and ReadRange, whether they stay inside the dataset or lead out of
+// it; a path through a link leads nowhere either.
+func TestSymlinksNotFollowed(t *testing.T) {
+	dir := cephtest.Dir(t)
+	mnt := cephtest.FuseMount(t, dir)
+	base := fmt.Sprintf("links-%d", time.Now().UnixNano())
+	root, outside := filepath.Join(mnt, base, "root"), filepath.Join(mnt, base, "outside")
+	for _, d := range []string{filepath.Join(root, "a"), outside} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for p, data := range map[string]string{filepath.Join(root, "a/x"): "inside", filepath.Join(outside, "secret"): "outside"} {
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, target := range map[string]string{
+		"in":  "a",                           // stays inside
+		"ix":  "a/x",                         // a file inside
+		"up":  "../outside",                  // leads out
+		"abs": "/" + base + "/outside",       // absolute, out
+		"far": "../../../../../../../../etc", // out of the file system's root
+	} {
+		if err := os.Symlink(target, filepath.Join(root, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cephtest.Unmount(t, mnt)
+
+	fsys, err := cephfs.Open("/"+base+"/root", cephfs.Options{Conf: cephtest.Conf(dir)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	ctx := context.Background()
+	var names []string
+	for page, err := range fsys.List(ctx, "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fi := range page {
+			names = append(names, fi.Name)
+		}
+	}
+	if fmt.Sprint(names) != "[a]" {
+		t.Errorf("listing: %v; want [a] (links left out)", names)
+	}
+	for _, name := range []string{"in", "ix", "up", "abs", "far", "in/x", "up/secret", "abs/secret", "far/passwd"} {
+		if fi, err := fsys.Stat(ctx, name); err == nil {
+			t.Errorf("stat %s: %+v; want an error", name, fi)
+		} else if ufs.ClassOf(err) != ufs.ClassNotExist && ufs.ClassOf(err) != ufs.ClassInvalid {
+			t.Errorf("stat %s: %v (class %v); want not-exist or invalid", name, err, ufs.ClassOf(err))
+		}
+		if rc, err := fsys.ReadRange(ctx, name, ufs.Range{Len: -1}); err == nil {
+			b, _ := io.ReadAll(rc)
+			rc.Close()
+			if strings.Contains(string(b), "outside") || strings.Contains(name, "passwd") {
+				t.Errorf("read %s through a link that leads out: %q", name, b)
+			}
+		}
+	}
+}
+
+// TestRemountWithMDSPaused: callers that find the handle idle-unmounted
+// while the MDS does not answer wait for one shared mount attempt, so each
+// fails after about one op timeout however many there are; once the MDS is
+// back, the next call mounts.
+func TestRemountWithMDSPaused(t *testing.T) {
+	dir := cephtest.Dir(t)
+	root := tree(t, dir, map[string]string{"a/x": "hello"})
+	const opTimeout = 2 * time.Second
+	fsys, err := cephfs.Open(root, cephfs.Options{Conf: cephtest.Conf(dir), OpTimeout: opTimeout, IdleUnmount: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	for deadline := time.Now().Add(20 * time.Second); fsys.Mounted(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("not idle-unmounted after 20 s")
+		}
+	}
+	resume := cephtest.PauseMDS(t, dir)
+	const callers = 8
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, callers)
+	for i := range callers {
+		wg.Go(func() { _, errs[i] = fsys.Stat(context.Background(), "a/x") })
+	}
+	wg.Wait()
+	took := time.Since(start)
+	resume()
+	t.Logf("%d stats with the MDS paused and no mount: %v after %v", callers, errs[0], took.Round(time.Millisecond))
+	for i, err := range errs {
+		if ufs.ClassOf(err) != ufs.ClassRetryable {
+			t.Errorf("caller %d: %v; want a retryable error", i, err)
+		}
+	}
+	// One shared attempt: the op timeout plus the mount's margin, not
+	// `callers` times that.
+	if took > 3*(opTimeout+5*time.Second) {
+		t.Errorf("%d callers took %v to fail; want about one mount attempt", callers, took)
+	}
+	var fi ufs.FileInfo
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if fi, err = fsys.Stat(context.Background(), "a/x"); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil || fi.Size != 5 {
+		t.Fatalf("stat once the MDS is back: %+v, %v", fi, err)
+	}
+}
+
+// TestDefaultConf: with neither conf nor monitors, the client reads the
+// ceph.conf every Ceph client reads ($CEPH_CONF here).
+func TestDefaultConf(t *testing.T) {
+	dir := cephtest.Dir(t)
+	root := tree(t, dir, map[string]string{"f": "x"})
+	t.Setenv("CEPH_CONF", cephtest.Conf(dir))
+	fsys, err := cephfs.Open(root, cephfs.Options{})
+	if err != nil {
+		t.Fatalf("open with the default ceph.conf: %v", err)
+	}
+	defer fsys.Close()
+	if fi, err := fsys.Stat(context.Background(), "f"); err != nil || fi.Size != 1 {
+		t.Fatalf("stat f: %+v, %v", fi, err)
+	}
+	t.Setenv("CEPH_CONF", filepath.Join(dir, "missing.conf"))
+	if _, err := cephfs.Open(root, cephfs.Options{}); err == nil || !strings.Contains(err.Error(), "ceph.conf") {
+		t.Errorf("open with no ceph.conf to find: %v; want an error naming ceph.conf", err)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"io"
 	"io/fs"
 	"iter"
+	"path"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -31,17 +32,18 @@ import (
 // caller stopped waiting for still runs in libcephfs.
 type lease struct {
 	f      *FS
+	h      *handle
 	m      *C.struct_ceph_mount_info
 	refs   atomic.Int32
 	onLast func() // closes what the owner opened; runs before the handle is released
 }
 
-func (f *FS) lease() (*lease, error) {
-	m, err := f.acquire()
+func (f *FS) lease(ctx context.Context) (*lease, error) {
+	h, err := f.acquire(ctx)
 	if err != nil {
 		return nil, err
 	}
-	l := &lease{f: f, m: m}
+	l := &lease{f: f, h: h, m: h.m}
 	l.refs.Store(1)
 	return l, nil
 }
@@ -51,7 +53,7 @@ func (l *lease) put() {
 		if l.onLast != nil {
 			l.onLast()
 		}
-		l.f.release()
+		l.f.release(l.h)
 	}
 }
 
@@ -68,7 +70,10 @@ func (l *lease) call(ctx context.Context, op, name string, fn func() C.int, undo
 		rc := fn()
 		if state.CompareAndSwap(waiting, answered) {
 			done <- rc
-		} else if undo != nil {
+			return
+		}
+		l.f.stuck.Add(-1)
+		if undo != nil {
 			undo(rc)
 		}
 	}()
@@ -84,7 +89,9 @@ func (l *lease) call(ctx context.Context, op, name string, fn func() C.int, undo
 		err = ufs.NewError(op, name, ufs.ClassRetryable,
 			fmt.Errorf("cephfs: no answer within %v (is the MDS or an OSD down?)", l.f.timeout))
 	}
+	l.f.stuck.Add(1) // before the swap: the call's goroutine may end at once
 	if !state.CompareAndSwap(waiting, abandoned) {
+		l.f.stuck.Add(-1)
 		return <-done, nil // it answered as we gave up
 	}
 	return 0, err
@@ -119,74 +126,133 @@ func cpath(name string) *C.char {
 
 const want = C.CEPH_STATX_MODE | C.CEPH_STATX_SIZE | C.CEPH_STATX_MTIME
 
+// info converts a statx. Symbolic links and special files keep their type
+// bits, so that callers can leave them out: cephfs:// does not follow links
+// (see notRegular).
 func info(stx *C.struct_ceph_statx) ufs.FileInfo {
 	mode := fs.FileMode(stx.stx_mode & 0o777)
 	fi := ufs.FileInfo{ModTime: time.Unix(int64(stx.stx_mtime.tv_sec), int64(stx.stx_mtime.tv_nsec))}
-	if stx.stx_mode&C.S_IFMT == C.S_IFDIR {
+	switch stx.stx_mode & C.S_IFMT {
+	case C.S_IFDIR:
 		fi.Mode = fs.ModeDir | mode
 		return fi
+	case C.S_IFREG:
+		fi.Mode = mode
+	case C.S_IFLNK:
+		fi.Mode = fs.ModeSymlink | mode
+	default:
+		fi.Mode = fs.ModeIrregular | mode
 	}
-	fi.Mode = mode
 	fi.Size = int64(stx.stx_size)
 	fi.Version = strconv.FormatInt(fi.Size, 36) + "-" + strconv.FormatInt(fi.ModTime.UnixNano(), 36)
 	return fi
 }
 
-// Stat implements ufs.FS: one statx.
+// notRegular is the error for a symbolic link or special file. Links are
+// not followed: where they lead is resolved by libcephfs, which granary
+// cannot confine to the dataset the way file:// does. A dataset that needs
+// them can be read through a ceph-fuse or kernel mount with file://.
+func notRegular(op, name string, fi ufs.FileInfo) error {
+	what := "a special file"
+	if fi.Mode&fs.ModeSymlink != 0 {
+		what = "a symbolic link (cephfs:// does not follow links; use file:// over a ceph-fuse or kernel mount for datasets that need them)"
+	}
+	return ufs.NewError(op, name, ufs.ClassNotExist, fmt.Errorf("%s: %w", what, fs.ErrNotExist))
+}
+
+func regularOrDir(fi ufs.FileInfo) bool { return fi.Mode&(fs.ModeSymlink|fs.ModeIrregular) == 0 }
+
+// Stat implements ufs.FS: one statx, which does not follow a final link.
 func (f *FS) Stat(ctx context.Context, name string) (ufs.FileInfo, error) {
 	if err := ctx.Err(); err != nil {
 		return ufs.FileInfo{}, ufs.NewError("stat", name, ufs.ClassCanceled, err)
 	}
-	l, err := f.lease()
+	l, err := f.lease(ctx)
 	if err != nil {
 		return ufs.FileInfo{}, err
 	}
-	p := cpath(name)
-	stx := (*C.struct_ceph_statx)(C.calloc(1, C.sizeof_struct_ceph_statx))
-	l.onLast = func() { C.free(unsafe.Pointer(p)); C.free(unsafe.Pointer(stx)) }
-	rc, err := l.call(ctx, "stat", name, func() C.int { return C.ceph_statx(l.m, p, stx, want, 0) }, nil)
-	var fi ufs.FileInfo
-	if err == nil && rc >= 0 {
-		fi = info(stx)
-		fi.Name = name
+	defer l.put()
+	if err := f.confined(ctx, l, "stat", name, false); err != nil {
+		return ufs.FileInfo{}, err
 	}
-	l.put() // before underFile, which takes a lease of its own
+	fi, err := l.lstat(ctx, "stat", name)
 	if err != nil {
 		return ufs.FileInfo{}, err
 	}
-	if rc < 0 {
-		err := wrap("stat", name, rc)
-		if syscall.Errno(-rc) == syscall.EACCES && name != "" && f.underFile(ctx, name) {
-			// libcephfs answers EACCES, not ENOTDIR, for a path through a file.
-			err = ufs.NewError("stat", name, ufs.ClassNotExist, syscall.ENOENT)
-		}
-		return ufs.FileInfo{}, err
+	if !regularOrDir(fi) {
+		return ufs.FileInfo{}, notRegular("stat", name, fi)
 	}
 	return fi, nil
 }
 
-// underFile reports whether some parent of name is not a directory.
-func (f *FS) underFile(ctx context.Context, name string) bool {
-	parent := name
-	for i := len(parent) - 1; i >= 0; i-- {
-		if parent[i] == '/' {
-			parent = parent[:i]
-			fi, err := f.Stat(ctx, parent)
-			return err != nil && ufs.ClassOf(err) == ufs.ClassNotExist || err == nil && !fi.IsDir()
+// lstat is one statx of name that does not follow a final link.
+func (l *lease) lstat(ctx context.Context, op, name string) (ufs.FileInfo, error) {
+	p := cpath(name)
+	stx := (*C.struct_ceph_statx)(C.calloc(1, C.sizeof_struct_ceph_statx))
+	free := func() { C.free(unsafe.Pointer(p)); C.free(unsafe.Pointer(stx)) }
+	rc, err := l.call(ctx, op, name, func() C.int { return C.ceph_statx(l.m, p, stx, want, C.AT_SYMLINK_NOFOLLOW) }, func(C.int) { free() })
+	if err != nil {
+		return ufs.FileInfo{}, err // freed by the call, when it ends
+	}
+	defer free()
+	if rc < 0 {
+		return ufs.FileInfo{}, wrap(op, name, rc)
+	}
+	fi := info(stx)
+	fi.Name = name
+	return fi, nil
+}
+
+// confined checks that no directory on the way to name (nor name itself,
+// when self) is a symbolic link or a file: libcephfs follows links in the
+// middle of a path, and a relative one can lead out of the dataset.
+// Directories seen in a listing, or checked once, are known to be real, so
+// on the paths granary walks (listed first) this costs nothing.
+func (f *FS) confined(ctx context.Context, l *lease, op, name string, self bool) error {
+	check := func(dir string) error {
+		if _, ok := f.realDirs.Load(dir); ok {
+			return nil
+		}
+		fi, err := l.lstat(ctx, op, dir)
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			what := "not a directory"
+			if fi.Mode&fs.ModeSymlink != 0 {
+				what = "a symbolic link (cephfs:// does not follow links)"
+			}
+			return ufs.NewError(op, name, ufs.ClassNotExist, fmt.Errorf("%s is %s: %w", dir, what, fs.ErrNotExist))
+		}
+		f.realDirs.Store(dir, struct{}{})
+		return nil
+	}
+	for i := range len(name) {
+		if name[i] == '/' {
+			if err := check(name[:i]); err != nil {
+				return err
+			}
 		}
 	}
-	return false
+	if self && name != "" {
+		return check(name)
+	}
+	return nil
 }
 
 // List implements ufs.FS with readdirplus: names and attributes together.
 func (f *FS) List(ctx context.Context, dir string) iter.Seq2[[]ufs.FileInfo, error] {
 	return func(yield func([]ufs.FileInfo, error) bool) {
-		l, err := f.lease()
+		l, err := f.lease(ctx)
 		if err != nil {
 			yield(nil, err)
 			return
 		}
 		defer l.put()
+		if err := f.confined(ctx, l, "list", dir, true); err != nil {
+			yield(nil, err)
+			return
+		}
 		p := cpath(dir)
 		// C memory: a call given up on may still write to it.
 		de := (*C.struct_dirent)(C.calloc(1, C.sizeof_struct_dirent))
@@ -239,6 +305,12 @@ func (f *FS) List(ctx context.Context, dir string) iter.Seq2[[]ufs.FileInfo, err
 					continue
 				}
 				fi := info(stx)
+				if !regularOrDir(fi) {
+					continue
+				}
+				if fi.IsDir() {
+					f.realDirs.Store(path.Join(dir, name), struct{}{})
+				}
 				fi.Name = name
 				page = append(page, fi)
 			}
@@ -257,8 +329,12 @@ func (f *FS) ReadRange(ctx context.Context, name string, r ufs.Range) (io.ReadCl
 	if r.Off < 0 {
 		return nil, ufs.NewError("read", name, ufs.ClassInvalid, fmt.Errorf("negative offset %d", r.Off))
 	}
-	l, err := f.lease()
+	l, err := f.lease(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := f.confined(ctx, l, "read", name, false); err != nil {
+		l.put()
 		return nil, err
 	}
 	p := cpath(name)
@@ -278,7 +354,7 @@ func (f *FS) ReadRange(ctx context.Context, name string, r ufs.Range) (io.ReadCl
 	// Open and fstatx in one call: the version is checked on the file
 	// that will be read.
 	rc, err := l.call(ctx, "read", name, func() C.int {
-		fd = C.ceph_open(l.m, p, C.O_RDONLY, 0)
+		fd = C.ceph_open(l.m, p, C.O_RDONLY|C.O_NOFOLLOW, 0)
 		if fd < 0 {
 			return fd
 		}
@@ -293,6 +369,9 @@ func (f *FS) ReadRange(ctx context.Context, name string, r ufs.Range) (io.ReadCl
 	fi := info(stx)
 	if fi.IsDir() {
 		return fail(ufs.NewError("read", name, ufs.ClassInvalid, errors.New("is a directory")))
+	}
+	if !regularOrDir(fi) {
+		return fail(notRegular("read", name, fi))
 	}
 	if r.IfVersion != "" && fi.Version != r.IfVersion {
 		return fail(ufs.NewError("read", name, ufs.ClassVersionChanged, ufs.ErrVersionChanged))
