@@ -41,9 +41,13 @@ def main():
 
     data = DatasetFolder(args.root, loader=read_bytes, extensions=tuple(args.extensions.split(",")))
     print(f"{len(data)} samples in {len(data.classes)} classes under {args.root}", flush=True)
+    # One loader for every epoch, as a training loop has: its workers are
+    # started once (persistent), and each epoch draws a new shuffled order
+    # from the seeded generator.
+    loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                        persistent_workers=args.workers > 0, collate_fn=count,
+                        generator=torch.Generator().manual_seed(1))
     for epoch in range(1, args.epochs + 1):
-        loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                            collate_fn=count, generator=torch.Generator().manual_seed(epoch))
         start = time.monotonic()
         samples = nbytes = 0
         for b, n in loader:

@@ -9,12 +9,17 @@ import (
 	"errors"
 	"image/png"
 	"io"
+	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/granary-cache/granary/internal/bench"
+	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/ufs/local"
 )
 
@@ -93,6 +98,15 @@ func TestProfilesHaveTheirShape(t *testing.T) {
 		t.Errorf("shard of %d bytes holds %d samples", shards[0].Size, samples)
 	}
 
+	// Every leaf holds FilesPerDir files, however many there are.
+	big, _ := bench.Manifest(bench.GenOptions{Profile: "meta", Scale: 250_000})
+	perLeaf := map[string]int{}
+	for _, f := range big {
+		perLeaf[path.Dir(f.Name)]++
+	}
+	if len(perLeaf) != 2500 || perLeaf["meta/a24/b9/c9"] != 100 {
+		t.Errorf("meta of 250,000 files: %d leaves, %d files in the last; want 2,500 of 100", len(perLeaf), perLeaf["meta/a24/b9/c9"])
+	}
 	meta, _ := bench.Manifest(bench.GenOptions{Profile: "meta", Scale: 1000})
 	if len(meta) != 1000 || meta[0].Size != 0 || strings.Count(meta[999].Name, "/") != 4 {
 		t.Errorf("meta: %d files, first %+v, last %+v; want 1000 empty files three directories deep", len(meta), meta[0], meta[999])
@@ -142,8 +156,19 @@ func TestRunReport(t *testing.T) {
 		{Name: "ufs", Path: "file://" + dir, Baseline: true, Target: &bench.UFSTarget{FS: fsys}},
 	}
 	var progressed int64
+	// Counters that grow with every call stand for the workers, the MDS and
+	// the granary processes (test/cluster reads real ones).
+	var calls atomic.Int64
+	probes := bench.Probes{
+		UFS: func(context.Context) (ufs.Stats, error) {
+			n := calls.Add(1)
+			return ufs.Stats{Stat: n, List: n, Read: 2 * n, BytesRead: n << 20}, nil
+		},
+		MDSRequests: func(context.Context) (float64, error) { return float64(calls.Add(1)), nil },
+		GranaryCPU:  func() (time.Duration, error) { return time.Duration(calls.Add(1)) * time.Millisecond, nil },
+	}
 	rep, err := bench.Run(context.Background(), targets, bench.RunOptions{Profile: "imagenet", Epochs: 2, Readers: 3, Batch: 2, Seed: 7,
-		Progress: func(done, total int64, what string) { progressed++ }})
+		Probes: probes, Progress: func(done, total int64, what string) { progressed++ }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,9 +190,30 @@ func TestRunReport(t *testing.T) {
 	}
 	tgt := doc["targets"].([]any)[0].(map[string]any)
 	ep := tgt["epochs"].([]any)[1].(map[string]any)
-	for _, k := range []string{"epoch", "seconds", "walk_seconds", "reads", "bytes", "mb_per_s", "files_per_s", "latency_ms", "first_byte_ms", "batch_ms", "cpu_seconds", "ratio_to_baseline"} {
+	for _, k := range []string{"epoch", "seconds", "walk_seconds", "reads", "bytes", "mb_per_s", "files_per_s", "latency_ms", "first_byte_ms",
+		"batch_ms", "ufs", "mds_requests", "cpu_seconds", "ratio_to_baseline", "ratios_to_baseline"} {
 		if _, ok := ep[k]; !ok {
 			t.Errorf("epoch has no %q: %v", k, ep)
+		}
+	}
+	for field, keys := range map[string][]string{
+		"latency_ms":    {"p50", "p95", "p99", "max"},
+		"first_byte_ms": {"p50", "p95", "p99", "max"},
+		"ufs":           {"stat", "list", "read", "bytes_read", "errors"},
+		"cpu_seconds":   {"reader", "granary"},
+	} {
+		m, _ := ep[field].(map[string]any)
+		for _, k := range keys {
+			if _, ok := m[k]; !ok {
+				t.Errorf("epoch's %s has no %q: %v", field, k, m)
+			}
+		}
+	}
+	ratios, _ := ep["ratios_to_baseline"].(map[string]any)["ufs"].(map[string]any)
+	for _, k := range []string{"mb_per_s", "files_per_s", "latency_p50", "latency_p95", "latency_p99", "first_byte_p50",
+		"granary_cpu", "ufs_operations", "ufs_bytes", "mds_requests"} {
+		if v, ok := ratios[k].(float64); !ok || v <= 0 {
+			t.Errorf("ratios to the baseline have no %q: %v", k, ratios)
 		}
 	}
 	if r := ep["ratio_to_baseline"].(map[string]any)["ufs"].(float64); r <= 0 {
@@ -193,6 +239,50 @@ func TestRunReport(t *testing.T) {
 	if _, err := png.Decode(f); err != nil {
 		t.Errorf("the PNG does not decode: %v", err)
 	}
+}
+
+// TestRunWarnings: what cannot be measured is said, once, and left out
+// rather than shown as zero; so is a baseline that holds other files.
+func TestRunWarnings(t *testing.T) {
+	dir := gen(t, bench.GenOptions{Profile: "imagenet", Scale: 1 << 20, FilesPerDir: 5})
+	other := gen(t, bench.GenOptions{Profile: "imagenet", Scale: 1 << 20, FilesPerDir: 5, Seed: 2})
+	os.Remove(filepath.Join(other, firstFile(t, other)))
+	probes := bench.Probes{
+		UFS:        func(context.Context) (ufs.Stats, error) { return ufs.Stats{}, errors.New("worker w2 at 127.0.0.1:1: connection refused") },
+		GranaryCPU: func() (time.Duration, error) { return 0, errors.New("no granary process") },
+	}
+	rep, err := bench.Run(context.Background(), []bench.NamedTarget{
+		{Name: "a", Path: dir, Target: &bench.DirTarget{Root: dir}},
+		{Name: "b", Path: other, Baseline: true, Target: &bench.DirTarget{Root: other}},
+	}, bench.RunOptions{Profile: "imagenet", Epochs: 2, Readers: 2, Probes: probes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table bytes.Buffer
+	rep.WriteTable(&table)
+	for _, want := range []string{"connection refused", "granary CPU not measured", "b holds"} {
+		if n := strings.Count(table.String(), want); n != 1 {
+			t.Errorf("the table says %q %d times; want once:\n%s", want, n, table.String())
+		}
+	}
+	if e := rep.Targets[0].Epochs[0]; e.UFS != nil || e.CPU.Granary != nil {
+		t.Errorf("unmeasured values are in the report: %+v", e)
+	}
+}
+
+// firstFile is some file below dir.
+func firstFile(t *testing.T, dir string) string {
+	var found string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && found == "" {
+			found, _ = filepath.Rel(dir, p)
+		}
+		return err
+	})
+	if found == "" {
+		t.Fatalf("no file below %s", dir)
+	}
+	return found
 }
 
 func TestRunRecords(t *testing.T) {

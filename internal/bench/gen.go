@@ -118,10 +118,12 @@ func Manifest(o GenOptions) ([]File, error) {
 			add(fmt.Sprintf("records/part-%03d.h5", i), size)
 		}
 	case "meta":
-		// Three levels of 10 directories, files spread over the leaves.
+		// Three levels of directories, 10 wide below the first, with
+		// FilesPerDir files in each leaf; the first level grows with the
+		// number of files.
 		for i := range o.Scale {
 			leaf := i / int64(o.FilesPerDir)
-			add(fmt.Sprintf("meta/a%d/b%d/c%d/f%08d", leaf/100%10, leaf/10%10, leaf%10, i), 0)
+			add(fmt.Sprintf("meta/a%d/b%d/c%d/f%08d", leaf/100, leaf/10%10, leaf%10, i), 0)
 		}
 	}
 	return files, nil

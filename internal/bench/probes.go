@@ -3,6 +3,8 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,15 +23,11 @@ func WorkersUFS(c *client.Client) func(ctx context.Context) (ufs.Stats, error) {
 	return func(ctx context.Context) (ufs.Stats, error) {
 		var sum ufs.Stats
 		for _, ws := range c.Status(ctx) {
-			if ws.Status == nil {
-				return sum, &os.PathError{Op: "status", Path: ws.ID, Err: os.ErrNotExist}
+			if ws.Status == nil || ws.Error != "" {
+				return sum, fmt.Errorf("worker %s at %s: %s", ws.ID, ws.Addr, ws.Error)
 			}
 			for _, d := range ws.Status.Datasets {
-				sum.Stat += d.UFS.Stat
-				sum.List += d.UFS.List
-				sum.Read += d.UFS.Read
-				sum.BytesRead += d.UFS.BytesRead
-				sum.Errors += d.UFS.Errors
+				sum = sum.Add(d.UFS)
 			}
 		}
 		return sum, nil
@@ -53,6 +51,7 @@ func GranaryCPU() (time.Duration, error) {
 	}
 	self := os.Getpid()
 	var ticks int64
+	found := 0
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid == self {
@@ -77,9 +76,16 @@ func GranaryCPU() (time.Duration, error) {
 		if len(f) < 13 {
 			continue
 		}
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		s, _ := strconv.ParseInt(f[12], 10, 64)
-		ticks += u + s
+		// utime, stime, and cutime, cstime: a mount server the supervisor
+		// restarted and reaped still counts.
+		for _, v := range f[11:15] {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			ticks += n
+		}
+		found++
+	}
+	if found == 0 {
+		return 0, errors.New("no granary process runs on this machine (workers elsewhere are not counted)")
 	}
 	return time.Duration(ticks) * time.Second / 100, nil // USER_HZ is 100 on Linux
 }

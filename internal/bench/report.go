@@ -35,6 +35,9 @@ type Report struct {
 	Files   int64          `json:"files"`
 	Bytes   int64          `json:"bytes"`
 	Targets []TargetReport `json:"targets"`
+	// Warnings say what could not be measured (a probe that failed, a
+	// target that held other files than the first), once each.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // TargetReport is one target's epochs.
@@ -65,11 +68,66 @@ type Epoch struct {
 	CPU         CPU        `json:"cpu_seconds"`
 	// Ratio is this epoch's MB/s ÷ the same epoch's MB/s of each baseline.
 	Ratio map[string]float64 `json:"ratio_to_baseline,omitempty"`
+	// Ratios compares every measure of this epoch with the same epoch of
+	// each baseline: this target's value ÷ the baseline's (above 1 is
+	// better for throughput, worse for latency, CPU and load).
+	Ratios map[string]Ratios `json:"ratios_to_baseline,omitempty"`
+}
+
+// Ratios are target ÷ baseline for one epoch; a measure missing on either
+// side (the UFS load of a local directory, say) is left out.
+type Ratios struct {
+	MBps         float64  `json:"mb_per_s"`
+	FilesPerS    float64  `json:"files_per_s"`
+	P50          *float64 `json:"latency_p50,omitempty"`
+	P95          *float64 `json:"latency_p95,omitempty"`
+	P99          *float64 `json:"latency_p99,omitempty"`
+	FirstByteP50 *float64 `json:"first_byte_p50,omitempty"`
+	ReaderCPU    *float64 `json:"reader_cpu,omitempty"`
+	GranaryCPU   *float64 `json:"granary_cpu,omitempty"`
+	UFSOps       *float64 `json:"ufs_operations,omitempty"`
+	UFSBytes     *float64 `json:"ufs_bytes,omitempty"`
+	MDSRequests  *float64 `json:"mds_requests,omitempty"`
+}
+
+// compare returns t ÷ b for every measure both have.
+func compare(t, b Epoch) Ratios {
+	div := func(x, y float64) *float64 {
+		if y <= 0 || math.IsNaN(x) {
+			return nil
+		}
+		q := x / y
+		return &q
+	}
+	both := func(x, y *float64) *float64 {
+		if x == nil || y == nil {
+			return nil
+		}
+		return div(*x, *y)
+	}
+	r := Ratios{
+		P50: div(t.Latency.P50, b.Latency.P50), P95: div(t.Latency.P95, b.Latency.P95), P99: div(t.Latency.P99, b.Latency.P99),
+		FirstByteP50: div(t.FirstByte.P50, b.FirstByte.P50), ReaderCPU: div(t.CPU.Reader, b.CPU.Reader),
+		GranaryCPU: both(t.CPU.Granary, b.CPU.Granary), MDSRequests: both(t.MDSRequests, b.MDSRequests),
+	}
+	if q := div(t.MBps, b.MBps); q != nil {
+		r.MBps = *q
+	}
+	if q := div(t.ReadsPerS, b.ReadsPerS); q != nil {
+		r.FilesPerS = *q
+	}
+	if t.UFS != nil && b.UFS != nil {
+		r.UFSOps = div(float64(t.UFS.Ops()), float64(b.UFS.Ops()))
+		r.UFSBytes = div(float64(t.UFS.BytesRead), float64(b.UFS.BytesRead))
+	}
+	return r
 }
 
 // CPU is the processor time an epoch cost.
 type CPU struct {
-	Reader  float64  `json:"reader"`
+	Reader float64 `json:"reader"`
+	// Granary is the CPU time of the granary processes on this machine;
+	// nil when none was found.
 	Granary *float64 `json:"granary,omitempty"`
 }
 
@@ -105,14 +163,25 @@ func (r *Report) ratios() {
 				continue
 			}
 			for e := range t.Epochs {
-				if e < len(b.Epochs) && b.Epochs[e].MBps > 0 {
-					if t.Epochs[e].Ratio == nil {
-						t.Epochs[e].Ratio = map[string]float64{}
-					}
-					t.Epochs[e].Ratio[b.Name] = t.Epochs[e].MBps / b.Epochs[e].MBps
+				if e >= len(b.Epochs) || b.Epochs[e].MBps <= 0 {
+					continue
 				}
+				te := &t.Epochs[e]
+				if te.Ratio == nil {
+					te.Ratio, te.Ratios = map[string]float64{}, map[string]Ratios{}
+				}
+				te.Ratio[b.Name] = te.MBps / b.Epochs[e].MBps
+				te.Ratios[b.Name] = compare(*te, b.Epochs[e])
 			}
 		}
+	}
+}
+
+// warn records a warning once.
+func (r *Report) warn(format string, args ...any) {
+	w := fmt.Sprintf(format, args...)
+	if !slices.Contains(r.Warnings, w) {
+		r.Warnings = append(r.Warnings, w)
 	}
 }
 
@@ -130,13 +199,16 @@ func (r *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, " in batches of %d", r.Batch)
 	}
 	fmt.Fprintf(w, "; page cache %s; %s\n", r.PageCache, r.WarmUp)
+	for _, warning := range r.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warning)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "TARGET\tEPOCH\tMB/s\tFILES/s\tP50 ms\tP95 ms\tP99 ms\tTTFB P50\tUFS OPS\tUFS MB\tMDS REQ\tCPU s (granary/reader)\tRATIO\t")
+	fmt.Fprintln(tw, "TARGET\tEPOCH\tMB/s\tFILES/s\tP50 ms\tP95 ms\tP99 ms\tTTFB P50\tUFS OPS\tUFS MB\tMDS REQ\tCPU s (granary/reader)\tGRANARY CPU s/GB\tRATIO (MB/s)\t")
 	for _, t := range r.Targets {
 		for _, e := range t.Epochs {
-			ufsOps, ufsMB, mds, cpu := "-", "-", "-", fmt.Sprintf("-/%.2f", e.CPU.Reader)
+			ufsOps, ufsMB, mds, cpu, perGB := "-", "-", "-", fmt.Sprintf("-/%.2f", e.CPU.Reader), "-"
 			if e.UFS != nil {
-				ufsOps = fmt.Sprint(e.UFS.Stat + e.UFS.List + e.UFS.Read)
+				ufsOps = fmt.Sprint(e.UFS.Ops())
 				ufsMB = fmt.Sprintf("%.1f", float64(e.UFS.BytesRead)/1e6)
 			}
 			if e.MDSRequests != nil {
@@ -144,6 +216,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 			}
 			if e.CPU.Granary != nil {
 				cpu = fmt.Sprintf("%.2f/%.2f", *e.CPU.Granary, e.CPU.Reader)
+				if e.Bytes > 0 {
+					perGB = fmt.Sprintf("%.3f", *e.CPU.Granary/(float64(e.Bytes)/1e9))
+				}
 			}
 			ratio := ""
 			names := make([]string, 0, len(e.Ratio))
@@ -154,8 +229,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 			for _, n := range names {
 				ratio += fmt.Sprintf("%.2f× %s ", e.Ratio[n], n)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, e.Epoch, e.MBps, e.ReadsPerS,
-				e.Latency.P50, e.Latency.P95, e.Latency.P99, e.FirstByte.P50, ufsOps, ufsMB, mds, cpu, ratio)
+			fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, e.Epoch, e.MBps, e.ReadsPerS,
+				e.Latency.P50, e.Latency.P95, e.Latency.P99, e.FirstByte.P50, ufsOps, ufsMB, mds, cpu, perGB, ratio)
 		}
 	}
 	return tw.Flush()

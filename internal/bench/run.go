@@ -87,7 +87,12 @@ func Run(ctx context.Context, targets []NamedTarget, o RunOptions) (*Report, err
 		rep.Targets = append(rep.Targets, TargetReport{Name: t.Name, Path: t.Path, Baseline: t.Baseline})
 	}
 	for e := 1; e <= o.Epochs; e++ {
-		for i, t := range targets {
+		// Targets take turns, and the turn starts one further each epoch,
+		// so that none always runs right after the same other one (its
+		// page cache, its CPU left-overs).
+		for k := range targets {
+			i := (k + e - 1) % len(targets)
+			t := targets[i]
 			ep, err := runEpoch(ctx, t, e, o, rep)
 			if err != nil {
 				return rep, fmt.Errorf("%s, epoch %d: %w", t.Name, e, err)
@@ -112,7 +117,7 @@ func runEpoch(ctx context.Context, t NamedTarget, epoch int, o RunOptions, rep *
 			return nil, err
 		}
 	}
-	before := snapshot(ctx, o.Probes)
+	before := snapshot(ctx, o.Probes, rep)
 	start := time.Now()
 	entries, err := t.Target.Walk(ctx)
 	if err != nil {
@@ -128,6 +133,9 @@ func runEpoch(ctx context.Context, t NamedTarget, epoch int, o RunOptions, rep *
 	}
 	if rep.Files == 0 {
 		rep.Files, rep.Bytes = int64(len(entries)), total
+	} else if int64(len(entries)) != rep.Files || total != rep.Bytes {
+		rep.warn("%s holds %d files (%d bytes), not the %d files (%d bytes) of the first target: their ratios compare different data",
+			t.Name, len(entries), total, rep.Files, rep.Bytes)
 	}
 	items := plan(entries, total, epoch, o)
 
@@ -205,7 +213,7 @@ func runEpoch(ctx context.Context, t NamedTarget, epoch int, o RunOptions, rep *
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("%d reads failed, the first: %w", len(items)-len(lat), errs[0])
 	}
-	after := snapshot(ctx, o.Probes)
+	after := snapshot(ctx, o.Probes, rep)
 	ep := &Epoch{
 		Epoch: epoch, Seconds: elapsed.Seconds(), WalkSeconds: walked.Seconds(), Reads: int64(len(items)), Bytes: bytes.Load(),
 		Latency: percentiles(lat), FirstByte: percentiles(ttfb),
@@ -218,8 +226,7 @@ func runEpoch(ctx context.Context, t NamedTarget, epoch int, o RunOptions, rep *
 		ep.BatchLatency = &p
 	}
 	if before.ufsOK && after.ufsOK {
-		d := ufs.Stats{Stat: after.ufs.Stat - before.ufs.Stat, List: after.ufs.List - before.ufs.List,
-			Read: after.ufs.Read - before.ufs.Read, BytesRead: after.ufs.BytesRead - before.ufs.BytesRead, Errors: after.ufs.Errors - before.ufs.Errors}
+		d := after.ufs.Sub(before.ufs)
 		ep.UFS = &d
 	}
 	if before.mdsOK && after.mdsOK {
@@ -275,19 +282,30 @@ type probeValues struct {
 	cpuOK         bool
 }
 
-func snapshot(ctx context.Context, p Probes) probeValues {
+// snapshot reads every probe; one that fails is reported as a warning and
+// its measure left out of the epoch.
+func snapshot(ctx context.Context, p Probes, rep *Report) probeValues {
 	var v probeValues
 	if p.UFS != nil {
 		s, err := p.UFS(ctx)
 		v.ufs, v.ufsOK = s, err == nil
+		if err != nil {
+			rep.warn("the workers' UFS counters could not be read, UFS columns left out: %v", err)
+		}
 	}
 	if p.MDSRequests != nil {
 		n, err := p.MDSRequests(ctx)
 		v.mds, v.mdsOK = n, err == nil
+		if err != nil {
+			rep.warn("the MDS counters could not be read: %v", err)
+		}
 	}
 	if p.GranaryCPU != nil {
 		d, err := p.GranaryCPU()
 		v.granary, v.cpuOK = d, err == nil
+		if err != nil {
+			rep.warn("granary CPU not measured: %v", err)
+		}
 	}
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {

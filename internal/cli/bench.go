@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -68,6 +70,15 @@ file:// on a ceph-fuse or kernel mount.`,
 			if err != nil {
 				return err
 			}
+			if !slices.Contains(bench.Profiles, o.Profile) {
+				return fmt.Errorf("unknown profile %q (profiles: %v)", o.Profile, bench.Profiles)
+			}
+			if ds.URI.Scheme == "file" {
+				// A new dataset goes into a new directory.
+				if err := os.MkdirAll(ds.URI.Path, 0o755); err != nil {
+					return fmt.Errorf("%s: %w", ds.URI, err)
+				}
+			}
 			backend, err := dataset.OpenBackend(ds.URI, ds.Options)
 			if err != nil {
 				return fmt.Errorf("%s: %w", ds.URI, err)
@@ -76,6 +87,11 @@ file:// on a ceph-fuse or kernel mount.`,
 			sink, ok := backend.(bench.Sink)
 			if !ok {
 				return fmt.Errorf("%s: gen cannot write to %s:// (for CephFS, write to a ceph-fuse or kernel mount with file://)", ds.URI, ds.URI.Scheme)
+			}
+			if b, ok := backend.(interface{ CreateBucket(context.Context) error }); ok {
+				if err := b.CreateBucket(cmd.Context()); err != nil {
+					return fmt.Errorf("%s: %w", ds.URI, err)
+				}
 			}
 			files, err := bench.Manifest(o)
 			if err != nil {
@@ -88,10 +104,18 @@ file:// on a ceph-fuse or kernel mount.`,
 			var bar *progressbar.ProgressBar
 			progress := func(int64) {}
 			if !quiet {
-				bar = progressbar.NewOptions64(int64(len(files)), progressbar.OptionSetWriter(g.stderr),
-					progressbar.OptionSetDescription(fmt.Sprintf("gen %s → %s", o.Profile, ds.URI)), progressbar.OptionShowCount(),
-					progressbar.OptionSetPredictTime(true), progressbar.OptionShowElapsedTimeOnFinish(), progressbar.OptionThrottle(100*time.Millisecond))
-				progress = func(int64) { bar.Add(1) }
+				// By bytes, so that the ETA holds for files of unequal
+				// sizes; by files for trees of empty ones (meta).
+				opts := []progressbar.Option{progressbar.OptionSetWriter(g.stderr),
+					progressbar.OptionSetDescription(fmt.Sprintf("gen %s → %s", o.Profile, ds.URI)),
+					progressbar.OptionSetPredictTime(true), progressbar.OptionShowElapsedTimeOnFinish(), progressbar.OptionThrottle(100 * time.Millisecond)}
+				if planned > 0 {
+					bar = progressbar.NewOptions64(planned, append(opts, progressbar.OptionShowBytes(true))...)
+					progress = func(n int64) { bar.Add64(n) }
+				} else {
+					bar = progressbar.NewOptions64(int64(len(files)), append(opts, progressbar.OptionShowCount())...)
+					progress = func(int64) { bar.Add(1) }
+				}
 			}
 			start := time.Now()
 			_, written, err := bench.Generate(cmd.Context(), o, sink, writers, progress)

@@ -56,7 +56,26 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 // Stats is a snapshot of what one instrumented FS asked of its UFS.
 type Stats struct {
-	Stat, List, Read, BytesRead, Errors int64
+	Stat      int64 `json:"stat"`
+	List      int64 `json:"list"` // listing pages
+	Read      int64 `json:"read"`
+	BytesRead int64 `json:"bytes_read"`
+	Errors    int64 `json:"errors"`
+}
+
+// Ops is the number of requests of every kind.
+func (s Stats) Ops() int64 { return s.Stat + s.List + s.Read }
+
+// Add returns the sum of s and o.
+func (s Stats) Add(o Stats) Stats {
+	return Stats{Stat: s.Stat + o.Stat, List: s.List + o.List, Read: s.Read + o.Read,
+		BytesRead: s.BytesRead + o.BytesRead, Errors: s.Errors + o.Errors}
+}
+
+// Sub returns what s counts beyond an earlier snapshot.
+func (s Stats) Sub(earlier Stats) Stats {
+	return Stats{Stat: s.Stat - earlier.Stat, List: s.List - earlier.List, Read: s.Read - earlier.Read,
+		BytesRead: s.BytesRead - earlier.BytesRead, Errors: s.Errors - earlier.Errors}
 }
 
 // Instrumented wraps an FS and counts every request it passes on.

@@ -218,6 +218,7 @@ func TestCephFSSparesTheMDS(t *testing.T) {
 	c := startCluster(t, clusterOpts{workers: 3, tiers: tiers, datasets: fmt.Sprintf(
 		"  - name: cf\n    ufs: cephfs://cephfs/%s\n    metadata_sync: never\n    options: {conf: %q, idle_unmount: %v}\n", root, cephtest.Conf(dir), idle)})
 	var cached [2][3]cephLoad
+	clients := map[string]bool{} // the PIDs of granary's MDS sessions
 	for cl := range 2 {
 		m := c.mount(t)
 		for e := range 3 {
@@ -235,6 +236,9 @@ func TestCephFSSparesTheMDS(t *testing.T) {
 			if n := len(l.mds.Sessions); n > 3 {
 				t.Errorf("%d MDS sessions for granary; want at most one per worker (3)", n)
 			}
+			for _, s := range l.mds.Sessions {
+				clients[s.PID] = true
+			}
 		}
 	}
 	ufsBytes := c.metric("granary_ufs_read_bytes_total", `dataset="cf"`)
@@ -244,6 +248,18 @@ func TestCephFSSparesTheMDS(t *testing.T) {
 		t.Logf("UFS bytes ÷ dataset size over 2 clients × 3 epochs: %.4f", ratio)
 	}
 	t.Logf("directory-reader reads: %v", c.metric("granary_worker_directory_reader_reads_total"))
+	// The MDS saw one client per worker that asked the UFS for anything,
+	// whatever the number of mounts and readers.
+	touched := 0
+	for _, w := range c.workers {
+		if w.metric("granary_ufs_operations_total", `dataset="cf"`) > 0 {
+			touched++
+		}
+	}
+	t.Logf("MDS clients of granary: %d processes; workers that asked the UFS: %d", len(clients), touched)
+	if len(clients) != touched {
+		t.Errorf("the MDS saw %d granary client processes; want one per worker that touched the UFS (%d)", len(clients), touched)
+	}
 
 	// Once idle, the workers give their sessions and caps back.
 	var caps, sessions int

@@ -329,26 +329,34 @@ func (c *cluster) ufsTotals(cl *client.Client, ds string) (stat, list, read int6
 func (c *cluster) metric(name string, match ...string) float64 {
 	var sum float64
 	for _, p := range c.workers {
-		resp, err := http.Get("http://" + p.admin + "/metrics")
-		if err != nil {
+		sum += p.metric(name, match...)
+	}
+	return sum
+}
+
+// metric sums the samples of a metric of one worker whose line contains
+// every match.
+func (p *proc) metric(name string, match ...string) float64 {
+	resp, err := http.Get("http://" + p.admin + "/metrics")
+	if err != nil {
+		return 0
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var sum float64
+lines:
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, name) {
 			continue
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-	lines:
-		for _, line := range strings.Split(string(body), "\n") {
-			if !strings.HasPrefix(line, name) {
-				continue
+		for _, m := range match {
+			if !strings.Contains(line, m) {
+				continue lines
 			}
-			for _, m := range match {
-				if !strings.Contains(line, m) {
-					continue lines
-				}
-			}
-			var v float64
-			fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v)
-			sum += v
 		}
+		var v float64
+		fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v)
+		sum += v
 	}
 	return sum
 }

@@ -43,10 +43,10 @@ func needFUSE(t testing.TB) {
 }
 
 // mount starts `granary mount` on the cluster and waits until it serves.
-func (c *cluster) mount(t testing.TB, args ...string) *mountProc {
-	t.Helper()
-	needFUSE(t)
-	cfg := filepath.Join(c.dir, fmt.Sprintf("mount-%d.yaml", time.Now().UnixNano()))
+// clientConfig writes the configuration of a client of the cluster (a
+// mount, the CLI) and returns its path.
+func (c *cluster) clientConfig(t testing.TB) string {
+	cfg := filepath.Join(c.dir, fmt.Sprintf("client-%d.yaml", time.Now().UnixNano()))
 	doc := c.base + "membership:\n  workers:\n"
 	for _, p := range c.workers {
 		doc += fmt.Sprintf("    - {id: %s, addr: %q, socket: %q}\n", p.id, p.addr, p.socket)
@@ -55,6 +55,13 @@ func (c *cluster) mount(t testing.TB, args ...string) *mountProc {
 	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return cfg
+}
+
+func (c *cluster) mount(t testing.TB, args ...string) *mountProc {
+	t.Helper()
+	needFUSE(t)
+	cfg := c.clientConfig(t)
 	m := &mountProc{dir: t.TempDir(), admin: freeAddr(t), log: &bytes.Buffer{}, done: make(chan struct{})}
 	m.cmd = exec.Command(granary, append([]string{"mount", "--config", cfg, "--admin", m.admin, "--log-level", "warn"}, append(args, m.dir)...)...)
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log

@@ -42,7 +42,7 @@ func TestPyTorchDataLoader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	epochs := regexp.MustCompile(`(?m)^epoch (\d): (\d+) samples`).FindAllStringSubmatch(string(out), -1)
+	epochs := regexp.MustCompile(`(?m)^epoch (\d): (\d+) samples, .* [0-9]+ samples/s`).FindAllStringSubmatch(string(out), -1)
 	if len(epochs) != 2 {
 		t.Fatalf("%d epochs reported; want 2", len(epochs))
 	}

@@ -306,6 +306,19 @@ func TestS3Dataset(t *testing.T) {
 		`bucket "missing-bucket" does not exist at endpoint `+srv.Endpoint)
 }
 
+// TestBenchGenNewBucket: `bench gen` into a bucket that does not exist
+// yet creates it.
+func TestBenchGenNewBucket(t *testing.T) {
+	srv := needServer(t)
+	cfg := s3Config(t, srv.Endpoint, "bench-new")
+	keys := []string{"E2E_AK=" + s3test.AccessKey, "E2E_SK=" + s3test.SecretKey}
+	ok(t, run(t, keys, "bench", "gen", "--quiet", "--config", cfg, "--to", "train", "--profile", "imagenet", "--scale", "512KiB"))
+	ls := ok(t, run(t, keys, "ls", "--config", cfg, "/train/"))
+	if !strings.Contains(ls.stdout, "/") {
+		t.Errorf("ls of the generated bucket:\n%s", ls.stdout)
+	}
+}
+
 func TestS3Unreachable(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -338,6 +351,8 @@ func TestBench(t *testing.T) {
 			t.Errorf("%s: %v", f, err)
 		}
 	}
+	// A new directory is made.
+	ok(t, run(t, nil, "bench", "gen", "--quiet", "--ufs", "file://"+filepath.Join(t.TempDir(), "new/set"), "--profile", "meta", "--scale", "20"))
 	fails(t, run(t, nil, "bench", "gen", "--ufs", "file://"+dir, "--profile", "videos"), `unknown profile "videos"`)
 	fails(t, run(t, nil, "bench", "gen", "--profile", "meta"), "--ufs URI or --to DATASET")
 	fails(t, run(t, nil, "bench", "gen", "--ufs", "file://"+dir, "--profile", "meta", "--scale", "1GiB"), "number of files")

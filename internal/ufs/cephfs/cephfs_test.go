@@ -25,10 +25,10 @@ import (
 
 // tree writes files (name → content) below a new directory of the test
 // cluster's CephFS and returns that directory's path in CephFS.
-func tree(t *testing.T, dir string, files map[string]string) string {
+func tree(t testing.TB, dir string, files map[string]string) string {
 	t.Helper()
 	mnt := cephtest.FuseMount(t, dir)
-	root := fmt.Sprintf("/%s-%d", strings.ToLower(t.Name()), time.Now().UnixNano())
+	root := fmt.Sprintf("/%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), time.Now().UnixNano())
 	for name, data := range files {
 		p := filepath.Join(mnt, root, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {

@@ -3,6 +3,7 @@ package s3
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -45,6 +46,20 @@ func (f *FS) Put(ctx context.Context, name string, data []byte) error {
 		UploadId: up.UploadId, MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}})
 	if err != nil {
 		return f.wrap("put", name, err)
+	}
+	return nil
+}
+
+// CreateBucket creates the FS's bucket unless it exists, for tools that
+// create datasets (granary bench gen into a new bucket).
+func (f *FS) CreateBucket(ctx context.Context) error {
+	if _, err := f.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &f.bucket}); err == nil {
+		return nil
+	}
+	_, err := f.client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &f.bucket})
+	var owned *types.BucketAlreadyOwnedByYou
+	if err != nil && !errors.As(err, &owned) {
+		return f.wrap("create bucket", "", err)
 	}
 	return nil
 }

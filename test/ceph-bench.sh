@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# granary in front of a real Ceph cluster, measured with `granary bench`
+# against what users run today, in the same run. It starts its own one-host
+# cluster (test/ceph) and stops everything it started by PID. Not part of CI:
+# about 15 minutes at the default size.
+#   bash test/ceph-bench.sh
+# - handles: one libcephfs handle per dataset against a pool of four
+#   (BenchmarkHandles);
+# - rgw: an imagenet-shaped bucket on radosgw read through granary (3
+#   workers, a FUSE mount) against a direct parallel download with the S3
+#   SDK (the dataset's own endpoint and keys: `--baseline sdk=dataset:rgw`);
+# - cephfs: the same tree on CephFS through granary against a ceph-fuse
+#   mount, with the MDS's requests per epoch.
+# SCALE (default 1GiB) sets the size of each dataset; reports go to $OUT
+# (default bench-out/): handles.txt, rgw.{txt,json,png}, cephfs.{txt,json,png}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source test/lib.sh
+install_test_deps
+
+out=${OUT:-bench-out}
+scale=${SCALE:-1GiB}
+mkdir -p "$out"
+work=$(mktemp -d /var/tmp/granary-ceph-bench.XXXXXX) # on disk: /tmp may be tmpfs
+ceph_dir=$work/ceph
+pids=()
+cleanup() {
+	for m in "$work/gmnt-small" "$work/gmnt" "$work/cf"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	bash test/ceph/stop.sh "$ceph_dir" || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+step "Ceph test cluster"
+bash test/ceph/start.sh "$ceph_dir"
+set -a
+source "$ceph_dir/s3.env"
+set +a
+conf=$ceph_dir/ceph.conf
+mds_asok=$ceph_dir/run/ceph-mds.a.asok
+
+step "BenchmarkHandles: one libcephfs handle against a pool of four"
+GRANARY_CEPH_DIR=$ceph_dir CGO_ENABLED=1 go test -tags cephfs -run '^$' -bench '^BenchmarkHandles$' -benchtime 5x \
+	./internal/ufs/cephfs/ | tee "$out/handles.txt"
+
+step "build granary with native CephFS"
+CGO_ENABLED=1 go build -tags cephfs -o "$work/granary" ./cmd/granary
+g=$work/granary
+cat >"$work/granary.yaml" <<EOT
+datasets:
+  - name: rgw
+    ufs: s3://bench/imagenet
+    options: {endpoint: "$S3_ENDPOINT", path_style: true, access_key: "\${AWS_ACCESS_KEY_ID}", secret_key: "\${AWS_SECRET_ACCESS_KEY}"}
+  - name: cf
+    ufs: cephfs://cephfs/bench/imagenet
+    options: {conf: "$conf"}
+EOT
+
+step "gen imagenet ($scale) into radosgw and into CephFS (through ceph-fuse)"
+"$g" bench gen --quiet --config "$work/granary.yaml" --to rgw --profile imagenet --scale "$scale"
+mkdir -p "$work/cf"
+ceph-fuse -c "$conf" "$work/cf" >/dev/null
+"$g" bench gen --quiet --ufs "file://$work/cf/bench/imagenet" --profile imagenet --scale "$scale"
+umount "$work/cf" # the writer's sizes reach the MDS; the reader below starts cold
+for _ in $(seq 100); do pgrep -f "ceph-fuse -c $conf $work/cf" >/dev/null || break; sleep 0.1; done
+
+step "granary up: 3 workers, a passthrough mount and a zero-message-opens mount (small files)"
+mkdir -p "$work/gmnt" "$work/gmnt-small"
+"$g" up --config "$work/granary.yaml" --workers 3 --state-dir "$work/state" --mem 2GiB --ssd 8GiB --mount "$work/gmnt" \
+	>"$work/up.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 300); do mountpoint -q "$work/gmnt" && [[ -e "$work/state/granary.yaml" ]] && break; sleep 0.1; done
+mountpoint -q "$work/gmnt" || { cat "$work/up.log"; exit 1; }
+"$g" mount --config "$work/state/granary.yaml" --zero-message-opens "$work/gmnt-small" >"$work/mount-small.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 300); do mountpoint -q "$work/gmnt-small" && break; sleep 0.1; done
+mountpoint -q "$work/gmnt-small" || { cat "$work/mount-small.log"; exit 1; }
+
+step "bench run rgw: granary against a direct parallel SDK download"
+"$g" bench run --quiet --config "$work/state/granary.yaml" --profile imagenet --epochs 3 --readers 16 \
+	--path "granary=$work/gmnt-small/rgw" --baseline "sdk=dataset:rgw" \
+	--json "$out/rgw.json" --png "$out/rgw.png" | tee "$out/rgw.txt"
+
+step "bench run cephfs: granary against ceph-fuse, with the MDS's requests"
+ceph-fuse -c "$conf" "$work/cf" >/dev/null
+"$g" bench run --quiet --config "$work/state/granary.yaml" --mds-admin-socket "$mds_asok" --profile imagenet --epochs 3 --readers 16 \
+	--path "granary=$work/gmnt-small/cf" --baseline "ceph-fuse=$work/cf/bench/imagenet" \
+	--json "$out/cephfs.json" --png "$out/cephfs.png" | tee "$out/cephfs.txt"
