@@ -248,7 +248,9 @@ func TestRunWarnings(t *testing.T) {
 	other := gen(t, bench.GenOptions{Profile: "imagenet", Scale: 1 << 20, FilesPerDir: 5, Seed: 2})
 	os.Remove(filepath.Join(other, firstFile(t, other)))
 	probes := bench.Probes{
-		UFS:        func(context.Context) (ufs.Stats, error) { return ufs.Stats{}, errors.New("worker w2 at 127.0.0.1:1: connection refused") },
+		UFS: func(context.Context) (ufs.Stats, error) {
+			return ufs.Stats{}, errors.New("worker w2 at 127.0.0.1:1: connection refused")
+		},
 		GranaryCPU: func() (time.Duration, error) { return 0, errors.New("no granary process") },
 	}
 	rep, err := bench.Run(context.Background(), []bench.NamedTarget{
