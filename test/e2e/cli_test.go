@@ -313,8 +313,8 @@ func TestBenchGenNewBucket(t *testing.T) {
 	cfg := s3Config(t, srv.Endpoint, "bench-new")
 	keys := []string{"E2E_AK=" + s3test.AccessKey, "E2E_SK=" + s3test.SecretKey}
 	ok(t, run(t, keys, "bench", "gen", "--quiet", "--config", cfg, "--to", "train", "--profile", "imagenet", "--scale", "512KiB"))
-	ls := ok(t, run(t, keys, "ls", "--config", cfg, "/train/"))
-	if !strings.Contains(ls.stdout, "/") {
+	ls := ok(t, run(t, keys, "ls", "--config", cfg, "/train/train/"))
+	if !strings.Contains(ls.stdout, "n00000") {
 		t.Errorf("ls of the generated bucket:\n%s", ls.stdout)
 	}
 }
