@@ -22,7 +22,8 @@ mkdir -p "$out"
 work=$(mktemp -d /var/tmp/granary-bench.XXXXXX) # on disk: /tmp may be tmpfs
 pids=()
 cleanup() {
-	for m in "$work/rmnt" "$work/gmnt-small" "$work/gmnt"; do umount -l "$m" 2>/dev/null || true; done
+	umount -l "$work/rmnt" 2>/dev/null || true
+	"$work/granary" umount "$work/gmnt" >/dev/null 2>&1 || true
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	rm -rf "$work"
@@ -42,12 +43,17 @@ mkdir -p "$work/s3/bench"
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
+# Each dataset as a user would set it up: many small files open without a
+# FUSE round trip (open_mode: zero-message); large files are one block each,
+# so that the kernel reads them with passthrough (block_size: 1GiB).
+declare -A tuning=([imagenet]="open_mode: zero-message" [meta]="open_mode: zero-message" [shards]="block_size: 1GiB" [records]="block_size: 1GiB")
 {
 	echo "datasets:"
 	for p in "${profiles[@]}"; do
 		cat <<EOT
   - name: $p
     ufs: s3://bench/$p
+    ${tuning[$p]}
     options: {endpoint: "http://127.0.0.1:$port", path_style: true, access_key: "\${AWS_ACCESS_KEY_ID}", secret_key: "\${AWS_SECRET_ACCESS_KEY}"}
 EOT
 	done
@@ -62,20 +68,8 @@ for p in "${profiles[@]}"; do
 done
 
 step "granary up: 3 workers and a FUSE mount"
-mkdir -p "$work/gmnt" "$work/gmnt-small" "$work/rmnt"
-"$g" up --config "$work/granary.yaml" --workers 3 --state-dir "$work/state" --mem 2GiB --ssd 8GiB --mount "$work/gmnt" \
-	>"$work/up.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 300); do mountpoint -q "$work/gmnt" && [[ -e "$work/state/granary.yaml" ]] && break; sleep 0.1; done
-mountpoint -q "$work/gmnt" || { cat "$work/up.log"; exit 1; }
-
-# Small files read fastest with opens that cost no FUSE round trip, large
-# ones with passthrough; the two exclude each other, so imagenet and meta are
-# read through a second mount of the same workers.
-"$g" mount --config "$work/state/granary.yaml" --zero-message-opens "$work/gmnt-small" >"$work/mount-small.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 300); do mountpoint -q "$work/gmnt-small" && break; sleep 0.1; done
-mountpoint -q "$work/gmnt-small" || { cat "$work/mount-small.log"; exit 1; }
+mkdir -p "$work/gmnt" "$work/rmnt"
+granary_up "$g" "$work/granary.yaml" "$work/state" "$work/gmnt" "$work/up.log"
 
 step "rclone mount --vfs-cache-mode full of the same bucket"
 # (without AWS_CA_BUNDLE: rclone's S3 SDK cannot load a CA bundle into its own transport)
@@ -90,9 +84,7 @@ drop=()
 [[ "${DROP_CACHES:-}" == 1 ]] && drop=(--drop-caches)
 for p in "${profiles[@]}"; do
 	step "bench run $p"
-	mnt=$work/gmnt
-	[[ $p == imagenet || $p == meta ]] && mnt=$work/gmnt-small
 	"$g" bench run --quiet --config "$work/state/granary.yaml" --profile "$p" --epochs 3 --readers 16 "${drop[@]}" \
-		--path "granary=$mnt/$p" --baseline "local=$work/local/$p" --baseline "rclone=$work/rmnt/$p" \
+		--path "granary=$work/gmnt/$p" --baseline "local=$work/local/$p" --baseline "rclone=$work/rmnt/$p" \
 		--json "$out/$p.json" --png "$out/$p.png" | tee "$out/$p.txt"
 done

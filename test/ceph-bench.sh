@@ -25,7 +25,8 @@ work=$(mktemp -d /var/tmp/granary-ceph-bench.XXXXXX) # on disk: /tmp may be tmpf
 ceph_dir=$work/ceph
 pids=()
 cleanup() {
-	for m in "$work/gmnt-small" "$work/gmnt" "$work/cf"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+	umount "$work/cf" 2>/dev/null || umount -l "$work/cf" 2>/dev/null || true
+	"$work/granary" umount "$work/gmnt" >/dev/null 2>&1 || true
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	bash test/ceph/stop.sh "$ceph_dir" || true
@@ -52,9 +53,11 @@ cat >"$work/granary.yaml" <<EOT
 datasets:
   - name: rgw
     ufs: s3://bench/imagenet
+    open_mode: zero-message
     options: {endpoint: "$S3_ENDPOINT", path_style: true, access_key: "\${AWS_ACCESS_KEY_ID}", secret_key: "\${AWS_SECRET_ACCESS_KEY}"}
   - name: cf
     ufs: cephfs://cephfs/bench/imagenet
+    open_mode: zero-message
     options: {conf: "$conf"}
 EOT
 
@@ -66,25 +69,17 @@ ceph-fuse -c "$conf" "$work/cf" >/dev/null
 umount "$work/cf" # the writer's sizes reach the MDS; the reader below starts cold
 for _ in $(seq 100); do pgrep -f "ceph-fuse -c $conf $work/cf" >/dev/null || break; sleep 0.1; done
 
-step "granary up: 3 workers, a passthrough mount and a zero-message-opens mount (small files)"
-mkdir -p "$work/gmnt" "$work/gmnt-small"
-"$g" up --config "$work/granary.yaml" --workers 3 --state-dir "$work/state" --mem 2GiB --ssd 8GiB --mount "$work/gmnt" \
-	>"$work/up.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 300); do mountpoint -q "$work/gmnt" && [[ -e "$work/state/granary.yaml" ]] && break; sleep 0.1; done
-mountpoint -q "$work/gmnt" || { cat "$work/up.log"; exit 1; }
-"$g" mount --config "$work/state/granary.yaml" --zero-message-opens "$work/gmnt-small" >"$work/mount-small.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 300); do mountpoint -q "$work/gmnt-small" && break; sleep 0.1; done
-mountpoint -q "$work/gmnt-small" || { cat "$work/mount-small.log"; exit 1; }
+step "granary up: 3 workers and a FUSE mount"
+mkdir -p "$work/gmnt"
+granary_up "$g" "$work/granary.yaml" "$work/state" "$work/gmnt" "$work/up.log"
 
 step "bench run rgw: granary against a direct parallel SDK download"
 "$g" bench run --quiet --config "$work/state/granary.yaml" --profile imagenet --epochs 3 --readers 16 \
-	--path "granary=$work/gmnt-small/rgw" --baseline "sdk=dataset:rgw" \
+	--path "granary=$work/gmnt/rgw" --baseline "sdk=dataset:rgw" \
 	--json "$out/rgw.json" --png "$out/rgw.png" | tee "$out/rgw.txt"
 
 step "bench run cephfs: granary against ceph-fuse, with the MDS's requests"
 ceph-fuse -c "$conf" "$work/cf" >/dev/null
 "$g" bench run --quiet --config "$work/state/granary.yaml" --mds-admin-socket "$mds_asok" --profile imagenet --epochs 3 --readers 16 \
-	--path "granary=$work/gmnt-small/cf" --baseline "ceph-fuse=$work/cf/bench/imagenet" \
+	--path "granary=$work/gmnt/cf" --baseline "ceph-fuse=$work/cf/bench/imagenet" \
 	--json "$out/cephfs.json" --png "$out/cephfs.png" | tee "$out/cephfs.txt"

@@ -287,6 +287,22 @@ func firstFile(t *testing.T, dir string) string {
 	return found
 }
 
+// TestRunMetaRatio: a tree of empty files is compared by files/s.
+func TestRunMetaRatio(t *testing.T) {
+	dir := gen(t, bench.GenOptions{Profile: "meta", Scale: 50})
+	rep, err := bench.Run(context.Background(), []bench.NamedTarget{
+		{Name: "a", Path: dir, Target: &bench.DirTarget{Root: dir}},
+		{Name: "b", Path: dir, Baseline: true, Target: &bench.DirTarget{Root: dir}},
+	}, bench.RunOptions{Profile: "meta", Epochs: 1, Readers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := rep.Targets[0].Epochs[0]
+	if r := e.Ratio["b"]; r <= 0 || r != e.Ratios["b"].FilesPerS {
+		t.Errorf("ratio %v, ratios %+v; want the files/s ratio", r, e.Ratios["b"])
+	}
+}
+
 func TestRunRecords(t *testing.T) {
 	dir := gen(t, bench.GenOptions{Profile: "records", Scale: 8 << 20, Records: 2})
 	rep, err := bench.Run(context.Background(), []bench.NamedTarget{{Name: "dir", Path: dir, Target: &bench.DirTarget{Root: dir}}},

@@ -66,7 +66,8 @@ type Epoch struct {
 	UFS         *ufs.Stats `json:"ufs,omitempty"`
 	MDSRequests *float64   `json:"mds_requests,omitempty"`
 	CPU         CPU        `json:"cpu_seconds"`
-	// Ratio is this epoch's MB/s ÷ the same epoch's MB/s of each baseline.
+	// Ratio is this epoch's MB/s ÷ the same epoch's MB/s of each baseline
+	// (files/s for a dataset of empty files).
 	Ratio map[string]float64 `json:"ratio_to_baseline,omitempty"`
 	// Ratios compares every measure of this epoch with the same epoch of
 	// each baseline: this target's value ÷ the baseline's (above 1 is
@@ -163,15 +164,19 @@ func (r *Report) ratios() {
 				continue
 			}
 			for e := range t.Epochs {
-				if e >= len(b.Epochs) || b.Epochs[e].MBps <= 0 {
+				if e >= len(b.Epochs) || b.Epochs[e].ReadsPerS <= 0 {
 					continue
 				}
 				te := &t.Epochs[e]
 				if te.Ratio == nil {
 					te.Ratio, te.Ratios = map[string]float64{}, map[string]Ratios{}
 				}
-				te.Ratio[b.Name] = te.MBps / b.Epochs[e].MBps
-				te.Ratios[b.Name] = compare(*te, b.Epochs[e])
+				r := compare(*te, b.Epochs[e])
+				te.Ratios[b.Name] = r
+				te.Ratio[b.Name] = r.MBps
+				if b.Epochs[e].MBps <= 0 { // files with no bytes (meta): files/s
+					te.Ratio[b.Name] = r.FilesPerS
+				}
 			}
 		}
 	}
@@ -203,7 +208,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, "warning: %s\n", warning)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "TARGET\tEPOCH\tMB/s\tFILES/s\tP50 ms\tP95 ms\tP99 ms\tTTFB P50\tUFS OPS\tUFS MB\tMDS REQ\tCPU s (granary/reader)\tGRANARY CPU s/GB\tRATIO (MB/s)\t")
+	fmt.Fprintln(tw, "TARGET\tEPOCH\tMB/s\tFILES/s\tP50 ms\tP95 ms\tP99 ms\tTTFB P50\tUFS OPS\tUFS MB\tMDS REQ\tCPU s (granary/reader)\tGRANARY CPU s/GB\tRATIO\t")
 	for _, t := range r.Targets {
 		for _, e := range t.Epochs {
 			ufsOps, ufsMB, mds, cpu, perGB := "-", "-", "-", fmt.Sprintf("-/%.2f", e.CPU.Reader), "-"

@@ -126,7 +126,7 @@ file:// on a ceph-fuse or kernel mount.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "wrote %d files, %s, profile %s, seed %d, to %s in %v\n", len(files), config.Size(written), o.Profile, o.Seed, ds.URI, time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(g.stdout, "wrote %d files, %.1f MB, profile %s, seed %d, to %s in %v\n", len(files), float64(written)/1e6, o.Profile, o.Seed, ds.URI, time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 	}

@@ -139,13 +139,15 @@ func (g *globals) up(ctx context.Context, f upFlags) error {
 			stop()
 			return errors.Join(err, <-served)
 		}
-		args := append([]string{"mount", "--config", cl.ConfigPath, "--log-level", g.logLevel}, f.mountFlags.args()...)
-		if root != "" {
-			args = append(args, "--dataset", root)
-		}
-		args = append(args, f.mount)
-		mountErr := superviseMount(signalled, g, f.mount, f.mountFlags, func() *exec.Cmd {
-			c := exec.Command(self, args...)
+		mf := f.mountFlags
+		var own []string
+		mf.zeroMessageOpens, own = openModes(cfg, root, mf)
+		mountErr := superviseMounts(signalled, f.mount, mf, own, func(mp, ds string, mf mountFlags) *exec.Cmd {
+			if ds == "" {
+				ds = root
+			}
+			// The datasets of --dataset are in the configuration up wrote.
+			c := exec.Command(self, g.mountArgs(cl.ConfigPath, nil, mp, ds, mf)...)
 			c.Stdout, c.Stderr = g.stdout, g.stderr
 			return c
 		})

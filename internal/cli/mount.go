@@ -108,9 +108,21 @@ same connection, so readers see at most the requests in flight fail.`,
 			if err != nil {
 				return err
 			}
-			childArgs := os.Args[1:]
-			return superviseMount(cmd.Context(), g, args[0], f, func() *exec.Cmd {
-				c := exec.Command(self, childArgs...)
+			root, err := g.rootDataset()
+			if err != nil {
+				return err
+			}
+			cfg, err := g.loadConfig() // a bad config fails here, before anything is mounted
+			if err != nil {
+				return err
+			}
+			var own []string
+			f.zeroMessageOpens, own = openModes(cfg, root, f)
+			return superviseMounts(cmd.Context(), args[0], f, own, func(mp, ds string, f mountFlags) *exec.Cmd {
+				if ds == "" {
+					ds = root
+				}
+				c := exec.Command(self, g.mountArgs(g.configPath, g.datasets, mp, ds, f)...)
 				c.Stdout, c.Stderr = g.stdout, g.stderr
 				return c
 			})
@@ -118,11 +130,6 @@ same connection, so readers see at most the requests in flight fail.`,
 	}
 	f.register(cmd, "")
 	return cmd
-}
-
-// superviseMount mounts and keeps a server process on the mount until ctx ends.
-func superviseMount(ctx context.Context, g *globals, mountpoint string, f mountFlags, server func() *exec.Cmd) error {
-	return mount.Supervise(ctx, mountpoint, mount.SuperviseOptions{AllowOther: f.allowOther, Server: server, Log: slog.Default()})
 }
 
 // serveMount is the serving process of a mount: it serves until ctx ends
@@ -207,7 +214,7 @@ func newUmountCmd(g *globals) *cobra.Command {
 		Short: "Unmount a granary mount",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := mount.Unmount(args[0]); err != nil {
+			if err := mount.UnmountTree(args[0]); err != nil {
 				return err
 			}
 			_, err := fmt.Fprintf(g.stdout, "unmounted %s\n", args[0])

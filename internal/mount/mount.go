@@ -21,6 +21,9 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -197,7 +200,29 @@ func CleanStale(mountpoint string) error {
 	return nil
 }
 
-// Unmount detaches the granary mount at mountpoint (granary umount).
+// UnmountTree unmounts the granary mount at mountpoint and, first, the
+// granary mounts below it (the datasets a mount serves on mounts of their
+// own), deepest first (granary umount).
+func UnmountTree(mountpoint string) error {
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return err
+	}
+	var below []string
+	for _, m := range granaryMounts() {
+		if strings.HasPrefix(m, abs+"/") {
+			below = append(below, m)
+		}
+	}
+	slices.SortFunc(below, func(a, b string) int { return len(b) - len(a) })
+	var errs []error
+	for _, m := range below {
+		errs = append(errs, Unmount(m))
+	}
+	return errors.Join(append(errs, Unmount(abs))...)
+}
+
+// Unmount detaches the granary mount at mountpoint.
 func Unmount(mountpoint string) error {
 	if err := syscall.Unmount(mountpoint, 0); err == nil {
 		return nil

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -172,20 +173,28 @@ func startServer(dev, state *os.File, init []byte, generation int, o SuperviseOp
 }
 
 // mounted reports whether a granary file system is mounted at mountpoint.
-func mounted(mountpoint string) bool {
+func mounted(mountpoint string) bool { return slices.Contains(granaryMounts(), mountpoint) }
+
+// granaryMounts lists the mount points of the granary file systems this
+// process sees.
+func granaryMounts() []string {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return false
+		return nil
 	}
+	var out []string
 	for line := range strings.SplitSeq(string(b), "\n") {
 		// Field 5 is the mount point; the file system type follows " - ".
 		f := strings.Fields(line)
-		if len(f) > 4 && f[4] == mountpoint && strings.Contains(line, " - fuse.granary ") {
-			return true
+		if len(f) > 4 && strings.Contains(line, " - fuse.granary ") {
+			out = append(out, mountinfoUnescape.Replace(f[4]))
 		}
 	}
-	return false
+	return out
 }
+
+// mountinfoUnescape undoes the octal escapes of /proc/self/mountinfo.
+var mountinfoUnescape = strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
 
 // notifyResend is FUSE_NOTIFY_RESEND: the kernel moves every request that
 // was read but not answered back to its queue.

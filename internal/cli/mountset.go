@@ -1,0 +1,120 @@
+package cli
+
+import (
+	"context"
+	"log/slog"
+	"os/exec"
+	"path/filepath"
+	"sync"
+
+	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/mount"
+)
+
+// A FUSE connection opens every file one way: zero-message opens (no round
+// trip per open, the fastest for many small files) rule out passthrough
+// (the fastest for large files), since the kernel stops sending OPEN for
+// the whole connection. A mount of several datasets gets both by serving
+// the datasets whose open_mode differs from the rest on a connection of
+// their own, mounted at their directory of the namespace.
+
+// openModes decides how a mount opens files: whether the mount at the
+// mount point uses zero-message opens, and which datasets get a mount of
+// their own (at MOUNTPOINT/DATASET, with zero-message opens). root is the
+// dataset mounted at the root, if any.
+func openModes(cfg *config.Config, root string, f mountFlags) (zeroMessage bool, own []string) {
+	if f.zeroMessageOpens { // the flag sets the whole mount
+		return true, nil
+	}
+	if root != "" {
+		ds, ok := cfg.Dataset(root)
+		return ok && ds.OpenMode == config.OpenZeroMessage, nil
+	}
+	for _, ds := range cfg.Datasets {
+		if ds.OpenMode == config.OpenZeroMessage {
+			own = append(own, ds.Name)
+		}
+	}
+	if len(own) > 0 && len(own) == len(cfg.Datasets) {
+		return true, nil
+	}
+	return false, own
+}
+
+// serverFunc returns the command of the server of a mount: of the whole
+// namespace when dataset is "", else of that dataset alone.
+type serverFunc func(mountpoint, dataset string, f mountFlags) *exec.Cmd
+
+// superviseMounts mounts mountpoint, and the datasets of own each at its
+// directory below it with zero-message opens, and keeps a server on each
+// until ctx ends or the mount point is unmounted (granary umount takes the
+// mounts below with it). The datasets' own mounts go first, so that the
+// mount point is never left busy.
+func superviseMounts(ctx context.Context, mountpoint string, f mountFlags, own []string, server serverFunc) error {
+	opts := func(mp, ds string, f mountFlags, started func(int)) mount.SuperviseOptions {
+		return mount.SuperviseOptions{AllowOther: f.allowOther, Log: slog.Default(), Started: started,
+			Server: func() *exec.Cmd { return server(mp, ds, f) }}
+	}
+	if len(own) == 0 {
+		return mount.Supervise(ctx, mountpoint, opts(mountpoint, "", f, nil))
+	}
+	rootCtx, stopRoot := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRoot()
+	up := make(chan struct{})
+	var once sync.Once
+	rootDone := make(chan error, 1)
+	go func() {
+		rootDone <- mount.Supervise(rootCtx, mountpoint, opts(mountpoint, "", f, func(int) { once.Do(func() { close(up) }) }))
+	}()
+	select {
+	case <-up:
+	case err := <-rootDone:
+		return err
+	}
+	ownCtx, stopOwn := context.WithCancel(ctx)
+	defer stopOwn()
+	sf := f
+	sf.zeroMessageOpens, sf.admin = true, "" // one admin address per process
+	var wg sync.WaitGroup
+	for _, ds := range own {
+		dir := filepath.Join(mountpoint, ds)
+		wg.Go(func() {
+			err := mount.Supervise(ownCtx, dir, opts(dir, ds, sf, nil))
+			if err != nil && ownCtx.Err() == nil {
+				// The namespace's mount still serves the dataset, only
+				// without zero-message opens.
+				slog.Warn("the dataset's own mount (zero-message opens) failed; the namespace mount serves it", "dataset", ds, "mountpoint", dir, "err", err)
+			}
+		})
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+		stopOwn()
+		wg.Wait()
+		stopRoot()
+		err = <-rootDone
+	case err = <-rootDone: // unmounted from outside
+		stopOwn()
+		wg.Wait()
+	}
+	return err
+}
+
+// mountArgs are the arguments of `granary mount` for a server of
+// mountpoint: a configuration file and dataset definitions (NAME=URI), the
+// flags f, and dataset (if any) at the root.
+func (g *globals) mountArgs(configPath string, defs []string, mountpoint, dataset string, f mountFlags) []string {
+	args := []string{"mount", "--log-level", g.logLevel}
+	if configPath != "" {
+		args = append(args, "--config", configPath)
+	}
+	for _, def := range defs {
+		args = append(args, "--dataset", def)
+	}
+	args = append(args, f.args()...)
+	if dataset != "" {
+		args = append(args, "--dataset", dataset)
+	}
+	return append(args, mountpoint)
+}

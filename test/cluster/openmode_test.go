@@ -1,0 +1,91 @@
+package cluster
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// granaryMountPoints lists the granary file systems mounted on this host.
+func granaryMountPoints(t *testing.T) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.Contains(line, " - fuse.granary ") {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
+// TestMountOpenModes: one mount of two datasets, one of many small files
+// (open_mode: zero-message), one of large files (passthrough). The first is
+// served on a mount of its own at its directory, so that neither mode
+// costs the other; `granary umount` takes both down.
+func TestMountOpenModes(t *testing.T) {
+	needFUSE(t)
+	small, big := t.TempDir(), t.TempDir()
+	files := map[string][]byte{}
+	for i := range 20 {
+		name := fmt.Sprintf("img%02d.jpg", i)
+		files["imgs/"+name] = bytes.Repeat([]byte{byte(i)}, 100<<10+i)
+		if err := os.WriteFile(filepath.Join(small, name), files["imgs/"+name], 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shard := bytes.Repeat([]byte("shard"), 400<<10) // 2 MB: two blocks of the test layout
+	files["big/shard.tar"] = shard
+	if err := os.WriteFile(filepath.Join(big, "shard.tar"), shard, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := startCluster(t, clusterOpts{workers: 2, datasets: fmt.Sprintf(
+		"  - {name: imgs, ufs: \"file://%s\", open_mode: zero-message}\n  - {name: big, ufs: \"file://%s\"}\n", small, big)})
+	m := c.mount(t)
+	own := filepath.Join(m.dir, "imgs")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		mps := granaryMountPoints(t)
+		if strings.Contains(strings.Join(mps, "\n")+"\n", own+"\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no mount of its own for the zero-message dataset at %s; granary mounts: %v\n%s", own, mps, m.log)
+		}
+	}
+	before := m.stats(t).Mount.Opens
+	for name, want := range files {
+		got, err := os.ReadFile(filepath.Join(m.dir, name))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("read %s: %d bytes, %v", name, len(got), err)
+		}
+	}
+	// Only the large file was opened through the namespace's mount: the
+	// small ones went to their own mount, which answers no OPEN at all.
+	if opens := m.stats(t).Mount.Opens - before; opens != 1 {
+		t.Errorf("the namespace mount saw %d opens; want 1 (the shard)", opens)
+	}
+	if entries, err := os.ReadDir(m.dir); err != nil || len(entries) != 2 {
+		t.Errorf("the mount's root: %v, %v; want the two datasets", entries, err)
+	}
+
+	if out, err := exec.Command(granary, "umount", m.dir).CombinedOutput(); err != nil {
+		t.Fatalf("granary umount: %v\n%s", err, out)
+	}
+	select {
+	case <-m.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("granary mount still runs after granary umount:\n%s", m.log)
+	}
+	for _, mp := range granaryMountPoints(t) {
+		if strings.HasPrefix(mp, m.dir) {
+			t.Errorf("still mounted after granary umount: %s", mp)
+		}
+	}
+}
