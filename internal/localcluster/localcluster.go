@@ -41,6 +41,8 @@ type Cluster struct {
 	Client *config.Config
 	// ConfigPath is where Client was written, for other processes.
 	ConfigPath string
+
+	memRoot string // this cluster's MEM tiers, released when it stops
 }
 
 // Start binds every worker and writes the client configuration; Serve runs
@@ -60,6 +62,11 @@ func Start(o Options) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{}
+	if o.MemQuota > 0 {
+		// Under the MEM directory, a name unique to this state dir, so that
+		// two clusters on one host never share a tier.
+		c.memRoot = filepath.Join(o.MemDir, filepath.Base(state)+"-"+shortHash(state))
+	}
 	var members []config.Member
 	for i := range o.Workers {
 		id := fmt.Sprintf("w%d", i+1)
@@ -70,10 +77,8 @@ func Start(o Options) (*Cluster, error) {
 		w.StateDir = filepath.Join(state, id)
 		w.Socket = filepath.Join(w.StateDir, "worker.sock")
 		w.Tiers = nil
-		if o.MemQuota > 0 {
-			// Under the MEM directory, a name unique to this state dir, so
-			// that two clusters on one host never share a tier.
-			w.Tiers = append(w.Tiers, config.Tier{Name: "MEM", Path: filepath.Join(o.MemDir, filepath.Base(state)+"-"+shortHash(state), id),
+		if c.memRoot != "" {
+			w.Tiers = append(w.Tiers, config.Tier{Name: "MEM", Path: filepath.Join(c.memRoot, id),
 				Quota: config.Size(o.MemQuota), High: config.DefaultHigh, Low: config.DefaultLow})
 		}
 		if o.SSDQuota > 0 {
@@ -103,7 +108,10 @@ func Start(o Options) (*Cluster, error) {
 	return c, nil
 }
 
-// Serve runs every worker until ctx ends.
+// Serve runs every worker until ctx ends, then releases the MEM tiers: a
+// tmpfs keeps its files in memory after their process is gone, so a cache
+// left there would hold the host's RAM for nobody. The SSD tiers stay in
+// the state directory for the next run.
 func (c *Cluster) Serve(ctx context.Context) error {
 	errs := make(chan error, len(c.Workers))
 	for _, w := range c.Workers {
@@ -113,6 +121,7 @@ func (c *Cluster) Serve(ctx context.Context) error {
 	for range c.Workers {
 		all = append(all, <-errs)
 	}
+	all = append(all, c.releaseMem())
 	return errors.Join(all...)
 }
 
@@ -121,6 +130,17 @@ func (c *Cluster) Close() {
 	for _, w := range c.Workers {
 		w.Close()
 	}
+	c.releaseMem()
+}
+
+func (c *Cluster) releaseMem() error {
+	if c.memRoot == "" {
+		return nil
+	}
+	if err := os.RemoveAll(c.memRoot); err != nil {
+		return fmt.Errorf("release the MEM tiers: %w", err)
+	}
+	return nil
 }
 
 // writeConfig writes the client configuration. It holds the datasets'
@@ -136,7 +156,7 @@ func writeConfig(path string, cfg *config.Config) error {
 	}
 	for _, ds := range cfg.Datasets {
 		out.Datasets = append(out.Datasets, clientDataset{Name: ds.Name, UFS: ds.UFS, Options: ds.Options,
-			MetadataSync: ds.MetadataSync, Replicas: ds.Replicas, Fallback: ds.Fallback, BlockSize: ds.BlockSize})
+			MetadataSync: ds.MetadataSync, Replicas: ds.Replicas, Fallback: ds.Fallback, BlockSize: ds.BlockSize, OpenMode: ds.OpenMode})
 	}
 	b, err := yaml.Marshal(out)
 	if err != nil {
@@ -156,6 +176,7 @@ type clientDataset struct {
 	Replicas     int               `yaml:"replicas"`
 	Fallback     string            `yaml:"fallback"`
 	BlockSize    config.Size       `yaml:"block_size"`
+	OpenMode     string            `yaml:"open_mode"`
 }
 
 func shortHash(s string) string {

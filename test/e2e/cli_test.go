@@ -319,6 +319,28 @@ func TestBenchGenNewBucket(t *testing.T) {
 	}
 }
 
+// TestUpCheck is the README's first command: a cache of three workers over
+// the embedded demo dataset, read twice; the second pass costs the UFS
+// nothing. When up exits, its MEM tiers (a tmpfs) are released.
+func TestUpCheck(t *testing.T) {
+	state, mem := t.TempDir(), t.TempDir()
+	r := ok(t, run(t, nil, "up", "--workers", "3", "--check", "--state-dir", state, "--mem-dir", mem))
+	for _, want := range []string{"3 worker(s)", "pass 1: read 5 files", "pass 2: read 5 files", "UFS asked: 0 stat, 0 list, 0 read (0 bytes)"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("up --check says no %q:\n%s", want, r.stdout)
+		}
+	}
+	if left, _ := os.ReadDir(mem); len(left) != 0 {
+		t.Errorf("the MEM tiers are still in %s after up exited: %v", mem, left)
+	}
+	if _, err := os.Stat(filepath.Join(state, "w1", "ssd")); err != nil {
+		t.Errorf("the SSD tier is gone from the state directory: %v", err)
+	}
+	if cfg, err := os.ReadFile(filepath.Join(state, "granary.yaml")); err != nil || !strings.Contains(string(cfg), "open_mode: passthrough") {
+		t.Errorf("the client configuration up wrote: %v\n%s", err, cfg)
+	}
+}
+
 func TestS3Unreachable(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
