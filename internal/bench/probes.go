@@ -73,7 +73,7 @@ func GranaryCPU() (time.Duration, error) {
 		// utime and stime are fields 14 and 15.
 		i := bytes.LastIndexByte(stat, ')')
 		f := strings.Fields(string(stat[i+1:]))
-		if len(f) < 13 {
+		if len(f) < 15 {
 			continue
 		}
 		// utime, stime, and cutime, cstime: a mount server the supervisor

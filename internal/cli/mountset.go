@@ -71,6 +71,10 @@ func superviseMounts(ctx context.Context, mountpoint string, f mountFlags, own [
 	case err := <-rootDone:
 		return err
 	}
+	if ctx.Err() != nil { // stopped while the root was starting
+		stopRoot()
+		return <-rootDone
+	}
 	ownCtx, stopOwn := context.WithCancel(ctx)
 	defer stopOwn()
 	sf := f
@@ -80,10 +84,14 @@ func superviseMounts(ctx context.Context, mountpoint string, f mountFlags, own [
 		dir := filepath.Join(mountpoint, ds)
 		wg.Go(func() {
 			err := mount.Supervise(ownCtx, dir, opts(dir, ds, sf, nil))
-			if err != nil && ownCtx.Err() == nil {
+			switch {
+			case ownCtx.Err() != nil:
+			case err != nil:
 				// The namespace's mount still serves the dataset, only
 				// without zero-message opens.
 				slog.Warn("the dataset's own mount (zero-message opens) failed; the namespace mount serves it", "dataset", ds, "mountpoint", dir, "err", err)
+			default: // unmounted: by granary umount, or detached by the kernel
+				slog.Info("the dataset's own mount is gone; the namespace mount serves it", "dataset", ds, "mountpoint", dir)
 			}
 		})
 	}

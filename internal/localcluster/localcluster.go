@@ -125,12 +125,13 @@ func (c *Cluster) Serve(ctx context.Context) error {
 	return errors.Join(all...)
 }
 
-// Close releases workers that were started but never served.
+// Close releases workers that were started but never served. It leaves
+// the MEM tiers alone: Start may have failed because another cluster
+// serves the same state directory, and they would be its tiers.
 func (c *Cluster) Close() {
 	for _, w := range c.Workers {
 		w.Close()
 	}
-	c.releaseMem()
 }
 
 func (c *Cluster) releaseMem() error {

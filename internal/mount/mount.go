@@ -208,8 +208,12 @@ func UnmountTree(mountpoint string) error {
 	if err != nil {
 		return err
 	}
+	mounts := granaryMounts()
+	if !slices.Contains(mounts, abs) {
+		return Unmount(abs) // not a granary mount (or a stale one): nothing below is ours to touch
+	}
 	var below []string
-	for _, m := range granaryMounts() {
+	for _, m := range mounts {
 		if strings.HasPrefix(m, abs+"/") {
 			below = append(below, m)
 		}

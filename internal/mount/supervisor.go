@@ -141,6 +141,12 @@ func startServer(dev, state *os.File, init []byte, generation int, o SuperviseOp
 	defer ours.Close()
 	cmd := o.Server()
 	cmd.ExtraFiles = []*os.File{dev, state, theirs} // fds 3, 4, 5: see serve.go
+	if cmd.SysProcAttr == nil {
+		// A process group of its own: a Ctrl-C at the terminal reaches the
+		// supervisor alone, which stops its servers in order (the mounts
+		// below a mount point first).
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	}
 	cmd.Env = append(os.Environ(), envGeneration+"="+strconv.Itoa(generation))
 	err = cmd.Start()
 	theirs.Close()

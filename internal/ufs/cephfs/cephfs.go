@@ -329,6 +329,8 @@ func (f *FS) remount(a *mountAttempt) {
 		go f.shutdown(h)
 		return
 	}
+	// What the last session knew of the tree may be stale by now.
+	f.realDirs.Clear()
 	f.cur = h
 }
 
@@ -340,7 +342,7 @@ func (f *FS) release(h *handle) {
 	last := h.retired && h.refs == 0
 	f.mu.Unlock()
 	if last {
-		f.shutdown(h)
+		go f.shutdown(h) // the cluster may not answer: never on a caller's time
 	}
 }
 
@@ -398,25 +400,38 @@ func (f *FS) Close() error {
 	return f.closeErr
 }
 
+// close retires the handle and waits, at most the op timeout, until every
+// client of the dataset is shut down: the current one, one retired by the
+// janitor, and one a remount under way is making.
 func (f *FS) close() error {
 	close(f.stop)
 	f.janitorW.Wait()
 	f.mu.Lock()
 	f.closed = true
-	h := f.cur
-	if h != nil {
+	if h := f.cur; h != nil {
 		f.retire(h)
 	}
+	a := f.connecting
 	f.mu.Unlock()
-	if h == nil {
-		return nil
+	deadline := time.After(f.timeout)
+	late := fmt.Errorf("cephfs: close %s: calls still waiting on the cluster after %v; it unmounts when they end", f.root, f.timeout)
+	if a != nil {
+		select {
+		case <-a.done:
+		case <-deadline:
+			return late
+		}
 	}
-	select {
-	case <-h.gone:
-		return nil
-	case <-time.After(f.timeout):
-		return fmt.Errorf("cephfs: close %s: calls still waiting on the cluster after %v; it unmounts when they end", f.root, f.timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for f.live.Load() > 0 {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			return late
+		}
 	}
+	return nil
 }
 
 func errno(rc C.int) error { return syscall.Errno(-rc) }

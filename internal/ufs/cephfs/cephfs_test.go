@@ -316,9 +316,7 @@ func TestSymlinksNotFollowed(t *testing.T) {
 		if rc, err := fsys.ReadRange(ctx, name, ufs.Range{Len: -1}); err == nil {
 			b, _ := io.ReadAll(rc)
 			rc.Close()
-			if strings.Contains(string(b), "outside") || strings.Contains(name, "passwd") {
-				t.Errorf("read %s through a link that leads out: %q", name, b)
-			}
+			t.Errorf("read %s through a link: %q; want an error", name, b)
 		}
 	}
 }

@@ -61,7 +61,9 @@ func (l *lease) put() {
 // A call given up on finishes in the background, and then undo (if not nil)
 // disposes of its result.
 func (l *lease) call(ctx context.Context, op, name string, fn func() C.int, undo func(C.int)) (C.int, error) {
-	const waiting, answered, abandoned = 0, 1, 2
+	// A call given up on because it timed out counts as stuck until it
+	// ends; one whose caller went away says nothing about the cluster.
+	const waiting, answered, timedOut, canceled = 0, 1, 2, 3
 	var state atomic.Int32
 	done := make(chan C.int, 1)
 	l.refs.Add(1)
@@ -72,7 +74,9 @@ func (l *lease) call(ctx context.Context, op, name string, fn func() C.int, undo
 			done <- rc
 			return
 		}
-		l.f.stuck.Add(-1)
+		if state.Load() == timedOut {
+			l.f.stuck.Add(-1)
+		}
 		if undo != nil {
 			undo(rc)
 		}
@@ -80,18 +84,22 @@ func (l *lease) call(ctx context.Context, op, name string, fn func() C.int, undo
 	timer := time.NewTimer(l.f.timeout)
 	defer timer.Stop()
 	var err error
+	gaveUp := int32(canceled)
 	select {
 	case rc := <-done:
 		return rc, nil
 	case <-ctx.Done():
 		err = ufs.NewError(op, name, ufs.ClassCanceled, ctx.Err())
 	case <-timer.C:
+		gaveUp = timedOut
 		err = ufs.NewError(op, name, ufs.ClassRetryable,
 			fmt.Errorf("cephfs: no answer within %v (is the MDS or an OSD down?)", l.f.timeout))
+		l.f.stuck.Add(1) // before the swap: the call's goroutine may end at once
 	}
-	l.f.stuck.Add(1) // before the swap: the call's goroutine may end at once
-	if !state.CompareAndSwap(waiting, abandoned) {
-		l.f.stuck.Add(-1)
+	if !state.CompareAndSwap(waiting, gaveUp) {
+		if gaveUp == timedOut {
+			l.f.stuck.Add(-1)
+		}
 		return <-done, nil // it answered as we gave up
 	}
 	return 0, err
