@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -139,18 +138,8 @@ func (g *globals) up(ctx context.Context, f upFlags) error {
 			stop()
 			return errors.Join(err, <-served)
 		}
-		mf := f.mountFlags
-		var own []string
-		mf.zeroMessageOpens, own = openModes(cfg, root, mf)
-		mountErr := superviseMounts(signalled, f.mount, mf, own, func(mp, ds string, mf mountFlags) *exec.Cmd {
-			if ds == "" {
-				ds = root
-			}
-			// The datasets of --dataset are in the configuration up wrote.
-			c := exec.Command(self, g.mountArgs(cl.ConfigPath, nil, mp, ds, mf)...)
-			c.Stdout, c.Stderr = g.stdout, g.stderr
-			return c
-		})
+		// The datasets of --dataset are in the configuration up wrote.
+		mountErr := g.mountNamespace(signalled, cfg, root, f.mount, f.mountFlags, self, cl.ConfigPath, nil)
 		stop()
 		return errors.Join(mountErr, <-served)
 	}

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -116,16 +115,7 @@ same connection, so readers see at most the requests in flight fail.`,
 			if err != nil {
 				return err
 			}
-			var own []string
-			f.zeroMessageOpens, own = openModes(cfg, root, f)
-			return superviseMounts(cmd.Context(), args[0], f, own, func(mp, ds string, f mountFlags) *exec.Cmd {
-				if ds == "" {
-					ds = root
-				}
-				c := exec.Command(self, g.mountArgs(g.configPath, g.datasets, mp, ds, f)...)
-				c.Stdout, c.Stderr = g.stdout, g.stderr
-				return c
-			})
+			return g.mountNamespace(cmd.Context(), cfg, root, args[0], f, self, g.configPath, g.datasets)
 		},
 	}
 	f.register(cmd, "")

@@ -109,6 +109,23 @@ func superviseMounts(ctx context.Context, mountpoint string, f mountFlags, own [
 	return err
 }
 
+// mountNamespace mounts the datasets of cfg (root: one dataset at the root,
+// if any) at mountpoint and keeps servers on it until ctx ends: `granary
+// mount` processes started from the executable self, reading configPath and
+// the dataset definitions defs.
+func (g *globals) mountNamespace(ctx context.Context, cfg *config.Config, root, mountpoint string, f mountFlags, self, configPath string, defs []string) error {
+	var own []string
+	f.zeroMessageOpens, own = openModes(cfg, root, f)
+	return superviseMounts(ctx, mountpoint, f, own, func(mp, ds string, f mountFlags) *exec.Cmd {
+		if ds == "" {
+			ds = root
+		}
+		c := exec.Command(self, g.mountArgs(configPath, defs, mp, ds, f)...)
+		c.Stdout, c.Stderr = g.stdout, g.stderr
+		return c
+	})
+}
+
 // mountArgs are the arguments of `granary mount` for a server of
 // mountpoint: a configuration file and dataset definitions (NAME=URI), the
 // flags f, and dataset (if any) at the root.
