@@ -6,6 +6,8 @@ export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
 STATICCHECK_VERSION=v0.8.2
 VERSITYGW_VERSION=v1.8.0
+# The etcd server's version is the one test/tools/etcd/go.mod pins.
+ETCD_VERSION=$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" {print $3}' test/tools/etcd/go.mod)
 
 tools="$PWD/.cache/bin"
 mkdir -p "$tools"
@@ -37,15 +39,29 @@ go_tool() {
 	fi
 }
 
+# go_etcd builds the etcd server of test/tools/etcd into .cache/bin/etcd
+# (its go.mod says why it is a module of its own).
+go_etcd() {
+	local stamp="$tools/.etcd-$ETCD_VERSION"
+	if [[ ! -x "$tools/etcd" || ! -e "$stamp" ]]; then
+		step "go build etcd $ETCD_VERSION (test/tools/etcd)"
+		(cd test/tools/etcd && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -ldflags='-s -w' -o "$tools/etcd" go.etcd.io/etcd/server/v3)
+		touch "$stamp"
+	fi
+}
+
 # install_test_deps installs everything the tests and benchmarks use and
 # exports where to find it.
 install_test_deps() {
 	command -v go >/dev/null || { echo "Go is missing: install Go 1.26 in /usr/local/go" >&2; exit 1; }
-	# python3-torch(vision): the PyTorch DataLoader example's test.
-	apt_install ca-certificates git fuse3 python3-torch python3-torchvision
+	# python3-torch(vision): the PyTorch DataLoader example's test; iproute2
+	# and util-linux (nsenter): the network namespaces of multi-host tests.
+	apt_install ca-certificates git fuse3 iproute2 util-linux openssl python3-torch python3-torchvision
 	go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
 	go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 	export GRANARY_VERSITYGW="$tools/versitygw"
+	go_etcd
+	export GRANARY_ETCD="$tools/etcd"
 	# Tests that need a server fail, rather than skip, when it is missing.
 	export GRANARY_REQUIRE_SERVERS=1
 }
