@@ -17,13 +17,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"math/rand/v2"
 	"net/url"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/time/rate"
 
 	"github.com/granary-cache/granary/internal/cache"
 	"github.com/granary-cache/granary/internal/config"
@@ -41,6 +41,8 @@ type Stats struct {
 	ShortCircuitReads int64 `json:"short_circuit_reads"` // block reads from a local block file
 	FallbackReads     int64 `json:"fallback_reads"`      // reads sent straight to the UFS
 	Retries           int64 `json:"retries"`             // requests moved to the next owner
+	// FallbackByDataset splits FallbackReads by dataset.
+	FallbackByDataset map[string]int64 `json:"fallback_by_dataset,omitempty"`
 }
 
 // Client reads datasets through the workers. It is safe for concurrent use.
@@ -48,9 +50,13 @@ type Client struct {
 	cfg      *config.Config
 	layout   cache.Layout
 	members  membership.Source
+	reach    *membership.Reach
+	host     string
 	sockets  map[string]string // worker ID -> unix socket, for workers on this host
 	token    string
+	scheme   string // http or https
 	timeout  time.Duration
+	seed     uint64 // spreads this client's reads over a key's replicas
 	datasets map[string]config.Dataset
 	metas    map[string]*meta.Cache
 
@@ -58,50 +64,68 @@ type Client struct {
 	unix  map[string]*http.Client
 	local *localBlocks
 
-	fallback     *rate.Limiter
+	fallbacks    map[string]*fallback // by dataset
 	fallbackOnce sync.Once
 	ufs          *dataset.Set
 	ufsErr       error
 
-	downMu sync.Mutex
-	down   map[string]time.Time // workers that failed recently: tried last
-
-	remote, short, direct, retries atomic.Int64
+	remote, short, retries atomic.Int64
 }
 
 // New builds a client from the configuration's datasets, membership and
-// client sections.
+// client sections. With etcd membership it fails, saying so, when etcd does
+// not answer within membership.dial_timeout.
 func New(cfg *config.Config) (*Client, error) {
-	members := make([]placement.Member, len(cfg.Membership.Workers))
-	for i, m := range cfg.Membership.Workers {
-		members[i] = placement.Member{ID: m.ID, Addr: m.Addr, Weight: m.Weight}
-	}
-	src, err := membership.NewStatic(members)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Membership.DialTimeout)+time.Minute)
+	defer cancel()
+	src, err := membership.Open(ctx, cfg, nil, slog.Default())
 	if err != nil {
-		return nil, fmt.Errorf("membership: %w", err)
+		return nil, err
+	}
+	return NewWithMembership(cfg, src), nil
+}
+
+// NewWithMembership builds a client that learns the workers from src, which
+// it closes when it closes.
+func NewWithMembership(cfg *config.Config, src membership.Source) *Client {
+	connect := time.Duration(cfg.Client.ConnectTimeout)
+	if connect <= 0 {
+		connect = time.Duration(config.DefaultConnect)
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 256
 	transport.MaxIdleConns = 1024
-	transport.DialContext = (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	transport.DialContext = (&net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}).DialContext
+	transport.TLSClientConfig = cfg.Auth.TLS.ClientConfig()
+	transport.TLSHandshakeTimeout = connect + time.Second
 	c := &Client{
-		cfg: cfg, members: src, token: cfg.Auth.Token, timeout: time.Duration(cfg.Client.Timeout),
+		cfg: cfg, members: src, token: cfg.Auth.Token, timeout: time.Duration(cfg.Client.Timeout), host: cfg.Client.Host,
+		scheme:   "http",
 		layout:   cache.Layout{BlockSize: int64(cfg.Worker.BlockSize), PageSize: int64(cfg.Worker.PageSize)},
 		datasets: map[string]config.Dataset{}, metas: map[string]*meta.Cache{},
 		sockets: map[string]string{}, unix: map[string]*http.Client{},
-		http:     &http.Client{Transport: transport},
-		local:    newLocalBlocks(512),
-		fallback: rate.NewLimiter(rate.Limit(cfg.Client.FallbackReadsPerSecond), max(1, int(cfg.Client.FallbackReadsPerSecond))),
-		down:     map[string]time.Time{},
+		http:      &http.Client{Transport: transport},
+		local:     newLocalBlocks(512),
+		fallbacks: map[string]*fallback{},
+		seed:      rand.Uint64(),
+	}
+	if cfg.Auth.TLS.Enabled() {
+		c.scheme = "https"
+	}
+	c.reach = &membership.Reach{
+		ProbeAfter: time.Duration(cfg.Client.ProbeAfter), ProbeTimeout: connect,
+		Probe:  c.ping,
+		OnDown: func(id string, err error) { slog.Warn("worker marked down; reading from the next owner", "worker", id, "err", err) },
 	}
 	for _, ds := range cfg.Datasets {
 		c.datasets[ds.Name] = ds
 		c.metas[ds.Name] = meta.New(ds.Name, ds.MetadataSync.Interval)
+		c.fallbacks[ds.Name] = newFallback(cfg.Client.FallbackReadsPerSecond)
 	}
 	if cfg.Client.ShortCircuitOn() {
-		for _, m := range cfg.Membership.Workers {
-			if m.Socket == "" {
-				continue
+		for _, m := range src.Current().Members() {
+			if m.Socket == "" || (m.Host != "" && c.host != "" && m.Host != c.host) {
+				continue // not on this host
 			}
 			if st, err := os.Stat(m.Socket); err != nil || st.Mode()&os.ModeSocket == 0 {
 				continue // not on this host, or not running
@@ -116,11 +140,12 @@ func New(cfg *config.Config) (*Client, error) {
 			}}
 		}
 	}
-	return c, nil
+	return c
 }
 
 // Close releases connections and open block files.
 func (c *Client) Close() error {
+	c.reach.Close()
 	c.http.CloseIdleConnections()
 	for _, u := range c.unix {
 		u.CloseIdleConnections()
@@ -134,8 +159,17 @@ func (c *Client) Close() error {
 
 // Stats returns how reads were served so far.
 func (c *Client) Stats() Stats {
-	return Stats{RemoteReads: c.remote.Load(), ShortCircuitReads: c.short.Load(), FallbackReads: c.direct.Load(), Retries: c.retries.Load()}
+	st := Stats{RemoteReads: c.remote.Load(), ShortCircuitReads: c.short.Load(), Retries: c.retries.Load(), FallbackByDataset: map[string]int64{}}
+	for name, fb := range c.fallbacks {
+		n := fb.reads.Load()
+		st.FallbackReads += n
+		st.FallbackByDataset[name] = n
+	}
+	return st
 }
+
+// Membership is where the client learns who the workers are.
+func (c *Client) Membership() membership.Source { return c.members }
 
 // Layout is how files are cut into blocks.
 func (c *Client) Layout() cache.Layout { return c.layout }
@@ -147,6 +181,12 @@ func (c *Client) Datasets() []string {
 		names = append(names, ds.Name)
 	}
 	return names
+}
+
+// Dataset returns a configured dataset.
+func (c *Client) Dataset(name string) (config.Dataset, bool) {
+	ds, ok := c.datasets[name]
+	return ds, ok
 }
 
 // resolve splits "/<dataset>/<path>" like dataset.Set.Resolve.
@@ -172,59 +212,81 @@ func cutFirst(p string) (string, string, bool) {
 	return p, "", false
 }
 
-// metaKey and dataKey are the placement keys: a path's metadata lives with
-// its directory's listing (one listing answers every child); a block is
-// placed by file and index.
+// dataKey is the placement key of a block: placed by file and index. A
+// path's metadata lives with its directory's listing (wire.MetaKey).
 func dataKey(ds, p string, idx int64) string {
 	return fmt.Sprintf("d\x00%s\x00%s\x00%d", ds, p, idx)
 }
 
 // owners returns the workers to try for key, best first: the dataset's
-// replicas and one more, with workers that failed recently moved last.
+// replicas, spread so that each client reads a key from one of them (its
+// own choice, the same every time), then one more owner; workers marked
+// down go last.
 func (c *Client) owners(key string, replicas int) []placement.Member {
-	t := c.members.Current()
-	all := t.Owners(make([]placement.Member, 0, t.Len()), key, t.Len())
-	n := min(len(all), max(replicas, 1)+1)
-	c.downMu.Lock()
-	defer c.downMu.Unlock()
-	now := time.Now()
-	var up, down []placement.Member
-	for _, m := range all[:n] {
-		if until, ok := c.down[m.ID]; ok && now.Before(until) {
-			down = append(down, m)
-		} else {
-			up = append(up, m)
+	replicas = max(replicas, 1)
+	var buf [maxReplicas + 1]placement.Member
+	all := c.members.Current().Owners(buf[:0], key, min(replicas, maxReplicas)+1)
+	if r := min(replicas, len(all)); r > 1 {
+		// Rotate the replicas by a hash of the key and this client's seed.
+		k := int((hashKey(key) ^ c.seed) % uint64(r))
+		slices.Reverse(all[:k])
+		slices.Reverse(all[k:r])
+		slices.Reverse(all[:r])
+	}
+	out := make([]placement.Member, 0, len(all))
+	for _, m := range all {
+		if !c.reach.Down(m.ID) {
+			out = append(out, m)
 		}
 	}
-	return append(up, down...)
+	for _, m := range all {
+		if c.reach.Down(m.ID) {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
-func (c *Client) markDown(id string) {
-	c.downMu.Lock()
-	c.down[id] = time.Now().Add(5 * time.Second)
-	c.downMu.Unlock()
+// maxReplicas bounds the owners a read considers.
+const maxReplicas = 15
+
+func hashKey(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := range len(s) {
+		h = (h ^ uint64(s[i])) * 1099511628211
+	}
+	return h
 }
 
 // try runs fn on each owner in turn until one succeeds or fails with an
-// error of the UFS itself (which another worker would only repeat).
+// error of the UFS itself (which another worker would only repeat). Each
+// call runs under Reach's guard: a worker that does not answer a probe is
+// marked down for every reader of this client, and the calls in flight to
+// it move on at once.
 func (c *Client) try(ctx context.Context, owners []placement.Member, fn func(context.Context, placement.Member) error) error {
 	var errs []error
 	for i, m := range owners {
 		if i > 0 {
 			c.retries.Add(1)
 		}
-		rctx, cancel := context.WithTimeout(ctx, c.timeout)
+		tctx, cancel := context.WithTimeout(ctx, c.timeout)
+		rctx, done := c.reach.Guard(tctx, m.ID, m.Addr)
 		err := fn(rctx, m)
+		down := membership.ErrMarkedDown(rctx)
+		done()
 		cancel()
-		if err == nil || !workerFault(err) || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil || (!down && !workerFault(err)) {
 			return err
 		}
+		if down {
+			err = fmt.Errorf("%w: %s did not answer a probe", wire.ErrWorker, m.Addr)
+		}
 		slog.Debug("worker failed; trying the next owner", "worker", m.ID, "err", err)
-		c.markDown(m.ID)
+		c.reach.MarkDown(m.ID, m.Addr, err)
 		errs = append(errs, fmt.Errorf("worker %s: %w", m.ID, err))
 	}
 	if len(errs) == 0 {
-		return fmt.Errorf("%w: no workers in the membership", wire.ErrWorker)
+		return fmt.Errorf("%w: %w: no live workers in the membership", errAllOwnersFailed, wire.ErrWorker)
 	}
 	return fmt.Errorf("%w: %w", errAllOwnersFailed, errors.Join(errs...))
 }
@@ -244,11 +306,24 @@ func workerFault(err error) bool {
 	return true // transport errors, timeouts
 }
 
+// ping checks that a worker answers (Reach's probe): a small request on
+// the data endpoint, through the same transport as reads.
+func (c *Client) ping(ctx context.Context, _, addr string) error {
+	resp, err := c.send(ctx, c.http, http.MethodGet, c.url(addr, wire.PathPing), nil, "ping", "", "")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// url is the URL of a path on a worker's data endpoint.
+func (c *Client) url(addr, path string) string { return c.scheme + "://" + addr + path }
+
 // get sends a GET to a worker and returns the response when it is a
 // success; otherwise the error it carries.
 func (c *Client) get(ctx context.Context, m placement.Member, path string, q url.Values, hdr http.Header, op, ds, name string) (*http.Response, error) {
-	hc, base := c.http, "http://"+m.Addr
-	return c.send(ctx, hc, http.MethodGet, base+path+"?"+q.Encode(), hdr, op, ds, name)
+	return c.send(ctx, c.http, http.MethodGet, c.url(m.Addr, path)+"?"+q.Encode(), hdr, op, ds, name)
 }
 
 func (c *Client) send(ctx context.Context, hc *http.Client, method, u string, hdr http.Header, op, ds, name string) (*http.Response, error) {

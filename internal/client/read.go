@@ -7,13 +7,11 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
-	"iter"
 	"net/http"
 	"os"
 	"sync"
 
 	"github.com/granary-cache/granary/internal/config"
-	"github.com/granary-cache/granary/internal/dataset"
 	"github.com/granary-cache/granary/internal/meta"
 	"github.com/granary-cache/granary/internal/placement"
 	"github.com/granary-cache/granary/internal/ufs"
@@ -317,116 +315,6 @@ func (l *localBlocks) closeAll() {
 		lb.f.Close()
 		delete(l.files, k)
 	}
-}
-
-// openUFS opens the datasets' backends on first need: a client that never
-// falls back never connects to the UFS.
-func (c *Client) openUFS() (*dataset.Set, error) {
-	c.fallbackOnce.Do(func() { c.ufs, c.ufsErr = dataset.OpenAll(c.cfg, nil) })
-	return c.ufs, c.ufsErr
-}
-
-func (c *Client) fallbackDataset(ctx context.Context, ds config.Dataset) (*dataset.Dataset, error) {
-	if err := c.fallback.Wait(ctx); err != nil {
-		return nil, err
-	}
-	c.direct.Add(1)
-	set, err := c.openUFS()
-	if err != nil {
-		return nil, err
-	}
-	d, _ := set.Get(ds.Name)
-	return d, nil
-}
-
-func (c *Client) fallbackStat(ctx context.Context, ds config.Dataset, name string) (ufs.FileInfo, error) {
-	d, err := c.fallbackDataset(ctx, ds)
-	if err != nil {
-		return ufs.FileInfo{}, err
-	}
-	return d.FS.Stat(ctx, name)
-}
-
-func (c *Client) fallbackList(ctx context.Context, ds config.Dataset, dir string) iter.Seq2[[]ufs.FileInfo, error] {
-	d, err := c.fallbackDataset(ctx, ds)
-	if err != nil {
-		return func(yield func([]ufs.FileInfo, error) bool) { yield(nil, err) }
-	}
-	return d.FS.List(ctx, dir)
-}
-
-func (c *Client) fallbackRead(ctx context.Context, ds config.Dataset, name, version string, off int64, buf []byte) error {
-	d, err := c.fallbackDataset(ctx, ds)
-	if err != nil {
-		return err
-	}
-	rc, err := d.FS.ReadRange(ctx, name, ufs.Range{Off: off, Len: int64(len(buf)), IfVersion: version})
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	if _, err := io.ReadFull(rc, buf); err != nil {
-		return &ufs.Error{Op: "read", Dataset: ds.Name, Path: name, Class: ufs.ClassVersionChanged, Err: fmt.Errorf("%w: %v", ufs.ErrVersionChanged, err)}
-	}
-	return nil
-}
-
-// Refresh forgets cached metadata of a namespace path and below, here and on
-// every worker, so the next access fetches it from the UFS again.
-func (c *Client) Refresh(ctx context.Context, p string) error {
-	ds, rel, err := c.resolve(p)
-	if err != nil {
-		return err
-	}
-	c.metas[ds.Name].Invalidate(rel)
-	var errs []error
-	q := "?ds=" + urlEscape(ds.Name) + "&path=" + urlEscape(rel)
-	for _, m := range c.members.Current().Members() {
-		rctx, cancel := context.WithTimeout(ctx, c.timeout)
-		resp, err := c.send(rctx, c.http, http.MethodPost, "http://"+m.Addr+wire.PathRefresh+q, nil, "refresh", ds.Name, rel)
-		cancel()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("worker %s: %w", m.ID, err))
-			continue
-		}
-		resp.Body.Close()
-	}
-	return errors.Join(errs...)
-}
-
-// Status asks every worker for its status; a worker that cannot answer is
-// reported with its error.
-func (c *Client) Status(ctx context.Context) []WorkerStatus {
-	members := c.members.Current().Members()
-	out := make([]WorkerStatus, len(members))
-	var wg sync.WaitGroup
-	for i, m := range members {
-		wg.Go(func() {
-			out[i].ID, out[i].Addr = m.ID, m.Addr
-			rctx, cancel := context.WithTimeout(ctx, c.timeout)
-			defer cancel()
-			resp, err := c.send(rctx, c.http, http.MethodGet, "http://"+m.Addr+wire.PathStatus, nil, "status", "", "")
-			if err != nil {
-				out[i].Error = err.Error()
-				return
-			}
-			defer resp.Body.Close()
-			out[i].Status = &wire.Status{}
-			if err := decodeJSON(resp.Body, out[i].Status); err != nil {
-				out[i].Error = err.Error()
-			}
-		})
-	}
-	wg.Wait()
-	return out
-}
-
-// WorkerStatus is one worker's answer to Status.
-type WorkerStatus struct {
-	ID     string       `json:"id"`
-	Addr   string       `json:"addr"`
-	Error  string       `json:"error,omitempty"`
-	Status *wire.Status `json:"status,omitempty"`
 }
 
 // MetaCache exposes a dataset's client-side metadata cache (for tests and

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,10 +14,26 @@ import (
 
 // Worker configures a cache worker: where it listens and what it caches on.
 type Worker struct {
-	// ID names the worker in the membership; default: the host name.
+	// ID names the worker in the membership. With a static membership the
+	// default is the host name; with etcd the worker makes one up the first
+	// time it starts and keeps it in its state directory, so that it keeps
+	// its place in the ring across restarts.
 	ID string `yaml:"id"`
 	// Listen is the data endpoint (host:port) clients read from.
 	Listen string `yaml:"listen"`
+	// Advertise is the address other machines reach the data endpoint at
+	// (etcd membership); default: Listen, or, when Listen has no host, this
+	// machine's first non-loopback address with Listen's port.
+	Advertise string `yaml:"advertise"`
+	// Host names the machine the worker runs on: clients with the same
+	// client.host read its block files directly. Default: the host name.
+	Host string `yaml:"host"`
+	// Zone is a failure domain, shown by status (e.g. a rack).
+	Zone string `yaml:"zone"`
+	// Weight is the worker's share of the keys relative to the others
+	// (etcd membership; default 1): give a worker with twice the cache
+	// twice the weight.
+	Weight float64 `yaml:"weight"`
 	// Admin serves /metrics, /healthz, /v1/status and pprof.
 	Admin string `yaml:"admin"`
 	// Socket is a unix socket for clients on the same host (short-circuit
@@ -30,6 +47,20 @@ type Worker struct {
 	Tiers     []Tier `yaml:"tiers"`
 	// Readahead is how many pages after a sequential read are fetched early.
 	Readahead int `yaml:"readahead"`
+	// ScrubBytesPerSecond bounds the background check of every cached page
+	// against its CRC32C (default 32MiB; 0 turns it off). A pointer, since
+	// 0 is a setting and not the absence of one.
+	ScrubBytesPerSecond *Size `yaml:"scrub_bytes_per_second"`
+	// ScrubInterval is the pause between two full scrub passes.
+	ScrubInterval Duration `yaml:"scrub_interval"`
+}
+
+// ScrubRate is the scrub's bound in bytes per second, 0 when it is off.
+func (w Worker) ScrubRate() int64 {
+	if w.ScrubBytesPerSecond == nil {
+		return DefaultScrubRate
+	}
+	return int64(*w.ScrubBytesPerSecond)
 }
 
 // Tier is one cache tier of a worker.
@@ -48,20 +79,51 @@ type Auth struct {
 	TokenFile string `yaml:"token_file"`
 	// Token is TokenFile's content, read by Load; never printed.
 	Token string `yaml:"-"`
+	// TLS secures the data endpoint: workers and clients present
+	// certificates of the same CA, and each verifies the other's.
+	TLS TLS `yaml:"tls"`
 }
+
+// Secured reports whether worker endpoints require a token or a
+// certificate.
+func (a Auth) Secured() bool { return a.Token != "" || a.TLS.Enabled() }
 
 // Membership says how clients and workers learn who the workers are.
 type Membership struct {
-	// Type is "static" (the default): the list below.
+	// Type is "static" (the default: the list of workers below) or "etcd"
+	// (workers register in etcd; everyone watches it).
 	Type    string   `yaml:"type"`
 	Workers []Member `yaml:"workers"`
+	// Endpoints are the etcd servers' URLs, e.g. http://10.0.0.1:2379.
+	Endpoints []string `yaml:"endpoints"`
+	// Prefix is where the cluster's keys live in etcd (default /granary):
+	// clusters with different prefixes share an etcd without meeting.
+	Prefix string `yaml:"prefix"`
+	// LeaseTTL is how long a worker that stops answering etcd stays live
+	// (default 10s).
+	LeaseTTL Duration `yaml:"lease_ttl"`
+	// RingGrace is how long a worker may be down before it leaves the ring
+	// and its keys move to the others for good (default 10m).
+	RingGrace Duration `yaml:"ring_grace"`
+	// DialTimeout bounds how long a process waits for etcd when it starts
+	// (default 5s): past it, it fails and says so.
+	DialTimeout Duration `yaml:"dial_timeout"`
+	// TLS for the connection to etcd.
+	TLS TLS `yaml:"tls"`
 }
+
+// Membership types.
+const (
+	MembershipStatic = "static"
+	MembershipEtcd   = "etcd"
+)
 
 // Member is one worker of a static membership.
 type Member struct {
 	ID     string  `yaml:"id"`
 	Addr   string  `yaml:"addr"` // its data endpoint, host:port
 	Socket string  `yaml:"socket"`
+	Host   string  `yaml:"host"` // the machine it runs on (see worker.host)
 	Weight float64 `yaml:"weight"`
 }
 
@@ -69,6 +131,16 @@ type Member struct {
 type Client struct {
 	// Timeout bounds one request to a worker before the next owner is tried.
 	Timeout Duration `yaml:"timeout"`
+	// ConnectTimeout bounds connecting to a worker, and the probe that
+	// checks a worker whose request is slow (default 1s): a dead or cut-off
+	// worker costs a reader about ProbeAfter + ConnectTimeout, not Timeout.
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// ProbeAfter is how long a request to a worker runs before the worker
+	// is probed (default 1s).
+	ProbeAfter Duration `yaml:"probe_after"`
+	// Host names the machine the client runs on (default: the host name):
+	// it reads block files of the workers with the same worker.host.
+	Host string `yaml:"host"`
 	// FallbackReadsPerSecond bounds direct UFS reads when workers fail, so
 	// that a dead worker cannot turn every reader into a UFS client.
 	FallbackReadsPerSecond float64 `yaml:"fallback_reads_per_second"`
@@ -106,8 +178,16 @@ const (
 	DefaultHigh          = 0.95
 	DefaultLow           = 0.70
 	DefaultReadahead     = 4
+	DefaultScrubRate     = 32 << 20
+	DefaultScrubInterval = Duration(time.Hour)
 	DefaultClientTimeout = Duration(30 * time.Second)
+	DefaultConnect       = Duration(time.Second)
+	DefaultProbeAfter    = Duration(time.Second)
 	DefaultFallbackRate  = 200
+	DefaultEtcdPrefix    = "/granary"
+	DefaultLeaseTTL      = Duration(10 * time.Second)
+	DefaultRingGrace     = Duration(10 * time.Minute)
+	DefaultDialTimeout   = Duration(5 * time.Second)
 )
 
 // checkCluster applies the defaults of the worker, auth, membership and
@@ -118,8 +198,18 @@ func (c *Config) checkCluster(at func(string) *yaml.Node) []problem {
 		ps = append(ps, problem{line: at(field).Line, field: field, msg: fmt.Sprintf(format, args...)})
 	}
 	w := &c.Worker
-	if w.ID == "" {
-		w.ID, _ = os.Hostname()
+	hostname, _ := os.Hostname()
+	if w.ID == "" && c.Membership.Type != MembershipEtcd {
+		w.ID = hostname
+	}
+	if w.Host == "" {
+		w.Host = hostname
+	}
+	if w.Weight < 0 {
+		bad("worker.weight", "must not be negative")
+	}
+	if w.Weight == 0 {
+		w.Weight = 1
 	}
 	if w.Listen == "" {
 		w.Listen = DefaultListen
@@ -130,6 +220,11 @@ func (c *Config) checkCluster(at func(string) *yaml.Node) []problem {
 	for field, addr := range map[string]string{"worker.listen": w.Listen, "worker.admin": w.Admin} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad(field, "%q is not host:port", addr)
+		}
+	}
+	if w.Advertise != "" {
+		if host, _, err := net.SplitHostPort(w.Advertise); err != nil || host == "" {
+			bad("worker.advertise", "%q is not host:port", w.Advertise)
 		}
 	}
 	if w.StateDir == "" {
@@ -165,8 +260,23 @@ func (c *Config) checkCluster(at func(string) *yaml.Node) []problem {
 	if w.Readahead < 0 {
 		w.Readahead = 0
 	}
+	if w.ScrubBytesPerSecond == nil {
+		rate := Size(DefaultScrubRate)
+		w.ScrubBytesPerSecond = &rate
+	}
+	if w.ScrubInterval == 0 {
+		w.ScrubInterval = DefaultScrubInterval
+	}
+	if w.ScrubInterval < Duration(time.Second) {
+		// Shorter would read a small cache again and again.
+		bad("worker.scrub_interval", "%s is too short: at least 1s", time.Duration(w.ScrubInterval))
+	}
 	if len(w.Tiers) == 0 {
-		w.Tiers = []Tier{{Name: "MEM", Path: filepath.Join(DefaultMemPath, w.ID), Quota: DefaultMemQuota}}
+		name := w.ID
+		if name == "" {
+			name = hostname
+		}
+		w.Tiers = []Tier{{Name: "MEM", Path: filepath.Join(DefaultMemPath, name), Quota: DefaultMemQuota}}
 	}
 	names := map[string]bool{}
 	for i := range w.Tiers {
@@ -207,49 +317,108 @@ func (c *Config) checkCluster(at func(string) *yaml.Node) []problem {
 			bad("auth.token_file", "%s is empty", c.Auth.TokenFile)
 		}
 	}
-	m := &c.Membership
-	if m.Type == "" {
-		m.Type = "static"
-	}
-	if m.Type != "static" {
-		bad("membership.type", "expected static, found %q", m.Type)
-	}
-	seen := map[string]bool{}
-	for i := range m.Workers {
-		mw := &m.Workers[i]
-		f := fmt.Sprintf("membership.workers[%d]", i)
-		if mw.ID == "" {
-			bad(f, "missing id")
-		} else if seen[mw.ID] {
-			bad(f+".id", "worker %q is listed twice", mw.ID)
-		}
-		seen[mw.ID] = true
-		if _, _, err := net.SplitHostPort(mw.Addr); err != nil {
-			bad(f+".addr", "%q is not host:port", mw.Addr)
-		}
-		if mw.Weight < 0 {
-			bad(f+".weight", "must not be negative")
-		}
-		if mw.Weight == 0 {
-			mw.Weight = 1
-		}
-		if mw.Socket != "" && !filepath.IsAbs(mw.Socket) {
-			bad(f+".socket", "%q is not an absolute path", mw.Socket)
-		}
-	}
-	if len(m.Workers) == 0 {
-		// No list: this host's worker alone, where the worker section says.
-		m.Workers = []Member{{ID: w.ID, Addr: w.Listen, Socket: w.Socket, Weight: 1}}
-	}
+	c.checkMembership(bad)
+	c.Auth.TLS.load("auth.tls", bad)
 	cl := &c.Client
 	if cl.Timeout == 0 {
 		cl.Timeout = DefaultClientTimeout
+	}
+	if cl.ConnectTimeout == 0 {
+		cl.ConnectTimeout = DefaultConnect
+	}
+	if cl.ProbeAfter == 0 {
+		cl.ProbeAfter = DefaultProbeAfter
+	}
+	if cl.Host == "" {
+		cl.Host = hostname
 	}
 	if cl.FallbackReadsPerSecond == 0 {
 		cl.FallbackReadsPerSecond = DefaultFallbackRate
 	}
 	return ps
 }
+
+// checkMembership applies the defaults of the membership section and checks
+// it.
+func (c *Config) checkMembership(bad badFunc) {
+	w, m := &c.Worker, &c.Membership
+	if m.Type == "" {
+		m.Type = MembershipStatic
+	}
+	switch m.Type {
+	case MembershipStatic:
+		for field, set := range map[string]bool{"membership.endpoints": len(m.Endpoints) > 0, "membership.prefix": m.Prefix != "",
+			"membership.lease_ttl": m.LeaseTTL != 0, "membership.ring_grace": m.RingGrace != 0, "membership.tls": m.TLS.Enabled()} {
+			if set {
+				bad(field, "is for membership type etcd, not static")
+			}
+		}
+		seen := map[string]bool{}
+		for i := range m.Workers {
+			mw := &m.Workers[i]
+			f := fmt.Sprintf("membership.workers[%d]", i)
+			if mw.ID == "" {
+				bad(f, "missing id")
+			} else if seen[mw.ID] {
+				bad(f+".id", "worker %q is listed twice", mw.ID)
+			}
+			seen[mw.ID] = true
+			if _, _, err := net.SplitHostPort(mw.Addr); err != nil {
+				bad(f+".addr", "%q is not host:port", mw.Addr)
+			}
+			if mw.Weight < 0 {
+				bad(f+".weight", "must not be negative")
+			}
+			if mw.Weight == 0 {
+				mw.Weight = 1
+			}
+			if mw.Socket != "" && !filepath.IsAbs(mw.Socket) {
+				bad(f+".socket", "%q is not an absolute path", mw.Socket)
+			}
+		}
+		if len(m.Workers) == 0 {
+			// No list: this host's worker alone, where the worker section says.
+			m.Workers = []Member{{ID: w.ID, Addr: w.Listen, Socket: w.Socket, Host: w.Host, Weight: w.Weight}}
+		}
+	case MembershipEtcd:
+		if len(m.Workers) > 0 {
+			bad("membership.workers", "a list of workers is for membership type static; with etcd, workers register themselves")
+		}
+		if len(m.Endpoints) == 0 {
+			bad("membership.endpoints", "etcd needs at least one endpoint, such as http://10.0.0.1:2379")
+		}
+		for i, ep := range m.Endpoints {
+			u, err := url.Parse(ep)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				bad(fmt.Sprintf("membership.endpoints[%d]", i), "%q is not a URL such as http://10.0.0.1:2379", ep)
+			}
+		}
+		if m.Prefix == "" {
+			m.Prefix = DefaultEtcdPrefix
+		}
+		if !strings.HasPrefix(m.Prefix, "/") {
+			bad("membership.prefix", "%q does not start with /", m.Prefix)
+		}
+		if m.LeaseTTL == 0 {
+			m.LeaseTTL = DefaultLeaseTTL
+		}
+		if time.Duration(m.LeaseTTL) < time.Second {
+			bad("membership.lease_ttl", "%s is shorter than 1s", m.LeaseTTL)
+		}
+		if m.RingGrace == 0 {
+			m.RingGrace = DefaultRingGrace
+		}
+		if m.DialTimeout == 0 {
+			m.DialTimeout = DefaultDialTimeout
+		}
+		m.TLS.load("membership.tls", bad)
+	default:
+		bad("membership.type", "expected static or etcd, found %q", m.Type)
+	}
+}
+
+// badFunc reports a problem with a field.
+type badFunc func(field, format string, args ...any)
 
 // IsLoopback reports whether a listen address only accepts local peers.
 func IsLoopback(addr string) bool {

@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/membership"
 	"github.com/granary-cache/granary/internal/worker"
 )
 
@@ -95,7 +96,16 @@ func Start(o Options) (*Cluster, error) {
 		members = append(members, config.Member{ID: id, Addr: wk.Addr(), Socket: wk.Socket(), Weight: 1})
 	}
 	for _, wk := range c.Workers {
-		wk.SetMembers(members)
+		ms := make([]membership.Member, len(members))
+		for i, m := range members {
+			ms[i] = membership.Member{ID: m.ID, Addr: m.Addr, Socket: m.Socket, Weight: m.Weight}
+		}
+		src, err := membership.NewStatic(ms)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		wk.UseMembership(src)
 	}
 	cc := *o.Config
 	cc.Membership = config.Membership{Type: "static", Workers: members}

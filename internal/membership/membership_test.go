@@ -8,32 +8,31 @@ import (
 	"testing"
 	"time"
 
-	"github.com/granary-cache/granary/internal/placement"
 )
 
 func TestNewStaticValidation(t *testing.T) {
-	ok := placement.Member{ID: "w1", Addr: "10.0.0.1:7070", Weight: 1}
+	ok := Member{ID: "w1", Addr: "10.0.0.1:7070", Weight: 1}
 	for _, tc := range []struct {
 		name    string
-		members []placement.Member
+		members []Member
 		want    []string // one substring per expected error; nil means valid
 	}{
-		{name: "valid", members: []placement.Member{ok, {ID: "w2", Addr: "[::1]:7070"}, {ID: "w3", Addr: "host.example:1", Weight: 2.5}}},
+		{name: "valid", members: []Member{ok, {ID: "w2", Addr: "[::1]:7070"}, {ID: "w3", Addr: "host.example:1", Weight: 2.5}}},
 		{name: "empty list", members: nil},
-		{name: "empty ID", members: []placement.Member{ok, {Addr: "a:1"}}, want: []string{`member 1 (""): empty ID`}},
-		{name: "duplicate ID", members: []placement.Member{ok, {ID: "w2", Addr: "a:1"}, {ID: "w1", Addr: "b:1"}},
+		{name: "empty ID", members: []Member{ok, {Addr: "a:1"}}, want: []string{`member 1 (""): empty ID`}},
+		{name: "duplicate ID", members: []Member{ok, {ID: "w2", Addr: "a:1"}, {ID: "w1", Addr: "b:1"}},
 			want: []string{`member 2 ("w1"): duplicate ID, already used by member 0`}},
-		{name: "empty addr", members: []placement.Member{{ID: "w1"}}, want: []string{`member 0 ("w1"): empty address`}},
-		{name: "no port", members: []placement.Member{{ID: "w1", Addr: "10.0.0.1"}}, want: []string{`member 0 ("w1"): address is not host:port`}},
-		{name: "bare IPv6", members: []placement.Member{{ID: "w1", Addr: "::1:7070"}}, want: []string{`member 0 ("w1"): address is not host:port`}},
-		{name: "no host", members: []placement.Member{{ID: "w1", Addr: ":7070"}}, want: []string{`member 0 ("w1"): address ":7070" has no host`}},
-		{name: "named port", members: []placement.Member{{ID: "w1", Addr: "h:http"}}, want: []string{`port "http" is not a number`}},
-		{name: "port 0", members: []placement.Member{{ID: "w1", Addr: "h:0"}}, want: []string{`port "0" is not a number in 1-65535`}},
-		{name: "port too big", members: []placement.Member{{ID: "w1", Addr: "h:65536"}}, want: []string{`port "65536"`}},
-		{name: "negative weight", members: []placement.Member{ok, {ID: "w2", Addr: "a:1", Weight: -1}}, want: []string{`member 1 ("w2"): negative weight -1`}},
-		{name: "NaN weight", members: []placement.Member{{ID: "w1", Addr: "a:1", Weight: math.NaN()}}, want: []string{`member 0 ("w1"): weight NaN is not a finite number`}},
-		{name: "infinite weight", members: []placement.Member{{ID: "w1", Addr: "a:1", Weight: math.Inf(1)}}, want: []string{`weight +Inf`}},
-		{name: "all problems reported", members: []placement.Member{{Addr: "x", Weight: -2}, ok, {ID: "w1", Addr: "y:1"}},
+		{name: "empty addr", members: []Member{{ID: "w1"}}, want: []string{`member 0 ("w1"): empty address`}},
+		{name: "no port", members: []Member{{ID: "w1", Addr: "10.0.0.1"}}, want: []string{`member 0 ("w1"): address is not host:port`}},
+		{name: "bare IPv6", members: []Member{{ID: "w1", Addr: "::1:7070"}}, want: []string{`member 0 ("w1"): address is not host:port`}},
+		{name: "no host", members: []Member{{ID: "w1", Addr: ":7070"}}, want: []string{`member 0 ("w1"): address ":7070" has no host`}},
+		{name: "named port", members: []Member{{ID: "w1", Addr: "h:http"}}, want: []string{`port "http" is not a number`}},
+		{name: "port 0", members: []Member{{ID: "w1", Addr: "h:0"}}, want: []string{`port "0" is not a number in 1-65535`}},
+		{name: "port too big", members: []Member{{ID: "w1", Addr: "h:65536"}}, want: []string{`port "65536"`}},
+		{name: "negative weight", members: []Member{ok, {ID: "w2", Addr: "a:1", Weight: -1}}, want: []string{`member 1 ("w2"): negative weight -1`}},
+		{name: "NaN weight", members: []Member{{ID: "w1", Addr: "a:1", Weight: math.NaN()}}, want: []string{`member 0 ("w1"): weight NaN is not a finite number`}},
+		{name: "infinite weight", members: []Member{{ID: "w1", Addr: "a:1", Weight: math.Inf(1)}}, want: []string{`weight +Inf`}},
+		{name: "all problems reported", members: []Member{{Addr: "x", Weight: -2}, ok, {ID: "w1", Addr: "y:1"}},
 			want: []string{`member 0 (""): empty ID`, `member 0 (""): address is not host:port`, `member 0 (""): negative weight -2`, `member 2 ("w1"): duplicate ID`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -70,7 +69,7 @@ func TestNewStaticValidation(t *testing.T) {
 }
 
 func TestStaticCopiesMembers(t *testing.T) {
-	ms := []placement.Member{{ID: "w1", Addr: "a:1"}, {ID: "w2", Addr: "b:1"}}
+	ms := []Member{{ID: "w1", Addr: "a:1"}, {ID: "w2", Addr: "b:1"}}
 	s, err := NewStatic(ms)
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +82,7 @@ func TestStaticCopiesMembers(t *testing.T) {
 
 func newTestStatic(t *testing.T) *Static {
 	t.Helper()
-	s, err := NewStatic([]placement.Member{{ID: "w1", Addr: "a:1"}, {ID: "w2", Addr: "b:1"}})
+	s, err := NewStatic([]Member{{ID: "w1", Addr: "a:1"}, {ID: "w2", Addr: "b:1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,10 +91,10 @@ func newTestStatic(t *testing.T) *Static {
 }
 
 // watch runs Watch in the background and reports each table and the result.
-func watch(ctx context.Context, s *Static) (<-chan *placement.Table, <-chan error) {
-	tables := make(chan *placement.Table, 10)
+func watch(ctx context.Context, s *Static) (<-chan *View, <-chan error) {
+	tables := make(chan *View, 10)
 	done := make(chan error, 1)
-	go func() { done <- s.Watch(ctx, func(t *placement.Table) { tables <- t }) }()
+	go func() { done <- s.Watch(ctx, func(v *View) { tables <- v }) }()
 	return tables, done
 }
 
@@ -148,7 +147,7 @@ func TestStaticClose(t *testing.T) {
 	}
 	// A watcher arriving after Close gets nothing to act on.
 	called := false
-	if err := s.Watch(t.Context(), func(*placement.Table) { called = true }); !errors.Is(err, ErrClosed) || called {
+	if err := s.Watch(t.Context(), func(*View) { called = true }); !errors.Is(err, ErrClosed) || called {
 		t.Errorf("Watch after Close = %v (fn called: %v), want ErrClosed without a call", err, called)
 	}
 	if s.Current().Len() != 2 {
@@ -161,7 +160,7 @@ func TestStaticWatchDeadContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	called := false
-	if err := s.Watch(ctx, func(*placement.Table) { called = true }); !errors.Is(err, context.Canceled) || called {
+	if err := s.Watch(ctx, func(*View) { called = true }); !errors.Is(err, context.Canceled) || called {
 		t.Errorf("Watch(cancelled ctx) = %v (fn called: %v), want context.Canceled without a call", err, called)
 	}
 }

@@ -31,7 +31,15 @@ const (
 	PathRefresh = "/v1/refresh"
 	PathUFSRead = "/v1/ufs/read" // worker to worker: a range read from the UFS, uncached
 	PathStatus  = "/v1/status"   // admin listener
+	PathPing    = "/v1/ping"     // answers at once: is the worker there?
 )
+
+// QueryVerify is PathLocal's query parameter that says who checks the
+// block's pages: "0" when the caller checks every page against the CRCs
+// itself (a short-circuit reader); otherwise the worker checks the whole
+// block before it answers (a passthrough open, whose reads the kernel makes
+// unchecked, or a reader that found a page failing its check).
+const QueryVerify = "verify"
 
 // Headers.
 const (
@@ -101,8 +109,9 @@ func ParseBlockRef(q url.Values) (BlockRef, error) {
 	return b, nil
 }
 
-// LocalBlock is the answer of PathLocal: where a complete, verified block
-// file is, for a client on the same host to read directly.
+// LocalBlock is the answer of PathLocal: where a complete block file is,
+// for a client on the same host to read directly, and its pages' CRCs
+// (checked by the worker unless QueryVerify was "0").
 type LocalBlock struct {
 	File     string   `json:"file"`
 	Length   int64    `json:"length"`

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/granary-cache/granary/internal/config"
@@ -29,30 +28,13 @@ import (
 // directly: one lookup is nothing beside their bytes, and spreading their
 // reads over the workers is what makes a cold epoch fast.
 
-// peers is the cluster as this worker sees it.
-type peers struct {
-	self  string
-	table *placement.Table
-}
-
-// SetMembers tells the worker who its peers are (its own ID among them).
-// A worker started from a configuration with a membership knows already.
-func (w *Worker) SetMembers(members []config.Member) {
-	pm := make([]placement.Member, len(members))
-	for i, m := range members {
-		pm[i] = placement.Member{ID: m.ID, Addr: m.Addr, Weight: m.Weight}
-	}
-	w.peers.Store(&peers{self: w.ID(), table: placement.New(pm)})
-}
-
 // dirReader returns the worker to read a file through, if not this one.
 func (w *Worker) dirReader(req blockReq) (placement.Member, bool) {
-	p := w.peers.Load()
-	if p == nil || !req.ds.DirAffine || req.size > req.key.BlockSize {
+	if !req.ds.DirAffine || req.size > req.key.BlockSize {
 		return placement.Member{}, false
 	}
-	m, ok := p.table.Owner(wire.MetaKey(req.ds.Name(), meta.Parent(req.key.Path)))
-	if !ok || m.ID == p.self || w.peerDown(m.ID) {
+	m, ok := w.view().Table().Owner(wire.MetaKey(req.ds.Name(), meta.Parent(req.key.Path)))
+	if !ok || m.ID == w.ID() || w.reach.Down(m.ID) {
 		return placement.Member{}, false
 	}
 	return m, true
@@ -66,7 +48,7 @@ func (w *Worker) readUFS(ctx context.Context, req blockReq, r ufs.Range) (io.Rea
 		if !errors.Is(err, wire.ErrWorker) {
 			return rc, err
 		}
-		w.markPeerDown(m.ID)
+		w.reach.MarkDown(m.ID, m.Addr, err)
 		w.log.Debug("directory reader failed; reading the UFS directly", "peer", m.ID, "err", err)
 	}
 	return req.ds.FS.ReadRange(ctx, req.key.Path, r)
@@ -75,8 +57,10 @@ func (w *Worker) readUFS(ctx context.Context, req blockReq, r ufs.Range) (io.Rea
 func (w *Worker) readThrough(ctx context.Context, m placement.Member, req blockReq, r ufs.Range) (io.ReadCloser, error) {
 	q := url.Values{"ds": {req.ds.Name()}, "path": {req.key.Path}, "ver": {r.IfVersion},
 		"off": {strconv.FormatInt(r.Off, 10)}, "len": {strconv.FormatInt(r.Len, 10)}}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m.Addr+wire.PathUFSRead+"?"+q.Encode(), nil)
+	gctx, done := w.reach.Guard(ctx, m.ID, m.Addr)
+	hr, err := http.NewRequestWithContext(gctx, http.MethodGet, w.peerURL(m.Addr, wire.PathUFSRead)+"?"+q.Encode(), nil)
 	if err != nil {
+		done()
 		return nil, fmt.Errorf("%w: %v", wire.ErrWorker, err)
 	}
 	if w.token != "" {
@@ -84,6 +68,7 @@ func (w *Worker) readThrough(ctx context.Context, m placement.Member, req blockR
 	}
 	resp, err := w.peerHTTP.Do(hr)
 	if err != nil {
+		done()
 		if ctx.Err() != nil {
 			return nil, ufs.NewError("read", req.key.Path, ufs.ClassCanceled, ctx.Err())
 		}
@@ -91,8 +76,9 @@ func (w *Worker) readThrough(ctx context.Context, m placement.Member, req blockR
 	}
 	w.m.peerReads.Inc()
 	if resp.StatusCode == http.StatusOK {
-		return resp.Body, nil
+		return guardedBody{resp.Body, done}, nil
 	}
+	defer done()
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusServiceUnavailable {
 		// The peer reached the UFS and the UFS did not answer: reading it
@@ -130,23 +116,33 @@ func (w *Worker) handleUFSRead(rw http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// A peer that failed is read around for a while.
-const peerDownFor = 5 * time.Second
-
-func (w *Worker) peerDown(id string) bool {
-	v, ok := w.downPeers.Load(id)
-	return ok && time.Now().UnixNano() < v.(*atomic.Int64).Load()
+// guardedBody ends a guarded request when its body is closed.
+type guardedBody struct {
+	io.ReadCloser
+	done func()
 }
 
-func (w *Worker) markPeerDown(id string) {
-	v, _ := w.downPeers.LoadOrStore(id, new(atomic.Int64))
-	v.(*atomic.Int64).Store(time.Now().Add(peerDownFor).UnixNano())
+func (b guardedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.done()
+	return err
 }
 
-func newPeerHTTP() *http.Client {
+// newPeerHTTP is the HTTP client of worker-to-worker requests: the same
+// TLS as clients, connections bounded by the connect timeout.
+func newPeerHTTP(cfg *config.Config) *http.Client {
 	return &http.Client{Transport: &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		DialContext:         (&net.Dialer{Timeout: time.Duration(cfg.Client.ConnectTimeout)}).DialContext,
+		TLSClientConfig:     cfg.Auth.TLS.ClientConfig(),
 		MaxIdleConnsPerHost: 32,
 		IdleConnTimeout:     time.Minute,
 	}}
+}
+
+// peerURL is the URL of a path on a peer's data endpoint.
+func (w *Worker) peerURL(addr, path string) string {
+	if w.cfg.Auth.TLS.Enabled() {
+		return "https://" + addr + path
+	}
+	return "http://" + addr + path
 }

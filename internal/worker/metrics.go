@@ -19,6 +19,7 @@ type metrics struct {
 	readahead    prometheus.Counter
 	uncached     prometheus.Counter
 	peerReads    prometheus.Counter
+	members      *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -51,8 +52,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		peerReads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "granary_worker_directory_reader_reads_total", Help: "UFS reads made through the worker that listed the file's directory (CephFS: spares the MDS a lookup).",
 		}),
+		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "granary_membership_members", Help: "Workers of the cluster as this worker sees them, by state (live, not live, leaving).",
+		}, []string{"state"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.bytes, m.pages, m.merged, m.unauthorized, m.readahead, m.uncached, m.peerReads)
+	reg.MustRegister(m.requests, m.latency, m.bytes, m.pages, m.merged, m.unauthorized, m.readahead, m.uncached, m.peerReads, m.members)
 	for _, s := range []string{"mem", "ssd", "hdd", "ufs"} {
 		m.bytes.WithLabelValues(s)
 	}

@@ -14,6 +14,7 @@ package worker
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,6 +36,7 @@ import (
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/dataset"
 	"github.com/granary-cache/granary/internal/flight"
+	"github.com/granary-cache/granary/internal/membership"
 	"github.com/granary-cache/granary/internal/meta"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
@@ -56,9 +58,11 @@ type Worker struct {
 	readahead chan struct{} // bounds background page fetches
 	pagePool  sync.Pool
 
-	peers     atomic.Pointer[peers]
-	peerHTTP  *http.Client
-	downPeers sync.Map // worker ID → *atomic.Int64, unix nanoseconds until it is tried again
+	members    atomic.Pointer[membership.Source]
+	advertised string // the data address peers and clients dial
+	reach      *membership.Reach
+	peerHTTP   *http.Client
+	started    time.Time
 
 	data, admin, unix net.Listener
 	servers           []*http.Server
@@ -80,12 +84,19 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	wc := cfg.Worker
-	for _, addr := range []struct{ field, addr string }{{"worker.listen", wc.Listen}, {"worker.admin", wc.Admin}} {
-		if !config.IsLoopback(addr.addr) && cfg.Auth.Token == "" {
-			return nil, fmt.Errorf("%s is %s, which is not loopback: set auth.token_file so that only clients with the token are served", addr.field, addr.addr)
+	for _, addr := range []struct{ field, addr string }{{"worker.listen", cfg.Worker.Listen}, {"worker.admin", cfg.Worker.Admin}} {
+		if !config.IsLoopback(addr.addr) && !cfg.Auth.Secured() {
+			return nil, fmt.Errorf("%s is %s, which is not loopback: set auth.token_file or auth.tls so that only known clients are served", addr.field, addr.addr)
 		}
 	}
+	id, err := resolveID(cfg.Worker)
+	if err != nil {
+		return nil, err
+	}
+	own := *cfg
+	own.Worker.ID = id
+	cfg = &own
+	wc := cfg.Worker
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w := &Worker{
@@ -93,11 +104,16 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 		metas:     map[string]*meta.Cache{},
 		layout:    cache.Layout{BlockSize: int64(wc.BlockSize), PageSize: int64(wc.PageSize)},
 		readahead: make(chan struct{}, 8),
-		peerHTTP:  newPeerHTTP(),
+		started:   time.Now(),
 	}
+	w.reach = &membership.Reach{
+		ProbeAfter: time.Duration(cfg.Client.ProbeAfter), ProbeTimeout: time.Duration(cfg.Client.ConnectTimeout),
+		OnDown: func(id string, err error) { w.log.Warn("peer marked down", "peer", id, "err", err) },
+	}
+	w.peerHTTP = newPeerHTTP(cfg)
+	w.registerMembershipHealth()
 	w.bgCtx, w.bgCancel = context.WithCancel(context.Background())
 	w.pagePool.New = func() any { b := make([]byte, w.layout.PageSize); return &b }
-	var err error
 	if w.datasets, err = dataset.OpenAll(cfg, ufs.NewMetrics(reg)); err != nil {
 		return nil, err
 	}
@@ -113,15 +129,21 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 		tiers[i] = cache.TierConfig{Name: t.Name, Path: t.Path, Quota: int64(t.Quota), High: t.High, Low: t.Low}
 	}
 	w.store, err = cache.Open(cache.Config{Tiers: tiers, Layout: w.layout, Metrics: cache.NewMetrics(reg),
-		Pinned: func(ds string) bool { return pinned[ds] }})
+		Pinned:    func(ds string) bool { return pinned[ds] },
+		ScrubRate: wc.ScrubRate(), ScrubInterval: time.Duration(wc.ScrubInterval), Repair: w.repair})
 	if err != nil {
 		w.datasets.Close()
 		return nil, err
 	}
-	if len(cfg.Membership.Workers) > 0 {
-		w.SetMembers(cfg.Membership.Workers)
-	}
 	if err := w.listen(); err != nil {
+		w.Close()
+		return nil, err
+	}
+	if w.advertised, err = advertise(wc, w.data.Addr()); err != nil {
+		w.Close()
+		return nil, err
+	}
+	if err := w.openMembership(); err != nil {
 		w.Close()
 		return nil, err
 	}
@@ -135,6 +157,15 @@ func (w *Worker) listen() error {
 	}
 	if w.admin, err = net.Listen("tcp", w.cfg.Worker.Admin); err != nil {
 		return fmt.Errorf("worker.admin: %w", err)
+	}
+	if tc := w.cfg.Auth.TLS.ServerConfig(); tc != nil {
+		// Data: only clients with a certificate of the CA. Admin: anyone
+		// may scrape /metrics and /healthz, the rest needs a certificate
+		// (or the token).
+		w.data = tls.NewListener(w.data, tc)
+		admin := tc.Clone()
+		admin.ClientAuth = tls.VerifyClientCertIfGiven
+		w.admin = tls.NewListener(w.admin, admin)
 	}
 	sock := w.cfg.Worker.Socket
 	if err := os.MkdirAll(filepath.Dir(sock), 0o755); err != nil {
@@ -209,7 +240,8 @@ func (w *Worker) Serve(ctx context.Context) error {
 func (w *Worker) Close() error {
 	w.bgCancel()
 	w.bg.Wait()
-	var errs []error
+	errs := []error{w.closeMembership()}
+	w.reach.Close()
 	for _, l := range []net.Listener{w.data, w.admin, w.unix} {
 		if l != nil {
 			l.Close()
@@ -235,17 +267,18 @@ func (w *Worker) apiMux(local bool) http.Handler {
 	mux.HandleFunc("POST "+wire.PathRefresh, w.instrument("refresh", w.handleRefresh))
 	mux.HandleFunc("GET "+wire.PathUFSRead, w.instrument("ufs_read", w.handleUFSRead))
 	mux.HandleFunc("GET "+wire.PathStatus, w.handleStatus)
+	mux.HandleFunc("GET "+wire.PathPing, func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusNoContent) })
 	if local {
 		mux.HandleFunc("GET "+wire.PathLocal, w.instrument("local", w.handleLocal))
-		return w.authenticate(samePeer(mux))
+		return w.authenticate(samePeer(mux), true)
 	}
-	return w.authenticate(mux)
+	return w.authenticate(mux, false)
 }
 
 func (w *Worker) adminMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) { rw.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /healthz", w.handleHealthz)
 	private := http.NewServeMux()
 	private.HandleFunc("GET "+wire.PathStatus, w.handleStatus)
 	private.HandleFunc("/debug/pprof/", pprof.Index)
@@ -253,18 +286,27 @@ func (w *Worker) adminMux() http.Handler {
 	private.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	private.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	private.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.Handle("/", w.authenticate(private))
+	mux.Handle("/", w.authenticate(private, false))
 	return mux
 }
 
-// authenticate requires the shared token when one is configured.
-func (w *Worker) authenticate(next http.Handler) http.Handler {
-	if w.token == "" {
+// authenticate requires the shared token when one is configured, and with
+// TLS a verified client certificate (the data endpoint's handshake already
+// refuses connections without one; the admin endpoint asks for one). The
+// unix socket (local) has no TLS: samePeer checks who is at the other end.
+func (w *Worker) authenticate(next http.Handler, local bool) http.Handler {
+	needCert := w.cfg.Auth.TLS.Enabled() && !local
+	if w.token == "" && !needCert {
 		return next
 	}
 	want := []byte("Bearer " + w.token)
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		if needCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+			w.m.unauthorized.Inc()
+			http.Error(rw, "a client certificate of the cluster's CA is required", http.StatusUnauthorized)
+			return
+		}
+		if w.token != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
 			w.m.unauthorized.Inc()
 			http.Error(rw, "missing or wrong token", http.StatusUnauthorized)
 			return

@@ -1,0 +1,614 @@
+package membership
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// The keys of a cluster in etcd, under its prefix (default /granary):
+//
+//	PREFIX/ring/ID   the ring: one entry per member, without lease; it stays
+//	                 while the member is down, so a restart moves no keys
+//	PREFIX/live/ID   liveness: one entry per running worker, under a lease
+//	                 the worker keeps alive; it goes when the worker stops or
+//	                 is cut off for longer than the lease TTL
+//	PREFIX/down/ID   when a ring member was first seen not live, written by
+//	                 the first live worker that noticed; once it is older than
+//	                 the ring grace, the live worker with the smallest ID takes
+//	                 the member out of the ring
+//
+// Values are JSON. Every write that depends on another key's absence is a
+// transaction comparing that key's create revision with 0, so two workers
+// acting at once can never take a live member out of the ring.
+
+// Etcd defaults.
+const (
+	DefaultPrefix      = "/granary"
+	DefaultLeaseTTL    = 10 * time.Second
+	DefaultRingGrace   = 10 * time.Minute
+	DefaultDialTimeout = 5 * time.Second
+)
+
+// EtcdOptions configure an Etcd source.
+type EtcdOptions struct {
+	Endpoints []string
+	Prefix    string        // default DefaultPrefix
+	LeaseTTL  time.Duration // default DefaultLeaseTTL
+	RingGrace time.Duration // default DefaultRingGrace
+	// DialTimeout bounds opening: a source that cannot reach etcd in that
+	// time fails with an error that says so, rather than hang.
+	DialTimeout time.Duration
+	TLS         *tls.Config
+	// Self, for a worker: it registers (joins the ring if it is not in it)
+	// and holds a live entry under a lease until Close.
+	Self *Member
+	Log  *slog.Logger
+}
+
+// Etcd is a Source backed by etcd; make one with OpenEtcd.
+type Etcd struct {
+	o   EtcdOptions
+	cli *clientv3.Client
+	log *slog.Logger
+
+	view   atomic.Pointer[View]
+	health atomic.Pointer[Health]
+
+	mu      sync.Mutex
+	ring    map[string]ringEntry
+	live    map[string]liveEntry
+	down    map[string]downEntry
+	rev     int64
+	changed chan struct{} // closed and replaced at each new view
+	leaving bool          // Self was taken out of the ring while live: do not rejoin
+	lease   clientv3.LeaseID
+
+	kick   chan struct{} // asks the registration loop to register again
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed atomic.Bool
+}
+
+var _ Source = (*Etcd)(nil)
+
+type ringEntry struct {
+	ID     string    `json:"id"`
+	Addr   string    `json:"addr"` // the last address it registered with
+	Socket string    `json:"socket,omitempty"`
+	Host   string    `json:"host,omitempty"`
+	Zone   string    `json:"zone,omitempty"`
+	Weight float64   `json:"weight"`
+	Joined time.Time `json:"joined"`
+}
+
+type liveEntry struct {
+	ID     string    `json:"id"`
+	Addr   string    `json:"addr"`
+	Socket string    `json:"socket,omitempty"`
+	Host   string    `json:"host,omitempty"`
+	Zone   string    `json:"zone,omitempty"`
+	Weight float64   `json:"weight"`
+	Since  time.Time `json:"since"`
+}
+
+type downEntry struct {
+	Since time.Time `json:"since"`
+}
+
+// OpenEtcd connects to etcd, reads the members and, with Self, registers.
+// It fails, naming the endpoints, when etcd does not answer within the dial
+// timeout.
+func OpenEtcd(ctx context.Context, o EtcdOptions) (*Etcd, error) {
+	if len(o.Endpoints) == 0 {
+		return nil, errors.New("membership: etcd: no endpoints")
+	}
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	o.Prefix = strings.TrimRight(o.Prefix, "/")
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = DefaultLeaseTTL
+	}
+	if o.RingGrace <= 0 {
+		o.RingGrace = DefaultRingGrace
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = DefaultDialTimeout
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Self != nil {
+		if err := CheckID(o.Self.ID); err != nil {
+			return nil, fmt.Errorf("membership: worker: %w", err)
+		}
+		if err := CheckAddr(o.Self.Addr); err != nil {
+			return nil, fmt.Errorf("membership: worker %s: %w", o.Self.ID, err)
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            o.Endpoints,
+		DialTimeout:          o.DialTimeout,
+		DialKeepAliveTime:    o.LeaseTTL / 2,
+		DialKeepAliveTimeout: o.LeaseTTL / 3,
+		TLS:                  o.TLS,
+		Logger:               zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("membership: etcd %s: %w", strings.Join(o.Endpoints, ","), err)
+	}
+	e := &Etcd{o: o, cli: cli, log: o.Log.With("membership", "etcd"), changed: make(chan struct{}), kick: make(chan struct{}, 1)}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	octx, cancel := context.WithTimeout(ctx, o.DialTimeout)
+	defer cancel()
+	if err := e.resync(octx); err != nil {
+		cli.Close()
+		return nil, e.unreachable(err)
+	}
+	if o.Self != nil {
+		if err := e.register(octx); err != nil {
+			cli.Close()
+			return nil, e.unreachable(err)
+		}
+	}
+	e.setHealth(nil)
+	e.wg.Go(e.watchLoop)
+	e.wg.Go(e.healthLoop)
+	if o.Self != nil {
+		e.wg.Go(e.keepAliveLoop)
+	}
+	return e, nil
+}
+
+func (e *Etcd) unreachable(err error) error {
+	return fmt.Errorf("membership: etcd %s did not answer within %s: %w", strings.Join(e.o.Endpoints, ","), e.o.DialTimeout, err)
+}
+
+func (e *Etcd) key(kind, id string) string { return e.o.Prefix + "/" + kind + "/" + id }
+
+// Current returns the last view built from etcd.
+func (e *Etcd) Current() *View { return e.view.Load() }
+
+// Health says whether etcd answers; when it does not, the view is the last
+// one it had.
+func (e *Etcd) Health() Health { return *e.health.Load() }
+
+func (e *Etcd) setHealth(err error) {
+	old := e.health.Load()
+	ok := err == nil
+	if old != nil && old.OK == ok {
+		return
+	}
+	h := &Health{Backend: "etcd", OK: ok, Since: time.Now()}
+	if err != nil {
+		h.Error = err.Error()
+		e.log.Warn("etcd unreachable; serving with the last member set", "err", err, "members", len(e.Current().Members()))
+	} else if old != nil {
+		e.log.Info("etcd reachable again")
+	}
+	e.health.Store(h)
+}
+
+// Watch calls fn with the current view, then with every new one.
+func (e *Etcd) Watch(ctx context.Context, fn func(*View)) error {
+	var last *View
+	for {
+		if e.closed.Load() {
+			return ErrClosed
+		}
+		e.mu.Lock()
+		changed := e.changed
+		e.mu.Unlock()
+		if v := e.view.Load(); v != last {
+			fn(v)
+			last = v
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-e.ctx.Done():
+			return ErrClosed
+		case <-changed:
+		}
+	}
+}
+
+// Close stops watching and, for a worker, deletes its live entry (revoking
+// its lease) so that readers go elsewhere at once; its ring entry stays.
+func (e *Etcd) Close() error {
+	if e.closed.Swap(true) {
+		return nil
+	}
+	e.cancel()
+	e.wg.Wait()
+	if e.o.Self != nil {
+		e.mu.Lock()
+		lease := e.lease
+		e.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if lease != 0 {
+			e.cli.Revoke(ctx, lease)
+		}
+		cancel()
+	}
+	return e.cli.Close()
+}
+
+// Remove takes a member out of the ring at once. A member that is still
+// running keeps serving what it holds, owns no keys, and joins again when it
+// restarts.
+func (e *Etcd) Remove(ctx context.Context, id string) error {
+	resp, err := e.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(e.key("ring", id)), ">", 0)).
+		Then(clientv3.OpDelete(e.key("ring", id)), clientv3.OpDelete(e.key("down", id))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("membership: remove %s: %w", id, err)
+	}
+	if !resp.Succeeded {
+		var ids []string
+		for _, m := range e.Current().Members() {
+			if m.State != Leaving {
+				ids = append(ids, m.ID)
+			}
+		}
+		return fmt.Errorf("membership: %q is not in the ring (members: %s)", id, strings.Join(ids, ", "))
+	}
+	return nil
+}
+
+// register writes Self's ring entry (unless it was taken out of the ring
+// while running) and a live entry under a new lease.
+func (e *Etcd) register(ctx context.Context) error {
+	self := *e.o.Self
+	lease, err := e.cli.Grant(ctx, int64(max(e.o.LeaseTTL/time.Second, 1)))
+	if err != nil {
+		return fmt.Errorf("grant a lease: %w", err)
+	}
+	now := time.Now().UTC()
+	live, _ := json.Marshal(liveEntry{ID: self.ID, Addr: self.Addr, Socket: self.Socket, Host: self.Host, Zone: self.Zone, Weight: self.Weight, Since: now})
+	ops := []clientv3.Op{
+		clientv3.OpPut(e.key("live", self.ID), string(live), clientv3.WithLease(lease.ID)),
+		clientv3.OpDelete(e.key("down", self.ID)),
+	}
+	e.mu.Lock()
+	leaving := e.leaving
+	joined := now
+	if r, ok := e.ring[self.ID]; ok && !r.Joined.IsZero() {
+		joined = r.Joined
+	}
+	old := e.lease
+	e.mu.Unlock()
+	if !leaving {
+		ring, _ := json.Marshal(ringEntry{ID: self.ID, Addr: self.Addr, Socket: self.Socket, Host: self.Host, Zone: self.Zone, Weight: self.Weight, Joined: joined})
+		ops = append(ops, clientv3.OpPut(e.key("ring", self.ID), string(ring)))
+	}
+	if _, err := e.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		e.cli.Revoke(rctx, lease.ID)
+		cancel()
+		return fmt.Errorf("register %s: %w", self.ID, err)
+	}
+	e.mu.Lock()
+	e.lease = lease.ID
+	e.mu.Unlock()
+	if old != 0 && old != lease.ID {
+		// The live key moved to the new lease; the old one has nothing left.
+		e.cli.Revoke(ctx, old)
+	}
+	e.log.Info("registered", "id", self.ID, "addr", self.Addr, "ring", !leaving)
+	return nil
+}
+
+// keepAliveLoop keeps Self's lease alive; when the lease is lost (etcd was
+// unreachable for longer than its TTL, or the live key vanished), it
+// registers again as soon as etcd answers.
+func (e *Etcd) keepAliveLoop() {
+	for e.ctx.Err() == nil {
+		e.mu.Lock()
+		lease := e.lease
+		e.mu.Unlock()
+		kctx, cancel := context.WithCancel(e.ctx)
+		ch, err := e.cli.KeepAlive(kctx, lease)
+		if err == nil {
+			e.drainKeepAlive(ch)
+		}
+		cancel()
+		if e.ctx.Err() != nil {
+			return
+		}
+		e.log.Warn("lease lost; registering again", "err", err)
+		for backoff := 200 * time.Millisecond; e.ctx.Err() == nil; backoff = min(2*backoff, e.o.LeaseTTL/2) {
+			rctx, cancel := context.WithTimeout(e.ctx, e.o.LeaseTTL)
+			err := e.register(rctx)
+			cancel()
+			if err == nil {
+				break
+			}
+			e.setHealth(err)
+			select {
+			case <-e.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+		}
+	}
+}
+
+// drainKeepAlive consumes keep-alive answers until the lease is lost or a
+// new registration is asked for.
+func (e *Etcd) drainKeepAlive(ch <-chan *clientv3.LeaseKeepAliveResponse) {
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
+		case <-e.kick:
+			return
+		case <-e.ctx.Done():
+			return
+		}
+	}
+}
+
+// healthLoop asks etcd a small question every few seconds: the answer (or
+// its absence) is the source's health. Coming back from an outage, it reads
+// everything again, and a worker whose live entry vanished registers again.
+// A worker also does its share of ring upkeep here.
+func (e *Etcd) healthLoop() {
+	every := min(max(e.o.LeaseTTL/3, time.Second), 5*time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(e.ctx, every)
+		err := e.check(ctx)
+		cancel()
+		if e.ctx.Err() != nil {
+			return
+		}
+		e.setHealth(err)
+	}
+}
+
+func (e *Etcd) check(ctx context.Context) error {
+	wasOK := e.health.Load().OK
+	opts := []clientv3.OpOption{clientv3.WithCountOnly(), clientv3.WithPrefix()}
+	key := e.o.Prefix + "/ring/"
+	if e.o.Self != nil {
+		key, opts = e.key("live", e.o.Self.ID), opts[:1]
+	}
+	resp, err := e.cli.Get(ctx, key, opts...)
+	if err != nil {
+		return err
+	}
+	if !wasOK {
+		if err := e.resync(ctx); err != nil {
+			return err
+		}
+	}
+	if e.o.Self != nil {
+		if resp.Count == 0 {
+			select {
+			case e.kick <- struct{}{}:
+			default:
+			}
+		}
+		e.upkeep(ctx)
+	}
+	return nil
+}
+
+// upkeep records when ring members were first seen down, and, on the live
+// worker with the smallest ID, takes out of the ring those down for longer
+// than the ring grace.
+func (e *Etcd) upkeep(ctx context.Context) {
+	e.mu.Lock()
+	var noted, expired []string
+	janitor := !e.leaving
+	for id := range e.live {
+		if _, inRing := e.ring[id]; inRing && id < e.o.Self.ID {
+			janitor = false
+		}
+	}
+	for id := range e.ring {
+		if _, live := e.live[id]; live {
+			continue
+		}
+		d, ok := e.down[id]
+		switch {
+		case !ok:
+			noted = append(noted, id)
+		case janitor && time.Since(d.Since) > e.o.RingGrace:
+			expired = append(expired, id)
+		}
+	}
+	e.mu.Unlock()
+	for _, id := range noted {
+		v, _ := json.Marshal(downEntry{Since: time.Now().UTC()})
+		e.cli.Txn(ctx).If(
+			clientv3.Compare(clientv3.CreateRevision(e.key("live", id)), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(e.key("down", id)), "=", 0),
+		).Then(clientv3.OpPut(e.key("down", id), string(v))).Commit()
+	}
+	for _, id := range expired {
+		resp, err := e.cli.Txn(ctx).If(
+			clientv3.Compare(clientv3.CreateRevision(e.key("live", id)), "=", 0),
+		).Then(clientv3.OpDelete(e.key("ring", id)), clientv3.OpDelete(e.key("down", id))).Commit()
+		if err == nil && resp.Succeeded {
+			e.log.Warn("member left the ring: down for longer than the ring grace", "id", id, "ring_grace", e.o.RingGrace)
+		}
+	}
+}
+
+// watchLoop follows every change under the prefix; when the watch breaks
+// (etcd restarted, compaction), it reads everything again and resumes.
+func (e *Etcd) watchLoop() {
+	for e.ctx.Err() == nil {
+		e.mu.Lock()
+		rev := e.rev
+		e.mu.Unlock()
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(e.ctx))
+		for resp := range e.cli.Watch(wctx, e.o.Prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+			if resp.Err() != nil || resp.Canceled {
+				break
+			}
+			e.apply(resp.Events, resp.Header.Revision)
+		}
+		cancel()
+		for backoff := 100 * time.Millisecond; e.ctx.Err() == nil; backoff = min(2*backoff, 5*time.Second) {
+			ctx, cancel := context.WithTimeout(e.ctx, e.o.DialTimeout)
+			err := e.resync(ctx)
+			cancel()
+			if err == nil {
+				break
+			}
+			select {
+			case <-e.ctx.Done():
+			case <-time.After(backoff):
+			}
+		}
+	}
+}
+
+// resync reads every key of the cluster and rebuilds the view.
+func (e *Etcd) resync(ctx context.Context) error {
+	resp, err := e.cli.Get(ctx, e.o.Prefix+"/", clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.ring, e.live, e.down = map[string]ringEntry{}, map[string]liveEntry{}, map[string]downEntry{}
+	for _, kv := range resp.Kvs {
+		e.put(string(kv.Key), kv.Value)
+	}
+	e.rev = resp.Header.Revision
+	e.mu.Unlock()
+	e.publish()
+	return nil
+}
+
+func (e *Etcd) apply(events []*clientv3.Event, rev int64) {
+	e.mu.Lock()
+	for _, ev := range events {
+		k := string(ev.Kv.Key)
+		if ev.Type == mvccpb.PUT {
+			e.put(k, ev.Kv.Value)
+			continue
+		}
+		kind, id, ok := e.split(k)
+		if !ok {
+			continue
+		}
+		switch kind {
+		case "ring":
+			if self := e.o.Self; self != nil && id == self.ID {
+				if _, live := e.live[id]; live && !e.leaving {
+					// Only `member remove` takes a live member out of the
+					// ring: stay out until restarted.
+					e.leaving = true
+					e.log.Warn("taken out of the ring while running: serving what is cached, owning no keys, until restarted")
+				}
+			}
+			delete(e.ring, id)
+		case "live":
+			delete(e.live, id)
+		case "down":
+			delete(e.down, id)
+		}
+	}
+	e.rev = max(e.rev, rev)
+	e.mu.Unlock()
+	e.publish()
+}
+
+func (e *Etcd) split(key string) (kind, id string, ok bool) {
+	rest, ok := strings.CutPrefix(key, e.o.Prefix+"/")
+	if !ok {
+		return "", "", false
+	}
+	kind, id, ok = strings.Cut(rest, "/")
+	return kind, id, ok && CheckID(id) == nil
+}
+
+// put records one key's value; e.mu is held. A value that does not parse
+// is ignored (and logged): one bad entry must not hide the others.
+func (e *Etcd) put(key string, value []byte) {
+	kind, id, ok := e.split(key)
+	if !ok {
+		return
+	}
+	var err error
+	switch kind {
+	case "ring":
+		var r ringEntry
+		if err = json.Unmarshal(value, &r); err == nil {
+			r.ID = id
+			e.ring[id] = r
+		}
+	case "live":
+		var l liveEntry
+		if err = json.Unmarshal(value, &l); err == nil {
+			if err = CheckAddr(l.Addr); err == nil {
+				l.ID = id
+				e.live[id] = l
+			}
+		}
+	case "down":
+		var d downEntry
+		if err = json.Unmarshal(value, &d); err == nil {
+			e.down[id] = d
+		}
+	}
+	if err != nil {
+		e.log.Warn("ignoring a malformed membership entry", "key", key, "err", err)
+	}
+}
+
+// publish builds the view from the maps and announces it if it changed.
+func (e *Etcd) publish() {
+	e.mu.Lock()
+	var ms []Member
+	for id, r := range e.ring {
+		m := Member{ID: id, Addr: r.Addr, Socket: r.Socket, Host: r.Host, Zone: r.Zone, Weight: r.Weight, State: NotLive, Since: e.down[id].Since}
+		if l, ok := e.live[id]; ok {
+			m = Member{ID: id, Addr: l.Addr, Socket: l.Socket, Host: l.Host, Zone: l.Zone, Weight: r.Weight, State: Live, Since: l.Since}
+		}
+		ms = append(ms, m)
+	}
+	for id, l := range e.live {
+		if _, inRing := e.ring[id]; !inRing {
+			ms = append(ms, Member{ID: id, Addr: l.Addr, Socket: l.Socket, Host: l.Host, Zone: l.Zone, Weight: l.Weight, State: Leaving, Since: l.Since})
+		}
+	}
+	v := NewView(ms)
+	if old := e.view.Load(); old != nil && old.Equal(v) {
+		e.mu.Unlock()
+		return
+	}
+	e.view.Store(v)
+	close(e.changed)
+	e.changed = make(chan struct{})
+	e.mu.Unlock()
+}
+
+// RingGrace is how long a member may stay down before it leaves the ring.
+func (e *Etcd) RingGrace() time.Duration { return e.o.RingGrace }
