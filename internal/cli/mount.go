@@ -111,6 +111,9 @@ same connection, so readers see at most the requests in flight fail.`,
 			if err != nil {
 				return err
 			}
+			if err := g.discoverConfig(); err != nil {
+				return err
+			}
 			cfg, err := g.loadConfig() // a bad config fails here, before anything is mounted
 			if err != nil {
 				return err

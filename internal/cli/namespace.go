@@ -24,6 +24,11 @@ type namespace interface {
 
 // openNamespace opens the namespace the flags ask for.
 func (g *globals) openNamespace() (namespace, error) {
+	if !g.direct {
+		if err := g.discoverConfig(); err != nil {
+			return nil, err
+		}
+	}
 	cfg, err := g.loadConfig()
 	if err != nil {
 		return nil, err

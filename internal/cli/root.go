@@ -74,7 +74,8 @@ Paths name a dataset first: /<dataset>/<path inside it>. Datasets come from
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	pf.BoolVar(&g.direct, "direct", false, "ls, stat and cat read the UFS directly instead of through the cache workers")
 	root.AddCommand(newVersionCmd(g), newConfigCmd(g), newLsCmd(g), newStatCmd(g), newCatCmd(g),
-		newWorkerCmd(g), newUpCmd(g), newStatusCmd(g), newRefreshCmd(g), newMountCmd(g), newUmountCmd(g), newBenchCmd(g))
+		newWorkerCmd(g), newUpCmd(g), newStatusCmd(g), newRefreshCmd(g), newMountCmd(g), newUmountCmd(g), newBenchCmd(g),
+		newLoadCmd(g), newMemberCmd(g))
 	return root
 }
 
@@ -116,7 +117,12 @@ func (g *globals) loadConfig() (*config.Config, error) {
 }
 
 // openClient loads the configuration and makes a client of its workers.
+// Without --config, it uses the one configuration of this machine (see
+// discoverConfig).
 func (g *globals) openClient() (*client.Client, *config.Config, error) {
+	if err := g.discoverConfig(); err != nil {
+		return nil, nil, err
+	}
 	cfg, err := g.loadConfig()
 	if err != nil {
 		return nil, nil, err

@@ -214,9 +214,7 @@ func cutFirst(p string) (string, string, bool) {
 
 // dataKey is the placement key of a block: placed by file and index. A
 // path's metadata lives with its directory's listing (wire.MetaKey).
-func dataKey(ds, p string, idx int64) string {
-	return fmt.Sprintf("d\x00%s\x00%s\x00%d", ds, p, idx)
-}
+func dataKey(ds, p string, idx int64) string { return wire.DataKey(ds, p, idx) }
 
 // owners returns the workers to try for key, best first: the dataset's
 // replicas, spread so that each client reads a key from one of them (its

@@ -80,6 +80,9 @@ func (s *statusWriter) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
+// Unwrap lets http.ResponseController reach the writer's Flush.
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
 // ReadFrom keeps the sendfile path of net/http's writer: io.Copy from a
 // block file to the response becomes a sendfile to the socket.
 func (s *statusWriter) ReadFrom(r io.Reader) (int64, error) {

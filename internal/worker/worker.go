@@ -58,6 +58,7 @@ type Worker struct {
 	readahead chan struct{} // bounds background page fetches
 	pagePool  sync.Pool
 
+	loads      *loadRegistry
 	members    atomic.Pointer[membership.Source]
 	advertised string // the data address peers and clients dial
 	reach      *membership.Reach
@@ -105,6 +106,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 		layout:    cache.Layout{BlockSize: int64(wc.BlockSize), PageSize: int64(wc.PageSize)},
 		readahead: make(chan struct{}, 8),
 		started:   time.Now(),
+		loads:     newLoadRegistry(),
 	}
 	w.reach = &membership.Reach{
 		ProbeAfter: time.Duration(cfg.Client.ProbeAfter), ProbeTimeout: time.Duration(cfg.Client.ConnectTimeout),
@@ -267,6 +269,9 @@ func (w *Worker) apiMux(local bool) http.Handler {
 	mux.HandleFunc("POST "+wire.PathRefresh, w.instrument("refresh", w.handleRefresh))
 	mux.HandleFunc("GET "+wire.PathUFSRead, w.instrument("ufs_read", w.handleUFSRead))
 	mux.HandleFunc("GET "+wire.PathStatus, w.handleStatus)
+	mux.HandleFunc("POST "+wire.PathLoad, w.instrument("load", w.handleLoad))
+	mux.HandleFunc("GET "+wire.PathLoads, w.handleLoads)
+	mux.HandleFunc("POST "+wire.PathLoadEnd, w.handleLoadEnd)
 	mux.HandleFunc("GET "+wire.PathPing, func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusNoContent) })
 	if local {
 		mux.HandleFunc("GET "+wire.PathLocal, w.instrument("local", w.handleLocal))
