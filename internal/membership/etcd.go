@@ -15,6 +15,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // The keys of a cluster in etcd, under its prefix (default /granary):
@@ -146,6 +148,12 @@ func OpenEtcd(ctx context.Context, o EtcdOptions) (*Etcd, error) {
 		DialKeepAliveTimeout: o.LeaseTTL / 3,
 		TLS:                  o.TLS,
 		Logger:               zap.NewNop(),
+		// gRPC's default reconnect backoff grows to two minutes: after an
+		// outage, members would converge that much later.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: o.DialTimeout,
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("membership: etcd %s: %w", strings.Join(o.Endpoints, ","), err)
