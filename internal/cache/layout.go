@@ -3,11 +3,14 @@
 // blocks, the unit of placement, and each block into pages, the unit of
 // fetching and checksumming. A block is one plain file on one tier, named from
 // the dataset, path, UFS version and block index, so a changed UFS file never
-// meets its old bytes, and so a block can be sent with sendfile, read directly
+// meets its old bytes, and so a block can be sent from its file, read directly
 // by a reader on the same node, or handed to the kernel for FUSE passthrough.
 //
 // Page presence and a CRC32C per page are kept in a journal per tier (see
-// journal.go) that survives restarts. Tiers are kept under their high
+// journal.go) that survives restarts. A page is checked against its CRC at
+// every read (ReadPage), never trusted because it was checked once, and a
+// background scrub (scrub.go) checks the pages nobody reads; a page that
+// fails is dropped, to be fetched again. Tiers are kept under their high
 // watermark by evicting least-recently-used blocks down to the low one; MEM
 // demotes to the next tier rather than dropping.
 package cache

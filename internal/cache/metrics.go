@@ -13,6 +13,8 @@ type Metrics struct {
 	evictions *prometheus.CounterVec
 	corrupted prometheus.Counter
 	errs      *prometheus.CounterVec
+
+	scrubbedBytes prometheus.Counter
 }
 
 // NewMetrics creates the store's series and registers them with reg.
@@ -25,7 +27,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"tier", "action"}),
 		corrupted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "granary_cache_corrupt_pages_total",
-			Help: "Cached pages that failed their CRC32C check and were fetched again.",
+			Help: "Cached pages that failed their CRC32C check (when served, checked for a short-circuit or passthrough reader, or scrubbed) and were dropped to be fetched again.",
+		}),
+		scrubbedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "granary_cache_scrubbed_bytes_total",
+			Help: "Bytes of cached pages checked against their CRC32C by the background scrub.",
 		}),
 		errs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "granary_cache_store_errors_total",
@@ -33,7 +39,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.evictions, m.corrupted, m.errs)
+		reg.MustRegister(m.evictions, m.corrupted, m.errs, m.scrubbedBytes)
 	}
 	return m
 }
@@ -86,4 +92,10 @@ func (m *Metrics) storeError(err error) {
 		reason = "no_space"
 	}
 	m.errs.WithLabelValues(reason).Inc()
+}
+
+func (m *Metrics) scrubbed(n int64) {
+	if m != nil {
+		m.scrubbedBytes.Add(float64(n))
+	}
 }

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"container/list"
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -33,6 +34,17 @@ type Config struct {
 	Pinned func(dataset string) bool
 	// Metrics, if set, receives the store's counters.
 	Metrics *Metrics
+	// ScrubRate bounds the background check of every stored page, in
+	// bytes per second; 0 disables it. ScrubInterval is the pause between
+	// two full passes (default DefaultScrubInterval).
+	ScrubRate     int64
+	ScrubInterval time.Duration
+	// Repair, if set, is told of each page the scrub found corrupt and
+	// dropped, so that it is fetched again before a reader needs it: the
+	// kernel reading a block file for FUSE passthrough never asks for the
+	// page again by itself. It runs on the scrub's goroutine, without the
+	// store's lock; ctx ends when the store is closed.
+	Repair func(ctx context.Context, b *Block, page int)
 }
 
 // Errors a caller handles by serving straight from the UFS.
@@ -45,10 +57,15 @@ var (
 	ErrGone = errors.New("block no longer cached here")
 )
 
+// page is what the store knows of one page of a block. No page is ever
+// trusted for longer than one read: a disk, a memory tier or a stray write
+// can change a block file at any time, so every read is checked against crc.
 type page struct {
-	crc      uint32
-	present  bool
-	verified bool // checked against crc since this process stored or loaded it
+	crc     uint32
+	present bool
+	// gen counts the times the page was stored, so that a check that read
+	// an older copy never drops a newer one.
+	gen uint32
 }
 
 // Block is one cached block. Its state is guarded by the Store's lock.
@@ -92,7 +109,13 @@ type Store struct {
 	closeOnce sync.Once
 	kick      chan struct{}
 	stop      chan struct{}
-	done      chan struct{}
+	loops     sync.WaitGroup // the evictor and the scrubber
+	// ctx ends at Close, for the scrubber's waits.
+	ctx    context.Context
+	cancel context.CancelFunc
+	repair func(context.Context, *Block, int)
+	// pageBufs holds page-sized buffers for checks.
+	pageBufs sync.Pool
 }
 
 // Open opens the tiers, replays their journals and checks the result against
@@ -105,11 +128,16 @@ func Open(cfg Config) (*Store, error) {
 	if len(cfg.Tiers) == 0 {
 		return nil, errors.New("cache: no tiers")
 	}
-	s := &Store{
-		layout: cfg.Layout, pinned: cfg.Pinned, m: cfg.Metrics,
-		blocks: map[blockID]*Block{},
-		kick:   make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	if cfg.ScrubRate < 0 || cfg.ScrubInterval < 0 {
+		return nil, fmt.Errorf("cache: scrub rate %d and interval %v must not be negative", cfg.ScrubRate, cfg.ScrubInterval)
 	}
+	s := &Store{
+		layout: cfg.Layout, pinned: cfg.Pinned, m: cfg.Metrics, repair: cfg.Repair,
+		blocks: map[blockID]*Block{},
+		kick:   make(chan struct{}, 1), stop: make(chan struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.pageBufs.New = func() any { b := make([]byte, s.layout.PageSize); return &b }
 	if s.pinned == nil {
 		s.pinned = func(string) bool { return false }
 	}
@@ -124,7 +152,14 @@ func Open(cfg Config) (*Store, error) {
 	if s.m != nil {
 		s.m.register(s)
 	}
-	go s.evictLoop()
+	s.loops.Go(s.evictLoop)
+	if cfg.ScrubRate > 0 {
+		interval := cfg.ScrubInterval
+		if interval == 0 {
+			interval = DefaultScrubInterval
+		}
+		s.loops.Go(func() { s.scrubLoop(cfg.ScrubRate, interval) })
+	}
 	s.Kick()
 	return s, nil
 }
@@ -224,12 +259,14 @@ func (b *Block) records() []journalRecord {
 	return recs
 }
 
-// Close stops eviction and closes the journals. Blocks stay on disk.
+// Close stops eviction and scrubbing and closes the journals. Blocks stay
+// on disk.
 func (s *Store) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		close(s.stop)
-		<-s.done
+		s.cancel()
+		s.loops.Wait()
 		err = s.closeJournals()
 	})
 	return err
@@ -357,7 +394,7 @@ func (s *Store) WritePage(b *Block, p int, data []byte) error {
 		}
 		return err
 	}
-	b.pages[p] = page{crc: crc, present: true, verified: true}
+	b.pages[p] = page{crc: crc, present: true, gen: b.pages[p].gen + 1}
 	t.live++
 	s.mu.Unlock()
 	return nil
@@ -408,43 +445,68 @@ func (s *Store) Open(b *Block) (*File, error) {
 	return nil, ErrGone
 }
 
-// Verify checks pages [first, last] of an open block against their
-// checksums, once per page per process: a page is trusted after it was
-// stored or checked. A page that fails is dropped (to be fetched again) and
-// ErrCorrupt returned.
-func (s *Store) Verify(f *File, first, last int) error {
+// ReadPage reads page p of an open block into buf, which must hold a page,
+// and checks it against its CRC32C: every time, since nothing can tell that
+// a block file kept its bytes since the last check. A page that fails is
+// dropped (to be fetched again), counted and logged, and ErrCorrupt is
+// returned; ErrGone means the page is not stored (any more).
+func (s *Store) ReadPage(f *File, p int, buf []byte) ([]byte, error) {
 	b := f.Block
-	var buf []byte
+	s.mu.Lock()
+	if p < 0 || p >= len(b.pages) || !b.pages[p].present {
+		s.mu.Unlock()
+		return nil, ErrGone
+	}
+	pg := b.pages[p]
+	s.mu.Unlock()
+	n := s.layout.PageLen(b.Length, p)
+	if int64(len(buf)) < n {
+		return nil, fmt.Errorf("cache: page %d of %s: a buffer of %d bytes cannot hold its %d", p, b.Key, len(buf), n)
+	}
+	buf = buf[:n]
+	k, err := f.ReadAt(buf, int64(p)*s.layout.PageSize)
+	if err != nil && err != io.EOF {
+		return nil, fmt.Errorf("read page %d of %s: %w", p, b.Key, err)
+	}
+	if int64(k) == n && crc32c(buf) == pg.crc {
+		return buf, nil
+	}
+	// Short (the file was cut) or changed: either way not the stored page.
+	s.corrupt(b, p, pg)
+	return nil, fmt.Errorf("%w: %s page %d", ErrCorrupt, b.Key, p)
+}
+
+// corrupt drops page p of b, which failed its check when it was seen, unless
+// it was stored again since: then the check may have read a page being
+// rewritten, and the new copy is left alone. Only the call that drops the
+// page counts it, so that a page is counted once however many readers saw
+// it fail.
+func (s *Store) corrupt(b *Block, p int, seen page) {
+	s.mu.Lock()
+	cur := b.pages[p]
+	dropped := cur.present && cur.gen == seen.gen
+	if dropped {
+		b.pages[p].present = false
+		if !b.removed {
+			b.tier.live-- // its record is no longer among b.records()
+		}
+	}
+	tier := b.tier.Name
+	s.mu.Unlock()
+	if dropped {
+		s.m.corrupt()
+		slog.Warn("cached page failed its checksum; it will be fetched again", "block", b.Key.String(), "page", p, "tier", tier)
+	}
+}
+
+// Verify checks pages [first, last] of an open block against their
+// checksums, as ReadPage does, and returns the first failure.
+func (s *Store) Verify(f *File, first, last int) error {
+	bufp := s.pageBufs.Get().(*[]byte)
+	defer s.pageBufs.Put(bufp)
 	for p := first; p <= last; p++ {
-		s.mu.Lock()
-		if p >= len(b.pages) || !b.pages[p].present {
-			s.mu.Unlock()
-			return ErrGone
-		}
-		pg := b.pages[p]
-		s.mu.Unlock()
-		if pg.verified {
-			continue
-		}
-		n := s.layout.PageLen(b.Length, p)
-		if int64(cap(buf)) < n {
-			buf = make([]byte, n)
-		}
-		buf = buf[:n]
-		if _, err := f.ReadAt(buf, int64(p)*s.layout.PageSize); err != nil && err != io.EOF {
+		if _, err := s.ReadPage(f, p, *bufp); err != nil {
 			return err
-		}
-		ok := crc32c(buf) == pg.crc
-		s.mu.Lock()
-		if b.pages[p].crc == pg.crc && b.pages[p].present {
-			b.pages[p].verified = ok
-			b.pages[p].present = ok
-		}
-		s.mu.Unlock()
-		if !ok {
-			s.m.corrupt()
-			slog.Warn("cached page failed its checksum; it will be fetched again", "block", b.Key.String(), "page", p, "tier", b.tier.Name)
-			return fmt.Errorf("%w: %s page %d", ErrCorrupt, b.Key, p)
 		}
 	}
 	return nil
@@ -526,7 +588,6 @@ func (s *Store) Kick() {
 }
 
 func (s *Store) evictLoop() {
-	defer close(s.done)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {

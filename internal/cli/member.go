@@ -77,4 +77,3 @@ joins again: stop it first to take it out for good.`,
 	cmd.AddCommand(list, remove)
 	return cmd
 }
-

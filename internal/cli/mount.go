@@ -188,6 +188,7 @@ func serveMountAdmin(addr string, m *mount.Mount, c *client.Client) (string, fun
 	gauge("granary_mount_daemon_reads_total", "READ requests served by the granary process.", func(s mount.Stats) int64 { return s.DaemonReads })
 	gauge("granary_mount_daemon_read_bytes_total", "Bytes of READ requests served by the granary process.", func(s mount.Stats) int64 { return s.DaemonReadBytes })
 	gauge("granary_mount_errors_total", "Requests that failed with an error other than ENOENT.", func(s mount.Stats) int64 { return s.Errors })
+	reg.MustRegister(c.Collector())
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)

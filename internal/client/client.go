@@ -12,12 +12,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"iter"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
-	"math/rand/v2"
 	"net/url"
 	"os"
 	"slices"
@@ -114,8 +113,10 @@ func NewWithMembership(cfg *config.Config, src membership.Source) *Client {
 	}
 	c.reach = &membership.Reach{
 		ProbeAfter: time.Duration(cfg.Client.ProbeAfter), ProbeTimeout: connect,
-		Probe:  c.ping,
-		OnDown: func(id string, err error) { slog.Warn("worker marked down; reading from the next owner", "worker", id, "err", err) },
+		Probe: c.ping,
+		OnDown: func(id string, err error) {
+			slog.Warn("worker marked down; reading from the next owner", "worker", id, "err", err)
+		},
 	}
 	for _, ds := range cfg.Datasets {
 		c.datasets[ds.Name] = ds
@@ -381,22 +382,15 @@ func (s source) List(ctx context.Context, dir string) iter.Seq2[[]ufs.FileInfo, 
 		var all []ufs.FileInfo
 		q := url.Values{"ds": {s.ds.Name}, "path": {dir}}
 		err := s.c.try(ctx, s.c.owners(wire.MetaKey(s.ds.Name, dir), s.ds.Replicas), func(ctx context.Context, m placement.Member) error {
-			all = all[:0]
 			resp, err := s.c.get(ctx, m, wire.PathList, q, nil, "list", s.ds.Name, dir)
 			if err != nil {
 				return err
 			}
 			defer resp.Body.Close()
-			dec := jsonLines(resp.Body)
-			for {
-				var w wire.FileInfo
-				if err := dec.Decode(&w); err == io.EOF {
-					return nil
-				} else if err != nil {
-					return fmt.Errorf("%w: listing of /%s/%s cut short: %v", wire.ErrWorker, s.ds.Name, dir, err)
-				}
-				all = append(all, w.Info())
+			if all, err = wire.ReadListing(resp.Body); err != nil {
+				return fmt.Errorf("/%s/%s: %w", s.ds.Name, dir, err)
 			}
+			return nil
 		})
 		if err != nil && s.ds.Fallback == config.FallbackUFS && errors.Is(err, errAllOwnersFailed) {
 			for page, err := range s.c.fallbackList(ctx, s.ds, dir) {

@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,11 +15,6 @@ func decodeJSON(r io.Reader, v any) error {
 		return fmt.Errorf("%w: malformed answer: %v", wire.ErrWorker, err)
 	}
 	return nil
-}
-
-// jsonLines decodes a stream of JSON values, one per line.
-func jsonLines(r io.Reader) *json.Decoder {
-	return json.NewDecoder(bufio.NewReaderSize(r, 64<<10))
 }
 
 func urlEscape(s string) string { return url.QueryEscape(s) }

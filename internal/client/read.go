@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/meta"
@@ -189,81 +190,181 @@ func (c *Client) readRemote(ctx context.Context, m placement.Member, ref wire.Bl
 }
 
 // errNoShortCircuit: the worker cannot hand out this block's file now (it
-// could not cache it); read over HTTP instead.
+// could not cache it, or its pages keep failing their checks); read over
+// HTTP instead, where the worker checks every page it sends.
 var errNoShortCircuit = errors.New("no short-circuit for this block")
 
-// readLocal reads from the block file of a worker on this host.
+// errPageMismatch: a page of a block file does not match its CRC.
+var errPageMismatch = errors.New("page fails its checksum")
+
+// localBlockTTL bounds how long this client trusts a block file it opened:
+// after it, the worker is asked for the block again and every page is
+// checked again, so that bytes that changed on disk after their check are
+// not served for as long as the file stays open.
+const localBlockTTL = 30 * time.Second
+
+// readLocal reads from the block file of a worker on this host, checking each
+// page against its CRC the first time it reads it from that open file. When
+// a page fails, the worker is asked to check the whole block itself (it
+// counts the bad page, drops it and fetches it again) and the file is opened
+// anew; a block that fails twice is read over HTTP.
 func (c *Client) readLocal(ctx context.Context, m placement.Member, ref wire.BlockRef, off int64, buf []byte) error {
 	key := fmt.Sprintf("%s\x00%s\x00%s\x00%d", ref.Dataset, ref.Path, ref.Version, ref.Index)
-	lb := c.local.get(key)
-	if lb == nil {
-		resp, err := c.send(ctx, c.unix[m.ID], http.MethodGet, "http://worker"+wire.PathLocal+"?"+ref.Query().Encode(), nil, "read", ref.Dataset, ref.Path)
-		if err != nil {
-			var ue *ufs.Error
-			if errors.As(err, &ue) {
-				return err // an error of the UFS: the same over HTTP
-			}
-			return fmt.Errorf("%w: %v", errNoShortCircuit, err)
+	var err error
+	for attempt := range 2 {
+		var lb *localBlock
+		if lb, err = c.localBlock(ctx, m, ref, key, attempt > 0); err != nil {
+			return err
 		}
-		var info wire.LocalBlock
-		err = decodeJSON(resp.Body, &info)
-		resp.Body.Close()
-		if err != nil {
-			return fmt.Errorf("%w: %v", errNoShortCircuit, err)
+		err = lb.readAt(buf, off)
+		c.local.release(lb)
+		if err == nil {
+			return nil
 		}
-		fd, err := os.Open(info.File)
-		if err != nil {
-			return fmt.Errorf("%w: %v", errNoShortCircuit, err) // evicted meanwhile
+		c.local.drop(key, lb)
+		if !errors.Is(err, errPageMismatch) {
+			break
 		}
-		lb = c.local.put(key, &localBlock{f: fd, info: info, verified: make([]bool, len(info.CRCs))})
 	}
-	if err := lb.readAt(buf, off); err != nil {
-		c.local.drop(key)
-		return fmt.Errorf("%w: %v", errNoShortCircuit, err)
+	return fmt.Errorf("%w: block %d of /%s/%s: %v", errNoShortCircuit, ref.Index, ref.Dataset, ref.Path, err)
+}
+
+// localBlock returns the block file of key, with a reference for the caller
+// to release: the one this client has open, or else (and always when verify
+// is set) the one the worker names now. With verify, the worker checks every
+// page of the block before it answers; without, this client checks them.
+func (c *Client) localBlock(ctx context.Context, m placement.Member, ref wire.BlockRef, key string, verify bool) (*localBlock, error) {
+	if !verify {
+		if lb := c.local.get(key); lb != nil {
+			return lb, nil
+		}
 	}
-	return nil
+	info, err := c.askLocal(ctx, c.unix[m.ID], ref, verify)
+	if err != nil {
+		var ue *ufs.Error
+		if errors.As(err, &ue) {
+			return nil, err // an error of the UFS: the same over HTTP
+		}
+		return nil, fmt.Errorf("%w: %v", errNoShortCircuit, err)
+	}
+	fd, err := os.Open(info.File)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errNoShortCircuit, err) // evicted meanwhile
+	}
+	return c.local.put(key, &localBlock{f: fd, info: info, verified: make([]bool, len(info.CRCs)), expires: time.Now().Add(localBlockTTL)}), nil
+}
+
+// askLocal asks a worker on this host where the file of a block is.
+func (c *Client) askLocal(ctx context.Context, hc *http.Client, ref wire.BlockRef, verify bool) (wire.LocalBlock, error) {
+	q := ref.Query()
+	q.Set(wire.QueryVerify, "0")
+	if verify {
+		q.Set(wire.QueryVerify, "1")
+	}
+	var info wire.LocalBlock
+	resp, err := c.send(ctx, hc, http.MethodGet, "http://worker"+wire.PathLocal+"?"+q.Encode(), nil, "read", ref.Dataset, ref.Path)
+	if err != nil {
+		return info, err
+	}
+	err = decodeJSON(resp.Body, &info)
+	resp.Body.Close()
+	if err != nil {
+		return info, err
+	}
+	want := min(ref.BlockSize, ref.Size-ref.Index*ref.BlockSize)
+	if info.Length != want || info.PageSize <= 0 || int64(len(info.CRCs)) != (info.Length+info.PageSize-1)/info.PageSize {
+		return info, fmt.Errorf("the worker describes block %d of /%s/%s as %d bytes in %d pages of %d; want %d bytes",
+			ref.Index, ref.Dataset, ref.Path, info.Length, len(info.CRCs), info.PageSize, want)
+	}
+	return info, nil
 }
 
 // localBlock is an open block file of a worker on this host. Each page is
-// checked against its CRC the first time this client reads it.
+// checked against its CRC the first time this client reads it from this
+// open file, which is dropped after localBlockTTL.
 type localBlock struct {
-	f        *os.File
-	info     wire.LocalBlock
+	f       *os.File
+	info    wire.LocalBlock
+	expires time.Time
+	// Guarded by localBlocks.mu: the readers using f, and whether the
+	// block left the set (f is then closed by the last of them).
+	refs    int
+	dropped bool
+
 	mu       sync.Mutex
 	verified []bool
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// readAt fills buf from the block at off: pages checked before are read
+// straight into buf, others read whole, checked and copied.
 func (lb *localBlock) readAt(buf []byte, off int64) error {
-	if off+int64(len(buf)) > lb.info.Length {
-		return fmt.Errorf("read past the end of a %d-byte block", lb.info.Length)
+	end := off + int64(len(buf))
+	if off < 0 || end > lb.info.Length {
+		return fmt.Errorf("read [%d, %d) past the end of a %d-byte block", off, end, lb.info.Length)
 	}
 	ps := lb.info.PageSize
-	first, last := off/ps, (off+int64(len(buf))-1)/ps
-	for p := first; p <= last; p++ {
-		lb.mu.Lock()
-		done := lb.verified[p]
-		lb.mu.Unlock()
-		if done {
+	for p := off / ps; p*ps < end; {
+		if !lb.isVerified(p) {
+			start, stop := max(off, p*ps), min(end, (p+1)*ps)
+			if err := lb.check(p, buf[start-off:stop-off], start); err != nil {
+				return err
+			}
+			p++
 			continue
 		}
-		page := make([]byte, min(ps, lb.info.Length-p*ps))
-		if _, err := lb.f.ReadAt(page, p*ps); err != nil && err != io.EOF {
-			return err
+		q := p // a run of checked pages in one read
+		for (q+1)*ps < end && lb.isVerified(q+1) {
+			q++
 		}
-		if crc32.Checksum(page, castagnoli) != lb.info.CRCs[p] {
-			return fmt.Errorf("page %d of %s fails its checksum", p, lb.f.Name())
+		start, stop := max(off, p*ps), min(end, (q+1)*ps)
+		if n, err := lb.f.ReadAt(buf[start-off:stop-off], start); int64(n) != stop-start {
+			return fmt.Errorf("read %s: %d of %d bytes: %v", lb.f.Name(), n, stop-start, err)
 		}
-		lb.mu.Lock()
-		lb.verified[p] = true
-		lb.mu.Unlock()
+		p = q + 1
 	}
-	_, err := lb.f.ReadAt(buf, off)
-	if err == io.EOF {
-		err = nil
+	return nil
+}
+
+func (lb *localBlock) isVerified(p int64) bool {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return lb.verified[p]
+}
+
+// check reads page p whole, checks it against its CRC and copies its bytes
+// from off on into dst.
+func (lb *localBlock) check(p int64, dst []byte, off int64) error {
+	ps := lb.info.PageSize
+	n := min(ps, lb.info.Length-p*ps)
+	bufp := pageBuf(n)
+	defer pageBufs.Put(bufp)
+	page := (*bufp)[:n]
+	// A short read (the file was cut) fails like changed bytes do.
+	k, err := lb.f.ReadAt(page, p*ps)
+	if err != nil && err != io.EOF {
+		return fmt.Errorf("read %s: %w", lb.f.Name(), err)
 	}
-	return err
+	if int64(k) != n || crc32.Checksum(page, castagnoli) != lb.info.CRCs[p] {
+		return fmt.Errorf("%w: page %d of %s", errPageMismatch, p, lb.f.Name())
+	}
+	copy(dst, page[off-p*ps:])
+	lb.mu.Lock()
+	lb.verified[p] = true
+	lb.mu.Unlock()
+	return nil
+}
+
+// pageBufs holds buffers for checking pages.
+var pageBufs sync.Pool
+
+func pageBuf(n int64) *[]byte {
+	if b, ok := pageBufs.Get().(*[]byte); ok && int64(cap(*b)) >= n {
+		return b
+	}
+	b := make([]byte, n)
+	return &b
 }
 
 // localBlocks keeps a bounded set of open block files.
@@ -275,36 +376,70 @@ type localBlocks struct {
 
 func newLocalBlocks(n int) *localBlocks { return &localBlocks{max: n, files: map[string]*localBlock{}} }
 
+// get returns key's block file with a reference, or nil when there is none
+// or its life is over.
 func (l *localBlocks) get(key string) *localBlock {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.files[key]
+	lb := l.files[key]
+	if lb == nil {
+		return nil
+	}
+	if time.Now().After(lb.expires) {
+		l.removeLocked(key, lb)
+		return nil
+	}
+	lb.refs++
+	return lb
 }
 
+// put adds lb as key's block file, unless another reader added one first,
+// and returns the one kept, with a reference.
 func (l *localBlocks) put(key string, lb *localBlock) *localBlock {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if old := l.files[key]; old != nil {
 		lb.f.Close()
+		old.refs++
 		return old
 	}
 	if len(l.files) >= l.max {
 		for k, v := range l.files { // drop any one: map order is random enough
-			v.f.Close()
-			delete(l.files, k)
+			l.removeLocked(k, v)
 			break
 		}
 	}
+	lb.refs = 1
 	l.files[key] = lb
 	return lb
 }
 
-func (l *localBlocks) drop(key string) {
+// release gives back a reference taken by get or put.
+func (l *localBlocks) release(lb *localBlock) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if lb := l.files[key]; lb != nil {
+	lb.refs--
+	if lb.dropped && lb.refs == 0 {
 		lb.f.Close()
-		delete(l.files, key)
+	}
+}
+
+// drop takes lb out of the set if it is still key's block file.
+func (l *localBlocks) drop(key string, lb *localBlock) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.files[key] == lb {
+		l.removeLocked(key, lb)
+	}
+}
+
+// removeLocked takes lb out of the set; its file is closed now, or by the
+// last reader still using it.
+func (l *localBlocks) removeLocked(key string, lb *localBlock) {
+	delete(l.files, key)
+	lb.dropped = true
+	if lb.refs == 0 {
+		lb.f.Close()
 	}
 }
 
@@ -312,8 +447,7 @@ func (l *localBlocks) closeAll() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for k, lb := range l.files {
-		lb.f.Close()
-		delete(l.files, k)
+		l.removeLocked(k, lb)
 	}
 }
 
@@ -328,7 +462,8 @@ var ErrNoLocalFile = errors.New("no local block file")
 // FUSE mount to hand to the kernel (passthrough). It works for a file that
 // is one block and has an owner running here with short-circuit allowed;
 // otherwise it returns ErrNoLocalFile. The worker makes the block complete
-// and checks every page before it answers.
+// and checks every page before it answers, at each call: a mount calls it
+// once per backing file it registers.
 func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 	c := f.c
 	if f.info.Size == 0 || f.info.Size > f.blockSize() {
@@ -340,15 +475,10 @@ func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 		if !ok {
 			continue
 		}
+		// The kernel reads the file without any check: the worker checks
+		// every page first (and fetches again any that fails).
 		rctx, cancel := context.WithTimeout(ctx, c.timeout)
-		resp, err := c.send(rctx, hc, http.MethodGet, "http://worker"+wire.PathLocal+"?"+ref.Query().Encode(), nil, "read", ref.Dataset, ref.Path)
-		if err != nil {
-			cancel()
-			continue
-		}
-		var info wire.LocalBlock
-		err = decodeJSON(resp.Body, &info)
-		resp.Body.Close()
+		info, err := c.askLocal(rctx, hc, ref, true)
 		cancel()
 		if err != nil || info.Length != f.info.Size {
 			continue

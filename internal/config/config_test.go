@@ -211,3 +211,37 @@ func TestSize(t *testing.T) {
 		t.Errorf("String = %s", s)
 	}
 }
+
+// TestScrubSettings: the scrub runs by default, 0 turns it off, and an
+// interval that would re-read the cache in a loop is refused.
+func TestScrubSettings(t *testing.T) {
+	cfg, err := Parse("scrub.yaml", []byte("worker:\n  state_dir: /tmp/x\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := cfg.Worker; w.ScrubRate() != DefaultScrubRate || w.ScrubInterval != DefaultScrubInterval {
+		t.Errorf("defaults: rate %d, interval %v", w.ScrubRate(), w.ScrubInterval)
+	}
+	cfg, err = Parse("scrub.yaml", []byte("worker:\n  scrub_bytes_per_second: 0\n  scrub_interval: 30m\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := cfg.Worker; w.ScrubRate() != 0 || time.Duration(w.ScrubInterval) != 30*time.Minute {
+		t.Errorf("0 must turn the scrub off: rate %d, interval %v", w.ScrubRate(), w.ScrubInterval)
+	}
+	out, err := cfg.YAML()
+	if err != nil || !strings.Contains(string(out), "scrub_bytes_per_second: \"0\"") && !strings.Contains(string(out), "scrub_bytes_per_second: 0") {
+		t.Errorf("printed config lacks the scrub setting (%v):\n%s", err, out)
+	}
+	if back, err := Parse("printed.yaml", out); err != nil || back.Worker.ScrubRate() != 0 {
+		t.Errorf("printed config reads back as %v, %v", back, err)
+	}
+	for doc, want := range map[string]string{
+		"worker:\n  scrub_bytes_per_second: -1MiB\n": "bad.yaml:2: worker.scrub_bytes_per_second: expected a size",
+		"worker:\n  scrub_interval: 10ms\n":          "bad.yaml:2: worker.scrub_interval: 10ms is too short",
+	} {
+		if _, err := Parse("bad.yaml", []byte(doc)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v; want an error containing %q", doc, err, want)
+		}
+	}
+}

@@ -2,13 +2,14 @@
 // so that both sides agree: paths, query parameters, the JSON of attributes
 // and errors, and how error classes travel as status codes.
 //
-// Data is plain HTTP range reads of one block, so a hit is a sendfile from the
-// block file to the socket; metadata is small JSON, listings are streamed as
-// one JSON object per line so that a huge directory never sits whole in a
-// buffer.
+// Data is plain HTTP range reads of one block, so a hit is a read of the
+// block file (each page checked against its CRC32C) written to the socket;
+// metadata is small JSON, listings are streamed as one JSON object per line
+// so that a huge directory never sits whole in a buffer.
 package wire
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -72,6 +73,28 @@ func (w FileInfo) Info() ufs.FileInfo {
 		fi.ModTime = time.Unix(0, w.MTime)
 	}
 	return fi
+}
+
+// DataKey is the placement key of block idx of a file: blocks are placed by
+// file and index.
+func DataKey(ds, p string, idx int64) string {
+	return "d\x00" + ds + "\x00" + p + "\x00" + strconv.FormatInt(idx, 10)
+}
+
+// ReadListing decodes a listing (PathList: one FileInfo per line) until
+// its end. A listing cut short is the worker's fault.
+func ReadListing(r io.Reader) ([]ufs.FileInfo, error) {
+	var all []ufs.FileInfo
+	dec := json.NewDecoder(bufio.NewReaderSize(r, 64<<10))
+	for {
+		var w FileInfo
+		if err := dec.Decode(&w); err == io.EOF {
+			return all, nil
+		} else if err != nil {
+			return all, fmt.Errorf("%w: listing cut short: %v", ErrWorker, err)
+		}
+		all = append(all, w.Info())
+	}
 }
 
 // MetaKey is the placement key of a directory's metadata: its owner lists
@@ -187,9 +210,16 @@ func truncate(s string) string {
 
 // Status is what a worker reports about itself (PathStatus).
 type Status struct {
-	ID       string                   `json:"id"`
-	Addr     string                   `json:"addr"`
-	Tiers    []TierStatus             `json:"tiers"`
+	ID    string    `json:"id"`
+	Addr  string    `json:"addr"`
+	Host  string    `json:"host,omitempty"`
+	Zone  string    `json:"zone,omitempty"`
+	Since time.Time `json:"since"` // when the process started
+	// Membership says whether the worker is in touch with its membership
+	// backend, in a line.
+	Membership   string                   `json:"membership,omitempty"`
+	MembershipOK bool                     `json:"membership_ok"`
+	Tiers        []TierStatus             `json:"tiers"`
 	Hits     int64                    `json:"page_hits"`
 	Misses   int64                    `json:"page_misses"`
 	Datasets map[string]DatasetStatus `json:"datasets"`
@@ -209,4 +239,22 @@ type DatasetStatus struct {
 	UFS         ufs.Stats `json:"ufs"`
 	Directories int       `json:"cached_directories"`
 	Entries     int       `json:"cached_entries"`
+	// CachedBytes is the bytes of the dataset this worker holds as an
+	// owner (near copies apart).
+	CachedBytes int64 `json:"cached_bytes"`
+	// Usage is the dataset's size on the UFS, on the worker that measures
+	// it (the owner of its root listing); nil elsewhere.
+	Usage *UFSUsage `json:"ufs_usage,omitempty"`
+}
+
+// UFSUsage is a dataset's size on the UFS, measured in the background: its
+// figures grow until Complete.
+type UFSUsage struct {
+	Files    int64     `json:"files"`
+	Bytes    int64     `json:"bytes"`
+	Dirs     int64     `json:"directories"`
+	Complete bool      `json:"complete"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+	Error    string    `json:"error,omitempty"`
 }

@@ -28,8 +28,8 @@ type blockReq struct {
 }
 
 // loaded is a block made ready to serve pages [first, last]: stored pages
-// are read from file (opened and checked), pages that could not be stored
-// are held in mem.
+// are read from file (and checked as they are read), pages that could not
+// be stored are held in mem.
 type loaded struct {
 	b       *cache.Block
 	file    *cache.File
@@ -44,8 +44,17 @@ func (l *loaded) close() {
 	}
 }
 
+// source is where page p's bytes come from, for the served-bytes counter.
+func (l *loaded) source(p int) string {
+	if l.fetched[p] {
+		return "ufs"
+	}
+	return l.tier
+}
+
 // handleBlock serves a byte range of one block: from its file on a tier
-// (sendfile) when cached, after fetching missing pages from the UFS.
+// when cached, after fetching missing pages from the UFS. Every stored page
+// is checked against its CRC32C as it is sent.
 func (w *Worker) handleBlock(rw http.ResponseWriter, r *http.Request) {
 	req, ok := w.parseBlockRequest(rw, r)
 	if !ok {
@@ -62,12 +71,22 @@ func (w *Worker) handleBlock(rw http.ResponseWriter, r *http.Request) {
 	}
 	ps := w.layout.PageSize
 	req.first, req.last = int(off/ps), int((off+n-1)/ps)
-	l, err := w.load(r.Context(), req)
+	ctx := r.Context()
+	l, err := w.load(ctx, req)
 	if err != nil {
 		wire.WriteError(rw, err)
 		return
 	}
 	defer l.close()
+	bufp := w.pagePool.Get().(*[]byte)
+	defer w.pagePool.Put(bufp)
+	// The first page is read and checked before the status goes out, so
+	// that a failure there reaches the client as an error, not a cut body.
+	first, err := w.page(ctx, l, req, req.first, *bufp)
+	if err != nil {
+		wire.WriteError(rw, fmt.Errorf("serve %s: %w", req.key, err))
+		return
+	}
 
 	h := rw.Header()
 	h.Set("Content-Length", strconv.FormatInt(n, 10))
@@ -81,7 +100,7 @@ func (w *Worker) handleBlock(rw http.ResponseWriter, r *http.Request) {
 		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, off+n-1, req.blen))
 		rw.WriteHeader(http.StatusPartialContent)
 	}
-	if err := w.send(rw, l, req, off, n); err != nil {
+	if err := w.send(ctx, rw, l, req, off, n, first, *bufp); err != nil {
 		w.log.Debug("block send failed", "block", req.key.String(), "err", err)
 		return
 	}
@@ -132,49 +151,97 @@ func (w *Worker) blockRequest(ref wire.BlockRef) (blockReq, error) {
 // one tier.
 const maxBlockSize = 64 << 30
 
-// send writes bytes [off, off+n) of the block: runs of stored pages straight
-// from the file (sendfile), pages held in memory from there.
-func (w *Worker) send(rw http.ResponseWriter, l *loaded, req blockReq, off, n int64) error {
+// send writes bytes [off, off+n) of the block, page by page, starting with
+// the first page's bytes, already in hand. Each stored page is read into buf
+// and checked against its CRC32C at every send, never trusted because it was
+// checked before: a disk, a memory tier or a stray write can change a block
+// file at any time, and a page served unchecked reaches the reader as it is.
+// The cost is a copy where sendfile used to send the file's pages without
+// one; zero-copy is to come back with a protocol that carries the CRCs to
+// the reader, who then checks them itself.
+func (w *Worker) send(ctx context.Context, rw io.Writer, l *loaded, req blockReq, off, n int64, data, buf []byte) error {
 	ps := w.layout.PageSize
 	end := off + n
-	for p := req.first; p <= req.last; {
-		start := max(off, int64(p)*ps)
-		if data, ok := l.mem[p]; ok {
-			stop := min(end, int64(p+1)*ps)
-			if _, err := rw.Write(data[start-int64(p)*ps : stop-int64(p)*ps]); err != nil {
-				return err
-			}
-			w.m.bytes.WithLabelValues("ufs").Add(float64(stop - start))
-			p++
-			continue
-		}
-		// A run of stored pages in one copy.
-		q := p
-		for q+1 <= req.last && l.mem[q+1] == nil {
-			q++
-		}
-		stop := min(end, int64(q+1)*ps)
-		if _, err := l.file.Seek(start, io.SeekStart); err != nil {
+	for p := req.first; ; p++ {
+		base := int64(p) * ps
+		start, stop := max(off, base), min(end, base+int64(len(data)))
+		if _, err := rw.Write(data[start-base : stop-base]); err != nil {
 			return err
 		}
-		if _, err := io.Copy(rw, io.LimitReader(l.file.File, stop-start)); err != nil {
+		w.m.bytes.WithLabelValues(l.source(p)).Add(float64(stop - start))
+		if p == req.last {
+			return nil
+		}
+		var err error
+		if data, err = w.page(ctx, l, req, p+1, buf); err != nil {
 			return err
 		}
-		for i := p; i <= q; i++ {
-			src := l.tier
-			if l.fetched[i] {
-				src = "ufs"
-			}
-			w.m.bytes.WithLabelValues(src).Add(float64(min(stop, int64(i+1)*ps) - max(start, int64(i)*ps)))
-		}
-		p = q + 1
 	}
+}
+
+// page returns the bytes of page p of a loaded block: held in memory, or
+// read from the block file into buf and checked. A page that fails its
+// check (the store drops and counts it) or that went meanwhile is fetched
+// from the UFS again, so that the reader gets the right bytes whatever the
+// file held.
+func (w *Worker) page(ctx context.Context, l *loaded, req blockReq, p int, buf []byte) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		if data, ok := l.mem[p]; ok {
+			return data, nil
+		}
+		data, err := w.readPage(l, req, p, buf)
+		if err == nil || attempt == 2 || !(errors.Is(err, cache.ErrCorrupt) || errors.Is(err, cache.ErrGone)) {
+			return data, err
+		}
+		if err := w.refetch(ctx, l, req, p); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// readPage reads page p from the block file. A page this request fetched
+// from the UFS itself is not checked again: its CRC was computed from the
+// very bytes written.
+func (w *Worker) readPage(l *loaded, req blockReq, p int, buf []byte) ([]byte, error) {
+	if !l.fetched[p] {
+		return w.store.ReadPage(l.file, p, buf)
+	}
+	n := w.layout.PageLen(req.blen, p)
+	k, err := l.file.ReadAt(buf[:n], int64(p)*w.layout.PageSize)
+	if int64(k) == n {
+		return buf[:n], nil
+	}
+	return nil, fmt.Errorf("read page %d of %s: %d of %d bytes: %v", p, req.key, k, n, err)
+}
+
+// refetch fetches page p from the UFS again after its stored copy failed.
+// Stored again, it is read from the block's file as it is now (a demotion
+// may have moved it since the request opened it) and checked once more:
+// another request may have stored it, and a disk that just corrupted it
+// may do so again.
+func (w *Worker) refetch(ctx context.Context, l *loaded, req blockReq, p int) error {
+	data, err := w.fetchPage(ctx, req, l.b, p)
+	if err != nil {
+		return err
+	}
+	if data != nil {
+		l.mem[p] = data
+		l.fetched[p] = true
+		return nil
+	}
+	f, err := w.store.Open(l.b)
+	if err != nil {
+		return err
+	}
+	l.file.Close()
+	l.file = f
+	l.tier = strings.ToLower(w.store.TierOf(l.b))
 	return nil
 }
 
 // load makes pages [first, last] of a block servable: it fetches the
 // missing ones (one UFS read per page however many requests want it) and
-// checks the stored ones against their CRC, fetching again any that fail.
+// opens the block file. Stored pages are checked when they are read.
 func (w *Worker) load(ctx context.Context, req blockReq) (*loaded, error) {
 	l := &loaded{mem: map[int][]byte{}, fetched: map[int]bool{}}
 	for attempt := 0; ; attempt++ {
@@ -194,34 +261,14 @@ func (w *Worker) load(ctx context.Context, req blockReq) (*loaded, error) {
 		f, err := w.store.Open(l.b)
 		if err == nil {
 			l.tier = strings.ToLower(w.store.TierOf(l.b))
-			err = w.verify(f, req, l)
-		}
-		if err == nil {
 			l.file = f
 			return l, nil
 		}
-		if f != nil {
-			f.Close()
-		}
-		if attempt == 2 || !(errors.Is(err, cache.ErrCorrupt) || errors.Is(err, cache.ErrGone)) {
+		if attempt == 2 || !errors.Is(err, cache.ErrGone) {
 			return nil, fmt.Errorf("serve %s: %w", req.key, err)
 		}
-		// A page failed its checksum, or the block was evicted meanwhile:
-		// fetch what is missing again.
+		// The block was evicted meanwhile: fetch what is missing again.
 	}
-}
-
-// verify checks the stored pages of the request.
-func (w *Worker) verify(f *cache.File, req blockReq, l *loaded) error {
-	for p := req.first; p <= req.last; p++ {
-		if l.mem[p] != nil {
-			continue
-		}
-		if err := w.store.Verify(f, p, p); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // fetchMissing fetches, in parallel, the pages of the request that are
@@ -337,28 +384,55 @@ func (w *Worker) readAhead(req blockReq, b *cache.Block) {
 	}
 }
 
-// handleLocal, on the unix socket only, makes a whole block cached and
-// checked and says where its file is, so that a client on this host can read
-// it directly (short-circuit). A block that cannot be cached is refused; the
-// client then reads it over HTTP.
+// handleLocal, on the unix socket only, makes a whole block cached and says
+// where its file is, so that a client on this host can read it directly
+// (short-circuit) or hand it to the kernel (FUSE passthrough). Unless the
+// client says it checks every page against the CRCs itself (verify=0),
+// every page of the block is checked first, each time it is asked, and one
+// that fails is fetched again: the kernel reads a passthrough file without
+// any check. A block that cannot be cached is refused; the client then
+// reads it over HTTP.
 func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
 	req, ok := w.parseBlockRequest(rw, r)
 	if !ok {
 		return
 	}
 	req.first, req.last = 0, w.layout.Pages(req.blen)-1
-	l, err := w.load(r.Context(), req)
+	ctx := r.Context()
+	l, err := w.load(ctx, req)
 	if err != nil {
 		wire.WriteError(rw, err)
 		return
 	}
 	defer l.close()
+	if l.file != nil && r.URL.Query().Get(wire.QueryVerify) != "0" {
+		if err := w.verifyBlock(ctx, l, req); err != nil {
+			wire.WriteError(rw, fmt.Errorf("check %s: %w", req.key, err))
+			return
+		}
+	}
 	if l.file == nil || len(l.mem) > 0 {
 		http.Error(rw, "block cannot be cached on this worker now", http.StatusConflict)
 		return
 	}
 	rw.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(rw).Encode(wire.LocalBlock{File: l.file.Path, Length: req.blen, PageSize: w.layout.PageSize, CRCs: w.store.PageCRCs(l.b)})
+}
+
+// verifyBlock checks every page of a loaded block, fetching again the ones
+// that fail.
+func (w *Worker) verifyBlock(ctx context.Context, l *loaded, req blockReq) error {
+	bufp := w.pagePool.Get().(*[]byte)
+	defer w.pagePool.Put(bufp)
+	for p := req.first; p <= req.last; p++ {
+		if l.fetched[p] {
+			continue // fetched by this request: its CRC is of these bytes
+		}
+		if _, err := w.page(ctx, l, req, p, *bufp); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // parseRange parses a single "bytes=a-b" range of a block of size bytes.

@@ -12,12 +12,20 @@ import (
 
 // Status returns the worker's current status.
 func (w *Worker) Status() wire.Status {
-	st := wire.Status{ID: w.ID(), Addr: w.Addr(), Datasets: map[string]wire.DatasetStatus{},
+	h := w.MembershipHealth()
+	st := wire.Status{ID: w.ID(), Addr: w.advertised, Host: w.cfg.Worker.Host, Zone: w.cfg.Worker.Zone, Since: w.started,
+		Membership: h.String(), MembershipOK: h.OK, Datasets: map[string]wire.DatasetStatus{},
 		Hits: counter(w.m.pages.WithLabelValues("hit")), Misses: counter(w.m.pages.WithLabelValues("miss"))}
+	cached := w.store.DatasetBytes()
 	for _, name := range w.datasets.Names() {
 		d, _ := w.datasets.Get(name)
 		dirs, entries, singles := w.metas[name].Len()
-		st.Datasets[name] = wire.DatasetStatus{UFS: d.Counts.Stats(), Directories: dirs, Entries: entries + singles}
+		ds := wire.DatasetStatus{UFS: d.Counts.Stats(), Directories: dirs, Entries: entries + singles, CachedBytes: cached[name]}
+		if s := w.scans[name]; s.started.Load() != nil {
+			u := s.status()
+			ds.Usage = &u
+		}
+		st.Datasets[name] = ds
 	}
 	for _, t := range w.store.Stats() {
 		st.Tiers = append(st.Tiers, wire.TierStatus(t))

@@ -48,6 +48,7 @@ type Worker struct {
 	log      *slog.Logger
 	datasets *dataset.Set
 	metas    map[string]*meta.Cache
+	scans    map[string]*scan // the dataset's size on the UFS
 	store    *cache.Store
 	layout   cache.Layout
 	token    string
@@ -103,6 +104,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 	w := &Worker{
 		cfg: cfg, log: log.With("worker", wc.ID), token: cfg.Auth.Token, reg: reg, m: newMetrics(reg),
 		metas:     map[string]*meta.Cache{},
+		scans:     map[string]*scan{},
 		layout:    cache.Layout{BlockSize: int64(wc.BlockSize), PageSize: int64(wc.PageSize)},
 		readahead: make(chan struct{}, 8),
 		started:   time.Now(),
@@ -124,6 +126,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 		mc := meta.New(ds.Name, ds.MetadataSync.Interval)
 		mc.Merged = func() { w.m.merged.WithLabelValues("metadata").Inc() }
 		w.metas[ds.Name] = mc
+		w.scans[ds.Name] = &scan{}
 		pinned[ds.Name] = ds.Pin
 	}
 	tiers := make([]cache.TierConfig, len(wc.Tiers))
@@ -222,6 +225,7 @@ func (w *Worker) Serve(ctx context.Context) error {
 			}
 		})
 	}
+	w.bg.Go(func() { w.scanLoop(w.bgCtx) })
 	w.log.Info("worker serving", "data", w.Addr(), "admin", w.AdminAddr(), "socket", w.Socket(),
 		"datasets", strings.Join(w.datasets.Names(), ","))
 	var err error
