@@ -57,12 +57,15 @@ var (
 	ErrGone = errors.New("block no longer cached here")
 )
 
-// page is what the store knows of one page of a block. No page is ever
-// trusted for longer than one read: a disk, a memory tier or a stray write
-// can change a block file at any time, so every read is checked against crc.
+// page is what the store knows of one page of a block. A check holds only
+// while the block file does not change (see trust.go): a disk, a memory
+// tier or a stray write can change a block file at any time.
 type page struct {
 	crc     uint32
 	present bool
+	// checked: read and found right since the file was last changed
+	// (Block.stamp).
+	checked bool
 	// gen counts the times the page was stored, so that a check that read
 	// an older copy never drops a newer one.
 	gen uint32
@@ -81,6 +84,7 @@ type Block struct {
 	moving  bool // being demoted: no new pages
 	removed bool
 	elem    *list.Element
+	stamp   stamp // the file state the checked pages were checked in
 }
 
 type tier struct {
@@ -421,6 +425,7 @@ type File struct {
 	*os.File
 	Block *Block
 	Path  string
+	stamp stamp // the file's state when opened
 }
 
 // Open opens b's file for reading. ErrGone means it was evicted or moved
@@ -436,7 +441,7 @@ func (s *Store) Open(b *Block) (*File, error) {
 		s.mu.Unlock()
 		f, err := os.Open(path)
 		if err == nil {
-			return &File{File: f, Block: b, Path: path}, nil
+			return &File{File: f, Block: b, Path: path, stamp: stampOf(f)}, nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
 			return nil, err
@@ -446,10 +451,10 @@ func (s *Store) Open(b *Block) (*File, error) {
 }
 
 // ReadPage reads page p of an open block into buf, which must hold a page,
-// and checks it against its CRC32C: every time, since nothing can tell that
-// a block file kept its bytes since the last check. A page that fails is
-// dropped (to be fetched again), counted and logged, and ErrCorrupt is
-// returned; ErrGone means the page is not stored (any more).
+// and checks it against its CRC32C; a page that passes is trusted until
+// the file changes (Trusted). A page that fails is dropped (to be fetched
+// again), counted and logged, and ErrCorrupt is returned; ErrGone means the
+// page is not stored (any more).
 func (s *Store) ReadPage(f *File, p int, buf []byte) ([]byte, error) {
 	b := f.Block
 	s.mu.Lock()
@@ -469,6 +474,9 @@ func (s *Store) ReadPage(f *File, p int, buf []byte) ([]byte, error) {
 		return nil, fmt.Errorf("read page %d of %s: %w", p, b.Key, err)
 	}
 	if int64(k) == n && crc32c(buf) == pg.crc {
+		s.mu.Lock()
+		s.trustLocked(f, p, pg.gen)
+		s.mu.Unlock()
 		return buf, nil
 	}
 	// Short (the file was cut) or changed: either way not the stored page.

@@ -213,7 +213,11 @@ func (c *Client) readLocal(ctx context.Context, m placement.Member, ref wire.Blo
 	var err error
 	for attempt := range 2 {
 		var lb *localBlock
-		if lb, err = c.localBlock(ctx, m, ref, key, attempt > 0); err != nil {
+		verify := wire.VerifyNone
+		if attempt > 0 {
+			verify = wire.VerifyAll
+		}
+		if lb, err = c.localBlock(ctx, m, ref, key, verify); err != nil {
 			return err
 		}
 		err = lb.readAt(buf, off)
@@ -230,11 +234,12 @@ func (c *Client) readLocal(ctx context.Context, m placement.Member, ref wire.Blo
 }
 
 // localBlock returns the block file of key, with a reference for the caller
-// to release: the one this client has open, or else (and always when verify
-// is set) the one the worker names now. With verify, the worker checks every
-// page of the block before it answers; without, this client checks them.
-func (c *Client) localBlock(ctx context.Context, m placement.Member, ref wire.BlockRef, key string, verify bool) (*localBlock, error) {
-	if !verify {
+// to release: the one this client has open, or else (and always when the
+// worker is to verify) the one the worker names now. Unless verify is
+// wire.VerifyNone, the worker checks the pages of the block before it
+// answers (see wire.QueryVerify); this client checks them anyway.
+func (c *Client) localBlock(ctx context.Context, m placement.Member, ref wire.BlockRef, key, verify string) (*localBlock, error) {
+	if verify == wire.VerifyNone {
 		if lb := c.local.get(key); lb != nil {
 			return lb, nil
 		}
@@ -255,12 +260,9 @@ func (c *Client) localBlock(ctx context.Context, m placement.Member, ref wire.Bl
 }
 
 // askLocal asks a worker on this host where the file of a block is.
-func (c *Client) askLocal(ctx context.Context, hc *http.Client, ref wire.BlockRef, verify bool) (wire.LocalBlock, error) {
+func (c *Client) askLocal(ctx context.Context, hc *http.Client, ref wire.BlockRef, verify string) (wire.LocalBlock, error) {
 	q := ref.Query()
-	q.Set(wire.QueryVerify, "0")
-	if verify {
-		q.Set(wire.QueryVerify, "1")
-	}
+	q.Set(wire.QueryVerify, verify)
 	var info wire.LocalBlock
 	resp, err := c.send(ctx, hc, http.MethodGet, "http://worker"+wire.PathLocal+"?"+q.Encode(), nil, "read", ref.Dataset, ref.Path)
 	if err != nil {
@@ -478,7 +480,7 @@ func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 		// The kernel reads the file without any check: the worker checks
 		// every page first (and fetches again any that fails).
 		rctx, cancel := context.WithTimeout(ctx, c.timeout)
-		info, err := c.askLocal(rctx, hc, ref, true)
+		info, err := c.askLocal(rctx, hc, ref, wire.VerifyChanged)
 		cancel()
 		if err != nil || info.Length != f.info.Size {
 			continue

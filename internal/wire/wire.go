@@ -36,11 +36,20 @@ const (
 )
 
 // QueryVerify is PathLocal's query parameter that says who checks the
-// block's pages: "0" when the caller checks every page against the CRCs
-// itself (a short-circuit reader); otherwise the worker checks the whole
-// block before it answers (a passthrough open, whose reads the kernel makes
-// unchecked, or a reader that found a page failing its check).
+// block's pages: VerifyNone when the caller checks every page against the
+// CRCs itself (a short-circuit reader); VerifyChanged (the default) when the
+// worker must check the whole block before it answers, save pages checked
+// since the file last changed (a passthrough open, whose reads the kernel
+// makes unchecked); VerifyAll when the worker must read and check every
+// page now (a reader found one failing although the file did not change).
 const QueryVerify = "verify"
+
+// Values of QueryVerify.
+const (
+	VerifyNone    = "0"
+	VerifyChanged = "1"
+	VerifyAll     = "all"
+)
 
 // Headers.
 const (

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,12 +81,15 @@ func (w *Worker) handleBlock(rw http.ResponseWriter, r *http.Request) {
 	defer l.close()
 	bufp := w.pagePool.Get().(*[]byte)
 	defer w.pagePool.Put(bufp)
-	// The first page is read and checked before the status goes out, so
-	// that a failure there reaches the client as an error, not a cut body.
-	first, err := w.page(ctx, l, req, req.first, *bufp)
-	if err != nil {
-		wire.WriteError(rw, fmt.Errorf("serve %s: %w", req.key, err))
-		return
+	// The first page is read and checked before the status goes out (unless
+	// it is trusted), so that a failure there reaches the client as an
+	// error, not a cut body.
+	var first []byte
+	if _, inMem := l.mem[req.first]; inMem || l.fetched[req.first] || !w.store.Trusted(l.file, req.first) {
+		if first, err = w.page(ctx, l, req, req.first, *bufp); err != nil {
+			wire.WriteError(rw, fmt.Errorf("serve %s: %w", req.key, err))
+			return
+		}
 	}
 
 	h := rw.Header()
@@ -152,31 +156,44 @@ func (w *Worker) blockRequest(ref wire.BlockRef) (blockReq, error) {
 const maxBlockSize = 64 << 30
 
 // send writes bytes [off, off+n) of the block, page by page, starting with
-// the first page's bytes, already in hand. Each stored page is read into buf
-// and checked against its CRC32C at every send, never trusted because it was
-// checked before: a disk, a memory tier or a stray write can change a block
-// file at any time, and a page served unchecked reaches the reader as it is.
-// The cost is a copy where sendfile used to send the file's pages without
-// one; zero-copy is to come back with a protocol that carries the CRCs to
-// the reader, who then checks them itself.
+// the first page's bytes when they are in hand (nil when the first page is
+// trusted). A stored page is sent straight from its file (sendfile) when it
+// was checked since the file last changed (cache.Store.Trusted); otherwise
+// it is read into buf, checked against its CRC32C, and written from there.
 func (w *Worker) send(ctx context.Context, rw io.Writer, l *loaded, req blockReq, off, n int64, data, buf []byte) error {
 	ps := w.layout.PageSize
 	end := off + n
-	for p := req.first; ; p++ {
+	for p := req.first; p <= req.last; p++ {
 		base := int64(p) * ps
-		start, stop := max(off, base), min(end, base+int64(len(data)))
-		if _, err := rw.Write(data[start-base : stop-base]); err != nil {
+		start, stop := max(off, base), min(end, base+w.layout.PageLen(req.blen, p))
+		if p > req.first || data == nil {
+			data = nil
+			if _, inMem := l.mem[p]; inMem || l.fetched[p] || !w.store.Trusted(l.file, p) {
+				var err error
+				if data, err = w.page(ctx, l, req, p, buf); err != nil {
+					return err
+				}
+			}
+		}
+		if data != nil {
+			if _, err := rw.Write(data[start-base : stop-base]); err != nil {
+				return err
+			}
+		} else if err := sendFile(rw, l.file.File, start, stop-start); err != nil {
 			return err
 		}
 		w.m.bytes.WithLabelValues(l.source(p)).Add(float64(stop - start))
-		if p == req.last {
-			return nil
-		}
-		var err error
-		if data, err = w.page(ctx, l, req, p+1, buf); err != nil {
-			return err
-		}
 	}
+	return nil
+}
+
+// sendFile copies n bytes of f at off to w: a sendfile when w is a socket.
+func sendFile(w io.Writer, f *os.File, off, n int64) error {
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return err
+	}
+	_, err := io.Copy(w, io.LimitReader(f, n))
+	return err
 }
 
 // page returns the bytes of page p of a loaded block: held in memory, or
@@ -388,10 +405,10 @@ func (w *Worker) readAhead(req blockReq, b *cache.Block) {
 // where its file is, so that a client on this host can read it directly
 // (short-circuit) or hand it to the kernel (FUSE passthrough). Unless the
 // client says it checks every page against the CRCs itself (verify=0),
-// every page of the block is checked first, each time it is asked, and one
-// that fails is fetched again: the kernel reads a passthrough file without
-// any check. A block that cannot be cached is refused; the client then
-// reads it over HTTP.
+// every page of the block not checked since its file last changed (every
+// page with verify=all) is checked first, and one that fails is fetched
+// again: the kernel reads a passthrough file without any check. A block
+// that cannot be cached is refused; the client then reads it over HTTP.
 func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
 	req, ok := w.parseBlockRequest(rw, r)
 	if !ok {
@@ -405,8 +422,8 @@ func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer l.close()
-	if l.file != nil && r.URL.Query().Get(wire.QueryVerify) != "0" {
-		if err := w.verifyBlock(ctx, l, req); err != nil {
+	if verify := r.URL.Query().Get(wire.QueryVerify); l.file != nil && verify != wire.VerifyNone {
+		if err := w.verifyBlock(ctx, l, req, verify == wire.VerifyAll); err != nil {
 			wire.WriteError(rw, fmt.Errorf("check %s: %w", req.key, err))
 			return
 		}
@@ -419,14 +436,18 @@ func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(rw).Encode(wire.LocalBlock{File: l.file.Path, Length: req.blen, PageSize: w.layout.PageSize, CRCs: w.store.PageCRCs(l.b)})
 }
 
-// verifyBlock checks every page of a loaded block, fetching again the ones
+// verifyBlock checks every page of a loaded block — but, unless all is
+// set, those checked since the file last changed — fetching again the ones
 // that fail.
-func (w *Worker) verifyBlock(ctx context.Context, l *loaded, req blockReq) error {
+func (w *Worker) verifyBlock(ctx context.Context, l *loaded, req blockReq, all bool) error {
 	bufp := w.pagePool.Get().(*[]byte)
 	defer w.pagePool.Put(bufp)
 	for p := req.first; p <= req.last; p++ {
 		if l.fetched[p] {
 			continue // fetched by this request: its CRC is of these bytes
+		}
+		if !all && w.store.Trusted(l.file, p) {
+			continue
 		}
 		if _, err := w.page(ctx, l, req, p, *bufp); err != nil {
 			return err

@@ -21,7 +21,9 @@ func (w *Worker) Status() wire.Status {
 		d, _ := w.datasets.Get(name)
 		dirs, entries, singles := w.metas[name].Len()
 		ds := wire.DatasetStatus{UFS: d.Counts.Stats(), Directories: dirs, Entries: entries + singles, CachedBytes: cached[name]}
-		if s := w.scans[name]; s.started.Load() != nil {
+		s := w.scans[name]
+		s.wanted.Store(true)
+		if s.started.Load() != nil {
 			u := s.status()
 			ds.Usage = &u
 		}

@@ -22,10 +22,13 @@ import (
 // stuck on "calculating". The walk lists each directory through the worker
 // that owns its metadata, as a reader would, so it costs the UFS one listing
 // per directory, once, and leaves the listings cached where readers will
-// look for them.
+// look for them. Since those listings are then kept (metadata_sync), the
+// walk starts when someone first asks for the figures (a status request),
+// not when the worker starts: a worker that nobody asks lists nothing.
 
 // scan is one dataset's measure.
 type scan struct {
+	wanted             atomic.Bool // someone asked for the figures
 	files, bytes, dirs atomic.Int64
 	started            atomic.Pointer[time.Time]
 	finished           atomic.Pointer[time.Time]
@@ -53,12 +56,12 @@ const scanParallel = 4
 // scanLoop measures the datasets whose root this worker owns, retrying a
 // failed walk after a minute, until ctx ends.
 func (w *Worker) scanLoop(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		for _, name := range w.datasets.Names() {
 			s := w.scans[name]
-			if s.finished.Load() != nil || !w.ownsMeta(name, "") {
+			if !s.wanted.Load() || s.finished.Load() != nil || !w.ownsMeta(name, "") {
 				continue
 			}
 			if st := s.started.Load(); st != nil && s.err.Load() == nil {
