@@ -229,9 +229,9 @@ type Status struct {
 	Membership   string                   `json:"membership,omitempty"`
 	MembershipOK bool                     `json:"membership_ok"`
 	Tiers        []TierStatus             `json:"tiers"`
-	Hits     int64                    `json:"page_hits"`
-	Misses   int64                    `json:"page_misses"`
-	Datasets map[string]DatasetStatus `json:"datasets"`
+	Hits         int64                    `json:"page_hits"`
+	Misses       int64                    `json:"page_misses"`
+	Datasets     map[string]DatasetStatus `json:"datasets"`
 }
 
 // TierStatus is one cache tier of a worker.
