@@ -7,15 +7,16 @@ import (
 )
 
 // evict brings every tier above its high watermark down to its low one,
-// least recently used blocks first. A block leaving a tier that has a slower
-// tier below it is demoted there rather than dropped; pinned blocks and
-// blocks being written stay.
+// near copies first, then the least recently used blocks. A block leaving a
+// tier that has a slower tier below it is demoted there rather than dropped
+// (a near copy is dropped: its owner has it); pinned blocks and blocks being
+// written stay.
 func (s *Store) evict() {
 	s.evicting.Lock() // one pass at a time
 	defer s.evicting.Unlock()
 	for i, t := range s.tiers {
 		for _, b := range s.victims(t) {
-			if i+1 < len(s.tiers) {
+			if i+1 < len(s.tiers) && !b.near {
 				switch s.demote(b, s.tiers[i+1]) {
 				case demoted, skipped:
 					continue
@@ -45,13 +46,15 @@ func (s *Store) victims(t *tier) []*Block {
 	target := int64(t.Low * float64(t.Quota))
 	excess := t.used - target
 	var out []*Block
-	for e := t.lru.Back(); e != nil && excess > 0; e = e.Prev() {
-		b := e.Value.(*Block)
-		if b.pinned || b.busy > 0 || b.moving {
-			continue
+	for _, nearPass := range []bool{true, false} {
+		for e := t.lru.Back(); e != nil && excess > 0; e = e.Prev() {
+			b := e.Value.(*Block)
+			if b.near != nearPass || b.pinned || b.busy > 0 || b.moving {
+				continue
+			}
+			out = append(out, b)
+			excess -= b.Length
 		}
-		out = append(out, b)
-		excess -= b.Length
 	}
 	return out
 }

@@ -15,6 +15,7 @@ package cache
 // Record: u32 payload length | u32 CRC32C of payload | payload.
 // Payload: u8 kind, 16-byte block id, then per kind:
 //   add:    uvarint-prefixed dataset, path, version; varint index, length, block size
+//   near:   as add, for a near copy (see near.go)
 //   page:   uvarint page number; u32 CRC32C of the page
 //   remove: nothing
 
@@ -38,6 +39,7 @@ const (
 	recAdd    = 1
 	recPage   = 2
 	recRemove = 3
+	recNear   = 4 // an add of a near copy
 
 	maxRecord = 1 << 20
 )
@@ -58,7 +60,7 @@ func (r journalRecord) encode(buf []byte) []byte {
 	buf = append(buf, r.kind)
 	buf = append(buf, r.id[:]...)
 	switch r.kind {
-	case recAdd:
+	case recAdd, recNear:
 		for _, s := range []string{r.key.Dataset, r.key.Path, r.key.Version} {
 			buf = binary.AppendUvarint(buf, uint64(len(s)))
 			buf = append(buf, s...)
@@ -105,7 +107,7 @@ func decodeRecord(p []byte) (journalRecord, error) {
 	}
 	ok := true
 	switch r.kind {
-	case recAdd:
+	case recAdd, recNear:
 		var a, b, c bool
 		r.key.Dataset, a = str()
 		r.key.Path, b = str()

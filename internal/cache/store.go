@@ -85,6 +85,7 @@ type Block struct {
 	removed bool
 	elem    *list.Element
 	stamp   stamp // the file state the checked pages were checked in
+	near    bool  // a near copy: evicted first (see near.go)
 }
 
 type tier struct {
@@ -178,11 +179,11 @@ func (s *Store) load(t *tier) error {
 	var order []*Block
 	_, err := readJournal(jpath, func(r journalRecord) {
 		switch r.kind {
-		case recAdd:
+		case recAdd, recNear:
 			if old := found[r.id]; old != nil {
 				old.removed = true
 			}
-			b := &Block{Key: r.key, Length: r.length, id: r.id, tier: t, pages: make([]page, s.layout.Pages(r.length))}
+			b := &Block{Key: r.key, Length: r.length, id: r.id, tier: t, pages: make([]page, s.layout.Pages(r.length)), near: r.kind == recNear}
 			found[r.id] = b
 			order = append(order, b)
 		case recPage:
@@ -254,7 +255,7 @@ func (s *Store) load(t *tier) error {
 
 // records are the journal records that describe b.
 func (b *Block) records() []journalRecord {
-	recs := []journalRecord{{kind: recAdd, id: b.id, key: b.Key, length: b.Length}}
+	recs := []journalRecord{{kind: b.addKind(), id: b.id, key: b.Key, length: b.Length}}
 	for p, pg := range b.pages {
 		if pg.present {
 			recs = append(recs, journalRecord{kind: recPage, id: b.id, page: p, crc: pg.crc})
@@ -304,6 +305,10 @@ func (s *Store) Lookup(key BlockKey) *Block {
 // Create returns the block for key, reserving length bytes on the fastest
 // tier that has room for it. ErrNoSpace means no tier can take it now.
 func (s *Store) Create(key BlockKey, length int64) (*Block, error) {
+	return s.create(key, length, false)
+}
+
+func (s *Store) create(key BlockKey, length int64, near bool) (*Block, error) {
 	id := key.id()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -312,14 +317,14 @@ func (s *Store) Create(key BlockKey, length int64) (*Block, error) {
 		return b, nil
 	}
 	for _, t := range s.tiers {
-		if t.used+length > t.Quota {
+		if t.used+length > t.Quota || near && float64(t.used+length) > t.Low*float64(t.Quota) {
 			continue
 		}
 		if err := os.MkdirAll(filepath.Dir(t.blockPath(id)), 0o700); err != nil {
 			continue
 		}
-		b := &Block{Key: key, Length: length, id: id, tier: t, pages: make([]page, s.layout.Pages(length)), pinned: s.pinned(key.Dataset)}
-		if err := t.j.append(journalRecord{kind: recAdd, id: id, key: key, length: length}); err != nil {
+		b := &Block{Key: key, Length: length, id: id, tier: t, pages: make([]page, s.layout.Pages(length)), pinned: s.pinned(key.Dataset) && !near, near: near}
+		if err := t.j.append(journalRecord{kind: b.addKind(), id: id, key: key, length: length}); err != nil {
 			s.m.storeError(err)
 			continue
 		}
@@ -331,6 +336,9 @@ func (s *Store) Create(key BlockKey, length int64) (*Block, error) {
 			s.Kick()
 		}
 		return b, nil
+	}
+	if near {
+		return nil, ErrNoSpace // near copies only take free room
 	}
 	s.Kick()
 	s.m.noSpace()
@@ -545,6 +553,9 @@ type TierStats struct {
 	Capacity int64  `json:"capacity"`
 	Used     int64  `json:"used"`
 	Blocks   int    `json:"blocks"`
+	// NearBlocks and NearBytes are the near copies among them.
+	NearBlocks int   `json:"near_blocks"`
+	NearBytes  int64 `json:"near_bytes"`
 }
 
 // Stats describes every tier.
@@ -554,6 +565,12 @@ func (s *Store) Stats() []TierStats {
 	out := make([]TierStats, len(s.tiers))
 	for i, t := range s.tiers {
 		out[i] = TierStats{Name: t.Name, Path: t.Path, Capacity: t.Quota, Used: t.used, Blocks: t.lru.Len()}
+		for e := t.lru.Front(); e != nil; e = e.Next() {
+			if b := e.Value.(*Block); b.near {
+				out[i].NearBlocks++
+				out[i].NearBytes += b.Length
+			}
+		}
 	}
 	return out
 }

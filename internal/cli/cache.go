@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/localcluster"
+	"github.com/granary-cache/granary/internal/membership"
 	"github.com/granary-cache/granary/internal/worker"
 )
 
@@ -267,7 +269,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			st := c.Status(cmd.Context())
+			st := c.ClusterStatus(cmd.Context())
 			if asJSON {
 				return writeJSON(g.stdout, st)
 			}
@@ -339,35 +341,67 @@ func printMountStatus(out io.Writer, admin string, asJSON bool) error {
 	return err
 }
 
-func printStatus(out io.Writer, st []client.WorkerStatus) error {
+// printStatus shows the members, then the datasets.
+func printStatus(out io.Writer, st client.ClusterStatus) error {
+	fmt.Fprintf(out, "%s\n\n", st.Membership)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKER\tADDRESS\tTIERS (used/capacity)\tPAGE HITS\tHIT RATIO\tUFS OPS (stat/list/read, bytes) BY DATASET")
+	fmt.Fprintln(tw, "WORKER\tADDRESS\tHOST\tSTATE\tUP SINCE\tTIERS (used/capacity)\tHIT RATIO")
 	var down int
-	for _, w := range st {
+	for _, w := range st.Members {
+		m := w.Member
+		state := m.State.String()
+		if m.State == membership.NotLive && !m.Since.IsZero() {
+			state += " for " + time.Since(m.Since).Round(time.Second).String()
+		}
 		if w.Error != "" {
 			down++
-			fmt.Fprintf(tw, "%s\t%s\tDOWN: %s\t\t\t\n", w.ID, w.Addr, w.Error)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s, not answering: %s\t\t\t\n", m.ID, m.Addr, m.Host, state, w.Error)
 			continue
 		}
 		s := w.Status
-		var tiers, ops []string
+		if s == nil {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\t\t\n", m.ID, m.Addr, m.Host, state)
+			continue
+		}
+		var tiers []string
 		for _, t := range s.Tiers {
 			tiers = append(tiers, fmt.Sprintf("%s %s/%s", t.Name, config.Size(t.Used), config.Size(t.Capacity)))
-		}
-		for name, ds := range s.Datasets {
-			ops = append(ops, fmt.Sprintf("%s: %d/%d/%d, %s", name, ds.UFS.Stat, ds.UFS.List, ds.UFS.Read, config.Size(ds.UFS.BytesRead)))
 		}
 		ratio := "-"
 		if total := s.Hits + s.Misses; total > 0 {
 			ratio = fmt.Sprintf("%.1f%%", 100*float64(s.Hits)/float64(total))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", s.ID, w.Addr, strings.Join(tiers, ", "), s.Hits, ratio, strings.Join(ops, "; "))
+		if !s.MembershipOK {
+			state += " (" + s.Membership + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Addr, s.Host, state, s.Since.Local().Format(time.DateTime), strings.Join(tiers, ", "), ratio)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(out)
+	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "DATASET\tUFS SIZE\tFILES\tCACHED\tCACHED %\tUFS OPS (stat/list/read)\tUFS BYTES READ\tUFS")
+	for _, ds := range st.Datasets {
+		size, files, pct := "unknown", "unknown", "-"
+		if u := ds.Usage; u != nil {
+			size, files = config.Size(u.Bytes).String(), fmt.Sprint(u.Files)
+			if !u.Complete {
+				size, files = size+" (measuring)", files+"+"
+			}
+		}
+		if ds.CachedPercent >= 0 {
+			pct = fmt.Sprintf("%.1f%%", ds.CachedPercent)
+		}
+		o := ds.Operations
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d/%d\t%s\t%s\n", ds.Name, size, files, config.Size(ds.CachedBytes), pct,
+			o.Stat, o.List, o.Read, config.Size(o.BytesRead), ds.UFS)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	if down > 0 {
-		return fmt.Errorf("%d of %d workers did not answer", down, len(st))
+		return fmt.Errorf("%d of %d members did not answer", down, len(st.Members))
 	}
 	return nil
 }

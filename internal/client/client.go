@@ -40,6 +40,8 @@ type Stats struct {
 	ShortCircuitReads int64 `json:"short_circuit_reads"` // block reads from a local block file
 	FallbackReads     int64 `json:"fallback_reads"`      // reads sent straight to the UFS
 	Retries           int64 `json:"retries"`             // requests moved to the next owner
+	// NearReads are the short-circuit reads of a near copy (near_cache).
+	NearReads int64 `json:"near_reads"`
 	// FallbackByDataset splits FallbackReads by dataset.
 	FallbackByDataset map[string]int64 `json:"fallback_by_dataset,omitempty"`
 }
@@ -68,7 +70,9 @@ type Client struct {
 	ufs          *dataset.Set
 	ufsErr       error
 
-	remote, short, retries atomic.Int64
+	near nearState
+
+	remote, short, retries, nearReads atomic.Int64
 }
 
 // New builds a client from the configuration's datasets, membership and
@@ -160,7 +164,7 @@ func (c *Client) Close() error {
 
 // Stats returns how reads were served so far.
 func (c *Client) Stats() Stats {
-	st := Stats{RemoteReads: c.remote.Load(), ShortCircuitReads: c.short.Load(), Retries: c.retries.Load(), FallbackByDataset: map[string]int64{}}
+	st := Stats{RemoteReads: c.remote.Load(), ShortCircuitReads: c.short.Load(), Retries: c.retries.Load(), NearReads: c.nearReads.Load(), FallbackByDataset: map[string]int64{}}
 	for name, fb := range c.fallbacks {
 		n := fb.reads.Load()
 		st.FallbackReads += n

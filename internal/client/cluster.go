@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/granary-cache/granary/internal/membership"
+	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
 )
 
@@ -76,4 +77,57 @@ type WorkerStatus struct {
 	Member membership.Member `json:"member"`
 	Error  string            `json:"error,omitempty"`
 	Status *wire.Status      `json:"status,omitempty"`
+}
+
+// ClusterStatus is the whole cluster as any client sees it: who the members
+// are and how each is doing, and per dataset its size on the UFS, what is
+// cached of it and what it cost the UFS.
+type ClusterStatus struct {
+	Membership membership.Health `json:"membership"`
+	Members    []WorkerStatus    `json:"members"`
+	Datasets   []DatasetStatus   `json:"datasets"`
+}
+
+// DatasetStatus is one dataset over the whole cluster.
+type DatasetStatus struct {
+	Name     string `json:"name"`
+	UFS      string `json:"ufs"`
+	Replicas int    `json:"replicas"`
+	// Usage is the dataset's size on the UFS as measured so far (see
+	// Usage.Complete); nil when the worker that measures it did not answer.
+	Usage *wire.UFSUsage `json:"ufs_usage,omitempty"`
+	// CachedBytes sums what the workers hold as owners; CachedPercent is
+	// it over the UFS size times the replicas (capped at 100), or -1 while
+	// the size is not known.
+	CachedBytes   int64     `json:"cached_bytes"`
+	CachedPercent float64   `json:"cached_percent"`
+	Operations    ufs.Stats `json:"ufs_operations"`
+}
+
+// ClusterStatus asks every member for its status and sums the datasets.
+func (c *Client) ClusterStatus(ctx context.Context) ClusterStatus {
+	st := ClusterStatus{Membership: c.members.Health(), Members: c.Status(ctx)}
+	for _, name := range c.Datasets() {
+		cfg := c.datasets[name]
+		ds := DatasetStatus{Name: name, UFS: cfg.UFS, Replicas: max(cfg.Replicas, 1), CachedPercent: -1}
+		for _, w := range st.Members {
+			if w.Status == nil {
+				continue
+			}
+			d := w.Status.Datasets[name]
+			ds.CachedBytes += d.CachedBytes
+			ds.Operations = ds.Operations.Add(d.UFS)
+			if u := d.Usage; u != nil && (ds.Usage == nil || u.Complete && !ds.Usage.Complete || u.Files > ds.Usage.Files) {
+				ds.Usage = u
+			}
+		}
+		if u := ds.Usage; u != nil && u.Complete {
+			ds.CachedPercent = 100
+			if total := u.Bytes * int64(ds.Replicas); total > 0 {
+				ds.CachedPercent = min(100, 100*float64(ds.CachedBytes)/float64(total))
+			}
+		}
+		st.Datasets = append(st.Datasets, ds)
+	}
+	return st
 }

@@ -158,9 +158,15 @@ func (f *File) readBlock(ctx context.Context, idx, off int64, buf []byte) error 
 	c := f.c
 	ref := wire.BlockRef{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, Size: f.info.Size, BlockSize: f.blockSize(), Index: idx}
 	owners := c.owners(dataKey(f.ds.Name, f.path, idx), f.ds.Replicas)
+	if m, ok := c.nearWorker(f.ds, owners); ok {
+		if err := c.readNear(ctx, f.ds.Name, m, ref, off, buf); err == nil {
+			c.short.Add(1)
+			return nil
+		}
+	}
 	err := c.try(ctx, owners, func(ctx context.Context, m placement.Member) error {
 		if _, local := c.sockets[m.ID]; local {
-			if err := c.readLocal(ctx, m, ref, off, buf); err == nil {
+			if err := c.readLocal(ctx, m, ref, off, buf, false); err == nil {
 				c.short.Add(1)
 				return nil
 			} else if !errors.Is(err, errNoShortCircuit) {
@@ -208,7 +214,7 @@ const localBlockTTL = 30 * time.Second
 // a page fails, the worker is asked to check the whole block itself (it
 // counts the bad page, drops it and fetches it again) and the file is opened
 // anew; a block that fails twice is read over HTTP.
-func (c *Client) readLocal(ctx context.Context, m placement.Member, ref wire.BlockRef, off int64, buf []byte) error {
+func (c *Client) readLocal(ctx context.Context, m placement.Member, ref wire.BlockRef, off int64, buf []byte, near bool) error {
 	key := fmt.Sprintf("%s\x00%s\x00%s\x00%d", ref.Dataset, ref.Path, ref.Version, ref.Index)
 	var err error
 	for attempt := range 2 {
@@ -217,7 +223,7 @@ func (c *Client) readLocal(ctx context.Context, m placement.Member, ref wire.Blo
 		if attempt > 0 {
 			verify = wire.VerifyAll
 		}
-		if lb, err = c.localBlock(ctx, m, ref, key, verify); err != nil {
+		if lb, err = c.localBlock(ctx, m, ref, key, verify, near); err != nil {
 			return err
 		}
 		err = lb.readAt(buf, off)
@@ -238,13 +244,13 @@ func (c *Client) readLocal(ctx context.Context, m placement.Member, ref wire.Blo
 // worker is to verify) the one the worker names now. Unless verify is
 // wire.VerifyNone, the worker checks the pages of the block before it
 // answers (see wire.QueryVerify); this client checks them anyway.
-func (c *Client) localBlock(ctx context.Context, m placement.Member, ref wire.BlockRef, key, verify string) (*localBlock, error) {
+func (c *Client) localBlock(ctx context.Context, m placement.Member, ref wire.BlockRef, key, verify string, near bool) (*localBlock, error) {
 	if verify == wire.VerifyNone {
 		if lb := c.local.get(key); lb != nil {
 			return lb, nil
 		}
 	}
-	info, err := c.askLocal(ctx, c.unix[m.ID], ref, verify)
+	info, err := c.askLocal(ctx, c.unix[m.ID], ref, verify, near)
 	if err != nil {
 		var ue *ufs.Error
 		if errors.As(err, &ue) {
@@ -260,9 +266,12 @@ func (c *Client) localBlock(ctx context.Context, m placement.Member, ref wire.Bl
 }
 
 // askLocal asks a worker on this host where the file of a block is.
-func (c *Client) askLocal(ctx context.Context, hc *http.Client, ref wire.BlockRef, verify string) (wire.LocalBlock, error) {
+func (c *Client) askLocal(ctx context.Context, hc *http.Client, ref wire.BlockRef, verify string, near bool) (wire.LocalBlock, error) {
 	q := ref.Query()
 	q.Set(wire.QueryVerify, verify)
+	if near {
+		q.Set(wire.QueryNear, "1")
+	}
 	var info wire.LocalBlock
 	resp, err := c.send(ctx, hc, http.MethodGet, "http://worker"+wire.PathLocal+"?"+q.Encode(), nil, "read", ref.Dataset, ref.Path)
 	if err != nil {
@@ -462,17 +471,23 @@ var ErrNoLocalFile = errors.New("no local block file")
 
 // LocalFile opens the block file holding the whole of f on this host, for a
 // FUSE mount to hand to the kernel (passthrough). It works for a file that
-// is one block and has an owner running here with short-circuit allowed;
-// otherwise it returns ErrNoLocalFile. The worker makes the block complete
-// and checks every page before it answers, at each call: a mount calls it
-// once per backing file it registers.
+// is one block and has an owner running here with short-circuit allowed, or
+// a near copy on the worker of this host (near_cache); otherwise it returns
+// ErrNoLocalFile. The worker makes the block complete and checks the pages
+// not checked since the file last changed before it answers, at each call:
+// a mount calls it once per backing file it registers.
 func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 	c := f.c
 	if f.info.Size == 0 || f.info.Size > f.blockSize() {
 		return nil, ErrNoLocalFile
 	}
 	ref := wire.BlockRef{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, Size: f.info.Size, BlockSize: f.blockSize()}
-	for _, m := range c.owners(dataKey(f.ds.Name, f.path, 0), f.ds.Replicas) {
+	owners := c.owners(dataKey(f.ds.Name, f.path, 0), f.ds.Replicas)
+	near := false
+	if m, ok := c.nearWorker(f.ds, owners); ok {
+		owners, near = []placement.Member{m}, true
+	}
+	for _, m := range owners {
 		hc, ok := c.unix[m.ID]
 		if !ok {
 			continue
@@ -480,8 +495,11 @@ func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 		// The kernel reads the file without any check: the worker checks
 		// every page first (and fetches again any that fails).
 		rctx, cancel := context.WithTimeout(ctx, c.timeout)
-		info, err := c.askLocal(rctx, hc, ref, wire.VerifyChanged)
+		info, err := c.askLocal(rctx, hc, ref, wire.VerifyChanged, near)
 		cancel()
+		if err != nil && near {
+			c.nearRefused(f.ds.Name)
+		}
 		if err != nil || info.Length != f.info.Size {
 			continue
 		}

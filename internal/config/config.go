@@ -62,6 +62,11 @@ type Dataset struct {
 	// serves those whose mode differs from the rest on a mount of their own
 	// at their directory.
 	OpenMode string `yaml:"open_mode"`
+	// NearCache lets the worker on a reader's own machine keep a copy of
+	// the blocks its clients read from other owners, when it has room (they
+	// are evicted first): a dataset that fits on one machine is then read
+	// locally from the second epoch on.
+	NearCache bool `yaml:"near_cache"`
 
 	// URI is UFS, parsed; set by Load.
 	URI ufs.URI `yaml:"-"`

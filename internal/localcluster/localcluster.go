@@ -93,12 +93,12 @@ func Start(o Options) (*Cluster, error) {
 			return nil, fmt.Errorf("worker %s: %w", id, err)
 		}
 		c.Workers = append(c.Workers, wk)
-		members = append(members, config.Member{ID: id, Addr: wk.Addr(), Socket: wk.Socket(), Weight: 1})
+		members = append(members, config.Member{ID: id, Addr: wk.Addr(), Socket: wk.Socket(), Host: cfg.Worker.Host, Weight: 1})
 	}
 	for _, wk := range c.Workers {
 		ms := make([]membership.Member, len(members))
 		for i, m := range members {
-			ms[i] = membership.Member{ID: m.ID, Addr: m.Addr, Socket: m.Socket, Weight: m.Weight}
+			ms[i] = membership.Member{ID: m.ID, Addr: m.Addr, Socket: m.Socket, Host: m.Host, Weight: m.Weight}
 		}
 		src, err := membership.NewStatic(ms)
 		if err != nil {
@@ -167,7 +167,7 @@ func writeConfig(path string, cfg *config.Config) error {
 	}
 	for _, ds := range cfg.Datasets {
 		out.Datasets = append(out.Datasets, clientDataset{Name: ds.Name, UFS: ds.UFS, Options: ds.Options,
-			MetadataSync: ds.MetadataSync, Replicas: ds.Replicas, Fallback: ds.Fallback, BlockSize: ds.BlockSize, OpenMode: ds.OpenMode})
+			MetadataSync: ds.MetadataSync, Replicas: ds.Replicas, Fallback: ds.Fallback, BlockSize: ds.BlockSize, OpenMode: ds.OpenMode, NearCache: ds.NearCache})
 	}
 	b, err := yaml.Marshal(out)
 	if err != nil {
@@ -188,6 +188,7 @@ type clientDataset struct {
 	Fallback     string            `yaml:"fallback"`
 	BlockSize    config.Size       `yaml:"block_size"`
 	OpenMode     string            `yaml:"open_mode"`
+	NearCache    bool              `yaml:"near_cache,omitempty"`
 }
 
 func shortHash(s string) string {

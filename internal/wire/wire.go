@@ -44,6 +44,11 @@ const (
 // page now (a reader found one failing although the file did not change).
 const QueryVerify = "verify"
 
+// QueryNear is PathLocal's query parameter that asks a worker that does not
+// own a block to keep a near copy of it for the clients of its host (value
+// "1"), fetched from its owners, when it has room.
+const QueryNear = "near"
+
 // Values of QueryVerify.
 const (
 	VerifyNone    = "0"
@@ -241,6 +246,9 @@ type TierStatus struct {
 	Capacity int64  `json:"capacity"`
 	Used     int64  `json:"used"`
 	Blocks   int    `json:"blocks"`
+	// NearBlocks and NearBytes are the near copies among them.
+	NearBlocks int   `json:"near_blocks"`
+	NearBytes  int64 `json:"near_bytes"`
 }
 
 // DatasetStatus is one dataset's share of a worker's status.

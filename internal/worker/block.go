@@ -15,6 +15,7 @@ import (
 
 	"github.com/granary-cache/granary/internal/cache"
 	"github.com/granary-cache/granary/internal/dataset"
+	"github.com/granary-cache/granary/internal/placement"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -26,6 +27,9 @@ type blockReq struct {
 	size        int64 // the file's size
 	blen        int64 // the block's length
 	first, last int   // pages wanted
+	// near, when set, are the block's owners: this worker keeps a near copy
+	// for the clients of its host, copied from them (see near.go).
+	near []placement.Member
 }
 
 // loaded is a block made ready to serve pages [first, last]: stored pages
@@ -265,9 +269,11 @@ func (w *Worker) load(ctx context.Context, req blockReq) (*loaded, error) {
 		l.b = w.store.Lookup(req.key)
 		if l.b == nil {
 			var err error
-			if l.b, err = w.store.Create(req.key, req.blen); err != nil && !errors.Is(err, cache.ErrNoSpace) {
+			if l.b, err = w.createBlock(req); err != nil && !errors.Is(err, cache.ErrNoSpace) {
 				return nil, err
 			}
+		} else if req.near == nil && w.store.Near(l.b) {
+			w.store.Own(l.b)
 		}
 		if err := w.fetchMissing(ctx, req, l); err != nil {
 			return nil, err
@@ -347,7 +353,11 @@ func (w *Worker) fetchPage(ctx context.Context, req blockReq, b *cache.Block, p 
 		if off == 0 && plen == req.size {
 			r.Len = -1 // the whole file: a plain read, which servers answer fastest
 		}
-		rc, err := w.readUFS(ctx, req, r)
+		read := w.readUFS
+		if req.near != nil {
+			read = w.readOwner
+		}
+		rc, err := read(ctx, req, r)
 		if err == nil {
 			_, err = io.ReadFull(rc, buf)
 			rc.Close()
@@ -415,8 +425,15 @@ func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req.first, req.last = 0, w.layout.Pages(req.blen)-1
+	if r.URL.Query().Get(wire.QueryNear) == "1" {
+		req.near = w.nearOwners(req)
+	}
 	ctx := r.Context()
 	l, err := w.load(ctx, req)
+	if errors.Is(err, errNoRoom) {
+		http.Error(rw, err.Error(), http.StatusConflict)
+		return
+	}
 	if err != nil {
 		wire.WriteError(rw, err)
 		return

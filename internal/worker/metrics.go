@@ -20,6 +20,7 @@ type metrics struct {
 	uncached     prometheus.Counter
 	peerReads    prometheus.Counter
 	members      *prometheus.GaugeVec
+	nearPages    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -52,11 +53,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		peerReads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "granary_worker_directory_reader_reads_total", Help: "UFS reads made through the worker that listed the file's directory (CephFS: spares the MDS a lookup).",
 		}),
+		nearPages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "granary_worker_near_pages_total", Help: "Pages copied from their owner into a near copy for the clients of this host.",
+		}),
 		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "granary_membership_members", Help: "Workers of the cluster as this worker sees them, by state (live, not live, leaving).",
 		}, []string{"state"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.bytes, m.pages, m.merged, m.unauthorized, m.readahead, m.uncached, m.peerReads, m.members)
+	reg.MustRegister(m.requests, m.latency, m.bytes, m.pages, m.merged, m.unauthorized, m.readahead, m.uncached, m.peerReads, m.members, m.nearPages)
 	for _, s := range []string{"mem", "ssd", "hdd", "ufs"} {
 		m.bytes.WithLabelValues(s)
 	}
