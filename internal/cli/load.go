@@ -55,7 +55,8 @@ granary load status lists running and recent loads, from any machine.`,
 			res, err := load.Run(cmd.Context(), c, o)
 			show.finish()
 			if asJSON {
-				if werr := writeJSON(g.stdout, res); werr != nil {
+				// One line, like the progress lines before it.
+				if werr := json.NewEncoder(g.stdout).Encode(res); werr != nil {
 					return werr
 				}
 			} else {

@@ -15,6 +15,7 @@ import (
 // on any machine can show them; the client says how a load ended with POST
 // PathLoadEnd and its final LoadProgress.
 const (
+	PathBlocks  = "/v1/blocks" // GET ?ds=: the blocks a worker holds
 	PathLoad    = "/v1/load"
 	PathLoads   = "/v1/loads"
 	PathLoadEnd = "/v1/load/end"
@@ -94,4 +95,16 @@ type LoadRecord struct {
 	Active       int       `json:"active"` // batches being served now
 	LastBatch    time.Time `json:"last_batch"`
 	Ended        bool      `json:"ended"` // the client said how it ended (Progress.State)
+}
+
+// CachedBlock is one block a worker holds (PathBlocks).
+type CachedBlock struct {
+	Path      string `json:"p"`
+	Version   string `json:"v,omitempty"`
+	Index     int64  `json:"i"`
+	BlockSize int64  `json:"bs"`
+	Tier      string `json:"tier"`
+	Near      bool   `json:"near,omitempty"`
+	Complete  bool   `json:"complete"`
+	Pages     int    `json:"pages"`
 }

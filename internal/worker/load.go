@@ -225,3 +225,15 @@ func (w *Worker) handleLoadEnd(rw http.ResponseWriter, r *http.Request) {
 	}
 	rw.WriteHeader(http.StatusNoContent)
 }
+
+// handleBlocks lists the blocks this worker holds of a dataset.
+func (w *Worker) handleBlocks(rw http.ResponseWriter, r *http.Request) {
+	ds := r.URL.Query().Get("ds")
+	var out []wire.CachedBlock
+	for _, b := range w.store.Blocks(ds) {
+		out = append(out, wire.CachedBlock{Path: b.Key.Path, Version: b.Key.Version, Index: b.Key.Index, BlockSize: b.Key.BlockSize,
+			Tier: b.Tier, Near: b.Near, Complete: b.Complete, Pages: b.Pages})
+	}
+	rw.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(rw).Encode(out)
+}

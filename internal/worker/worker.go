@@ -275,6 +275,7 @@ func (w *Worker) apiMux(local bool) http.Handler {
 	mux.HandleFunc("GET "+wire.PathStatus, w.handleStatus)
 	mux.HandleFunc("POST "+wire.PathLoad, w.instrument("load", w.handleLoad))
 	mux.HandleFunc("GET "+wire.PathLoads, w.handleLoads)
+	mux.HandleFunc("GET "+wire.PathBlocks, w.handleBlocks)
 	mux.HandleFunc("POST "+wire.PathLoadEnd, w.handleLoadEnd)
 	mux.HandleFunc("GET "+wire.PathPing, func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusNoContent) })
 	if local {

@@ -22,19 +22,19 @@ import (
 
 // The files under deploy/ that this test keeps honest.
 var (
-	dashboardFile = filepath.Join("..", "..", "deploy", "grafana", "granary.json")
-	alertsFile    = filepath.Join("..", "..", "deploy", "prometheus", "granary-alerts.yaml")
-	deployREADME  = filepath.Join("..", "..", "deploy", "README.md")
+	dashJSONFile   = filepath.Join("..", "..", "deploy", "grafana", "granary.json")
+	dashAlertsFile = filepath.Join("..", "..", "deploy", "prometheus", "granary-alerts.yaml")
+	dashREADME     = filepath.Join("..", "..", "deploy", "README.md")
 )
 
 // The scrape jobs the dashboard and the rules assume (deploy/README.md).
 const (
-	workerJob = "granary-worker"
-	mountJob  = "granary-mount"
+	dashWorkerJob = "granary-worker"
+	dashMountJob  = "granary-mount"
 )
 
 // The alerts an operator was promised, by name.
-var requiredAlerts = []string{
+var dashRequiredAlerts = []string{
 	"GranaryWorkerDown",
 	"GranaryMembershipUnhealthy",
 	"GranaryFallbackStorm",
@@ -57,9 +57,10 @@ func TestDashboardAndAlerts(t *testing.T) {
 
 	needFUSE(t)
 	dir := t.TempDir()
-	// Six blocks through a MEM tier of two: blocks are demoted to SSD, so
+	// Six whole blocks through a MEM tier of two: it fills past its high
+	// watermark and blocks are demoted to SSD, so that
 	// granary_cache_evictions_total has a sample to show.
-	data := make([]byte, 5*blockSize+12345)
+	data := make([]byte, 6*blockSize)
 	for i := range data {
 		data[i] = byte(i*7 + i>>12)
 	}
@@ -83,21 +84,21 @@ func TestDashboardAndAlerts(t *testing.T) {
 	// The evictor runs within a second; wait for its first demotion.
 	var worker map[string]*dto.MetricFamily
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		worker = scrapeFamilies(t, c.workers[0].admin)
+		worker = dashScrape(t, c.workers[0].admin)
 		if worker["granary_cache_evictions_total"] != nil {
 			break
 		}
 		if time.Now().After(deadline) {
-			var tiers []string
+			var state []string
 			for _, n := range []string{"granary_cache_tier_used_bytes", "granary_cache_tier_blocks", "granary_worker_uncached_pages_total", "granary_cache_store_errors_total"} {
 				for _, m := range worker[n].GetMetric() {
-					tiers = append(tiers, fmt.Sprintf("%s%v %g%g%g", n, m.GetLabel(), m.GetGauge().GetValue(), m.GetCounter().GetValue(), m.GetUntyped().GetValue()))
+					state = append(state, fmt.Sprintf("%s%v %g", n, m.GetLabel(), m.GetGauge().GetValue()+m.GetCounter().GetValue()))
 				}
 			}
-			t.Fatalf("no eviction after reading %d bytes through a MEM tier of 2MiB:\n%s\n%s", len(data), strings.Join(tiers, "\n"), c.workers[0].log)
+			t.Fatalf("no eviction after reading %d bytes through a MEM tier of 2MiB:\n%s\n%s", len(data), strings.Join(state, "\n"), c.workers[0].log)
 		}
 	}
-	mount := scrapeFamilies(t, m.admin)
+	mount := dashScrape(t, m.admin)
 	for name := range mount {
 		if strings.HasPrefix(name, "granary_") && worker[name] != nil {
 			t.Errorf("%s is exported by both the worker and the mount: the job label is all that tells them apart", name)
@@ -105,35 +106,49 @@ func TestDashboardAndAlerts(t *testing.T) {
 	}
 
 	// Membership: one gauge per state, set once the worker's watch ran.
-	states := labelValues(worker["granary_membership_members"], "state")
+	states := dashLabelValues(worker["granary_membership_members"], "state")
 	for _, s := range []string{"live", "not live", "leaving"} {
 		if !states[s] {
-			t.Errorf("granary_membership_members has no state=%q sample (has %v)", s, sortedKeys(states))
+			t.Errorf("granary_membership_members has no state=%q sample (has %v)", s, dashSortedKeys(states))
 		}
 	}
 
 	var unknown []string
 	for _, e := range exprs {
-		sels := selectors(e.expr)
-		for _, name := range metricNames(e.expr) {
-			base := baseName(name, worker, mount)
+		sels := dashSelectors(e.expr)
+		for _, name := range dashMetricNames(e.expr) {
+			base := dashBaseName(name, worker, mount)
 			if worker[base] == nil && mount[base] == nil {
 				unknown = append(unknown, fmt.Sprintf("%s (%s)", name, e.where))
 			}
-			if !slices.ContainsFunc(sels, func(s selector) bool { return s.metric == name }) {
+			if !slices.ContainsFunc(sels, func(s dashSelector) bool { return s.metric == name }) {
 				t.Errorf("%s: %s without {job=...}: it would mix the jobs", e.where, name)
 			}
 		}
 		for _, s := range sels {
-			base := baseName(s.metric, worker, mount)
-			fam, job := worker[base], workerJob
+			base := dashBaseName(s.metric, worker, mount)
+			fam, job := worker[base], dashWorkerJob
 			if fam == nil {
-				fam, job = mount[base], mountJob
+				fam, job = mount[base], dashMountJob
 			}
 			if fam == nil {
 				continue // reported above
 			}
-			checkSelector(t, e, s, fam, job)
+			checkDashSelector(t, e, s, fam, job)
+		}
+	}
+	// The other way round, only said: a metric no panel shows.
+	shown := map[string]bool{}
+	for _, e := range exprs {
+		for _, name := range dashMetricNames(e.expr) {
+			shown[dashBaseName(name, worker, mount)] = true
+		}
+	}
+	for _, fams := range []map[string]*dto.MetricFamily{worker, mount} {
+		for name := range fams {
+			if strings.HasPrefix(name, "granary_") && !shown[name] {
+				t.Logf("%s is on no panel and in no rule", name)
+			}
 		}
 	}
 	if len(unknown) > 0 {
@@ -146,7 +161,7 @@ func TestDashboardAndAlerts(t *testing.T) {
 // PromQL: every target's expr and every query variable's query.
 func dashboardExprs(t *testing.T) []dashExpr {
 	t.Helper()
-	raw, err := os.ReadFile(dashboardFile)
+	raw, err := os.ReadFile(dashJSONFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,10 +181,10 @@ func dashboardExprs(t *testing.T) []dashExpr {
 		} `json:"templating"`
 	}
 	if err := json.Unmarshal(raw, &d); err != nil {
-		t.Fatalf("%s: %v", dashboardFile, err)
+		t.Fatalf("%s: %v", dashJSONFile, err)
 	}
 	if d.Title == "" || d.UID == "" || d.SchemaVersion < 36 {
-		t.Errorf("%s: title %q, uid %q, schemaVersion %d: want a title, a uid and schemaVersion >= 36", dashboardFile, d.Title, d.UID, d.SchemaVersion)
+		t.Errorf("%s: title %q, uid %q, schemaVersion %d: want a title, a uid and schemaVersion >= 36", dashJSONFile, d.Title, d.UID, d.SchemaVersion)
 	}
 
 	var out []dashExpr
@@ -182,7 +197,7 @@ func dashboardExprs(t *testing.T) []dashExpr {
 				t.Errorf("variable %s: a data source variable of type %s, want prometheus", v.Name, v.Query)
 			}
 		case "query":
-			checkDatasource(t, "variable "+v.Name, v.Datasource)
+			checkDashDatasource(t, "variable "+v.Name, v.Datasource)
 			var q string
 			if json.Unmarshal(v.Query, &q) != nil {
 				var obj struct{ Query string }
@@ -200,7 +215,7 @@ func dashboardExprs(t *testing.T) []dashExpr {
 		}
 	}
 	if !vars["datasource"] {
-		t.Errorf("%s: no ${datasource} variable", dashboardFile)
+		t.Errorf("%s: no ${datasource} variable", dashJSONFile)
 	}
 
 	ids := map[int]bool{}
@@ -220,7 +235,7 @@ func dashboardExprs(t *testing.T) []dashExpr {
 				} `json:"targets"`
 			}
 			if err := json.Unmarshal(rp, &p); err != nil {
-				t.Fatalf("%s: panel: %v", dashboardFile, err)
+				t.Fatalf("%s: panel: %v", dashJSONFile, err)
 			}
 			where := fmt.Sprintf("panel %d %q", p.ID, p.Title)
 			if ids[p.ID] {
@@ -234,7 +249,7 @@ func dashboardExprs(t *testing.T) []dashExpr {
 				walk(p.Panels)
 				continue
 			}
-			checkDatasource(t, where, p.Datasource)
+			checkDashDatasource(t, where, p.Datasource)
 			if len(p.Targets) == 0 {
 				t.Errorf("%s has no target", where)
 			}
@@ -243,21 +258,21 @@ func dashboardExprs(t *testing.T) []dashExpr {
 					t.Errorf("%s: a target without an expr or a refId", where)
 					continue
 				}
-				checkDatasource(t, where, tg.Datasource)
+				checkDashDatasource(t, where, tg.Datasource)
 				out = append(out, dashExpr{where, tg.Expr})
 			}
 		}
 	}
 	walk(d.Panels)
 	if len(ids) == 0 {
-		t.Errorf("%s has no panels", dashboardFile)
+		t.Errorf("%s has no panels", dashJSONFile)
 	}
 	return out
 }
 
-// checkDatasource wants the ${datasource} variable, so that the dashboard
+// checkDashDatasource wants the ${datasource} variable, so that the dashboard
 // imports into any Grafana.
-func checkDatasource(t *testing.T, where string, raw json.RawMessage) {
+func checkDashDatasource(t *testing.T, where string, raw json.RawMessage) {
 	t.Helper()
 	var ds struct{ Type, UID string }
 	json.Unmarshal(raw, &ds)
@@ -269,7 +284,7 @@ func checkDatasource(t *testing.T, where string, raw json.RawMessage) {
 // alertExprs parses the rule file, checks every rule and returns the exprs.
 func alertExprs(t *testing.T) []dashExpr {
 	t.Helper()
-	raw, err := os.ReadFile(alertsFile)
+	raw, err := os.ReadFile(dashAlertsFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,9 +304,9 @@ func alertExprs(t *testing.T) []dashExpr {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
-		t.Fatalf("%s: %v", alertsFile, err)
+		t.Fatalf("%s: %v", dashAlertsFile, err)
 	}
-	readme, err := os.ReadFile(deployREADME)
+	readme, err := os.ReadFile(dashREADME)
 	if err != nil {
 		t.Error(err)
 	}
@@ -300,7 +315,7 @@ func alertExprs(t *testing.T) []dashExpr {
 	groups := map[string]bool{}
 	for _, g := range f.Groups {
 		if g.Name == "" || groups[g.Name] {
-			t.Errorf("%s: group name %q empty or repeated", alertsFile, g.Name)
+			t.Errorf("%s: group name %q empty or repeated", dashAlertsFile, g.Name)
 		}
 		groups[g.Name] = true
 		for i, r := range g.Rules {
@@ -324,20 +339,20 @@ func alertExprs(t *testing.T) []dashExpr {
 				t.Errorf("%s: want annotations summary and description", where)
 			}
 			if readme != nil && !bytes.Contains(readme, []byte(r.Alert)) {
-				t.Errorf("%s: %s does not say what to do about it", where, deployREADME)
+				t.Errorf("%s: %s does not say what to do about it", where, dashREADME)
 			}
 		}
 	}
-	for _, a := range requiredAlerts {
+	for _, a := range dashRequiredAlerts {
 		if !alerts[a] {
-			t.Errorf("%s: no alert %s", alertsFile, a)
+			t.Errorf("%s: no alert %s", dashAlertsFile, a)
 		}
 	}
 	return out
 }
 
-// scrapeFamilies reads the /metrics of an admin address.
-func scrapeFamilies(t *testing.T, addr string) map[string]*dto.MetricFamily {
+// dashScrape reads the /metrics of an admin address.
+func dashScrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -356,20 +371,20 @@ func scrapeFamilies(t *testing.T, addr string) map[string]*dto.MetricFamily {
 }
 
 var (
-	// metricRE finds granary metric names; one followed by "(" would be a
+	// dashMetricRE finds granary metric names; one followed by "(" would be a
 	// function, which granary has none of.
-	metricRE = regexp.MustCompile(`(?:^|[^a-zA-Z0-9_:])(granary_[a-zA-Z0-9_:]+)`)
-	// selectorRE finds a metric with its label matchers.
-	selectorRE = regexp.MustCompile(`(granary_[a-zA-Z0-9_:]+)\s*\{([^}]*)\}`)
-	matcherRE  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"`)
-	// literalAlternatives is a regex value that lists label values: a|b|c.
-	literalAlternatives = regexp.MustCompile(`^[a-zA-Z0-9_ .-]+(\|[a-zA-Z0-9_ .-]+)*$`)
+	dashMetricRE = regexp.MustCompile(`(?:^|[^a-zA-Z0-9_:])(granary_[a-zA-Z0-9_:]+)`)
+	// dashSelectorRE finds a metric with its label matchers.
+	dashSelectorRE = regexp.MustCompile(`(granary_[a-zA-Z0-9_:]+)\s*\{([^}]*)\}`)
+	dashMatcherRE  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"`)
+	// dashLiteralAlternatives is a regex value that lists label values: a|b|c.
+	dashLiteralAlternatives = regexp.MustCompile(`^[a-zA-Z0-9_ .-]+(\|[a-zA-Z0-9_ .-]+)*$`)
 )
 
-// metricNames returns the granary metric names in a PromQL expression.
-func metricNames(expr string) []string {
+// dashMetricNames returns the granary metric names in a PromQL expression.
+func dashMetricNames(expr string) []string {
 	var out []string
-	for _, m := range metricRE.FindAllStringSubmatchIndex(expr, -1) {
+	for _, m := range dashMetricRE.FindAllStringSubmatchIndex(expr, -1) {
 		name := expr[m[2]:m[3]]
 		if rest := strings.TrimLeft(expr[m[3]:], " \t\n"); strings.HasPrefix(rest, "(") {
 			continue
@@ -381,9 +396,9 @@ func metricNames(expr string) []string {
 	return out
 }
 
-// baseName strips the _bucket, _sum or _count of a histogram's (or
+// dashBaseName strips the _bucket, _sum or _count of a histogram's (or
 // summary's) series to give the family's name.
-func baseName(name string, sets ...map[string]*dto.MetricFamily) string {
+func dashBaseName(name string, sets ...map[string]*dto.MetricFamily) string {
 	for _, suffix := range []string{"_bucket", "_sum", "_count"} {
 		base, ok := strings.CutSuffix(name, suffix)
 		if !ok {
@@ -405,16 +420,16 @@ func baseName(name string, sets ...map[string]*dto.MetricFamily) string {
 	return name
 }
 
-type selector struct {
+type dashSelector struct {
 	metric   string
 	matchers [][3]string // label, op, value
 }
 
-func selectors(expr string) []selector {
-	var out []selector
-	for _, m := range selectorRE.FindAllStringSubmatch(expr, -1) {
-		s := selector{metric: m[1]}
-		for _, mm := range matcherRE.FindAllStringSubmatch(m[2], -1) {
+func dashSelectors(expr string) []dashSelector {
+	var out []dashSelector
+	for _, m := range dashSelectorRE.FindAllStringSubmatch(expr, -1) {
+		s := dashSelector{metric: m[1]}
+		for _, mm := range dashMatcherRE.FindAllStringSubmatch(m[2], -1) {
 			s.matchers = append(s.matchers, [3]string{mm[1], mm[2], mm[3]})
 		}
 		out = append(out, s)
@@ -422,10 +437,10 @@ func selectors(expr string) []selector {
 	return out
 }
 
-// checkSelector wants the selector's job to be the one that exports the
+// checkDashSelector wants the dashSelector's job to be the one that exports the
 // metric, and every other label it matches on to be one the metric has,
 // with values (where they are literal) that it takes.
-func checkSelector(t *testing.T, e dashExpr, s selector, fam *dto.MetricFamily, job string) {
+func checkDashSelector(t *testing.T, e dashExpr, s dashSelector, fam *dto.MetricFamily, job string) {
 	t.Helper()
 	sawJob := false
 	for _, m := range s.matchers {
@@ -444,7 +459,7 @@ func checkSelector(t *testing.T, e dashExpr, s selector, fam *dto.MetricFamily, 
 				continue
 			}
 		}
-		values := labelValues(fam, label)
+		values := dashLabelValues(fam, label)
 		if len(values) == 0 {
 			t.Errorf("%s: %s has no label %q", e.where, s.metric, label)
 			continue
@@ -457,14 +472,14 @@ func checkSelector(t *testing.T, e dashExpr, s selector, fam *dto.MetricFamily, 
 		case "=", "!=":
 			want = []string{value}
 		default:
-			if !literalAlternatives.MatchString(value) {
+			if !dashLiteralAlternatives.MatchString(value) {
 				continue // a real regex: nothing to compare
 			}
 			want = strings.Split(value, "|")
 		}
 		for _, v := range want {
 			if !values[v] {
-				t.Errorf("%s: %s{%s%s%q}: %q is not a value of %s (it takes %q)", e.where, s.metric, label, op, value, v, label, sortedKeys(values))
+				t.Errorf("%s: %s{%s%s%q}: %q is not a value of %s (it takes %q)", e.where, s.metric, label, op, value, v, label, dashSortedKeys(values))
 			}
 		}
 	}
@@ -473,8 +488,8 @@ func checkSelector(t *testing.T, e dashExpr, s selector, fam *dto.MetricFamily, 
 	}
 }
 
-// labelValues returns the values a label takes in a family's samples.
-func labelValues(fam *dto.MetricFamily, label string) map[string]bool {
+// dashLabelValues returns the values a label takes in a family's samples.
+func dashLabelValues(fam *dto.MetricFamily, label string) map[string]bool {
 	out := map[string]bool{}
 	for _, m := range fam.GetMetric() {
 		for _, lp := range m.GetLabel() {
@@ -486,7 +501,7 @@ func labelValues(fam *dto.MetricFamily, label string) map[string]bool {
 	return out
 }
 
-func sortedKeys(m map[string]bool) []string {
+func dashSortedKeys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
 		out = append(out, k)

@@ -1,0 +1,280 @@
+package multihost
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/granary-cache/granary/internal/client"
+	"github.com/granary-cache/granary/internal/wire"
+)
+
+// TestEtcdOutage: etcd stopped for 30 s under reads: the reads go on with
+// the last member set, the workers say so in /healthz; etcd back, every
+// member is live again and everyone sees it.
+func TestEtcdOutage(t *testing.T) {
+	w := newWorld(t, worldOpts{workers: 3, mounts: []string{"m1"}})
+	m := w.mount("m1")
+	readEpoch(t, m.dir, "r2", 16, 1, 0, nil).check(t, "before the outage")
+	w.etcd.Stop()
+	stopped := time.Now()
+	for _, wp := range w.workers {
+		waitFor(t, wp.host.Name+" to notice", 20*time.Second, func() bool {
+			return strings.Contains(healthz(wp), "unreachable since")
+		})
+	}
+	for i := 0; time.Since(stopped) < 30*time.Second; i++ {
+		readEpoch(t, m.dir, "r2", 16, uint64(10+i), 0, nil).check(t, fmt.Sprintf("epoch %d without etcd", i+1))
+	}
+	if v := metric("http://"+w.workers["w1"].admin()+"/metrics", "granary_membership_healthy"); v != 0 {
+		t.Errorf("granary_membership_healthy is %v while etcd is down", v)
+	}
+	w.etcd.Restart(t)
+	for _, wp := range w.workers {
+		waitFor(t, wp.host.Name+" to reach etcd again", 30*time.Second, func() bool {
+			h := healthz(wp)
+			return strings.Contains(h, "membership etcd: ok")
+		})
+	}
+	c := w.client()
+	w.waitLive(c, 3)
+	waitFor(t, "the mount to see etcd again", 30*time.Second, func() bool {
+		return metric("http://"+m.admin+"/metrics", "granary_client_membership_healthy") == 1
+	})
+	readEpoch(t, m.dir, "r2", 16, 99, 0, nil).check(t, "after the outage")
+}
+
+func healthz(wp *workerProc) string {
+	hc := &http.Client{Timeout: 2 * time.Second}
+	resp, err := hc.Get("http://" + wp.admin() + "/healthz")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// TestWorkerJoinsUnderLoad: a fourth worker joins while a mount reads: no
+// read fails, and only its share of the keys moves (at most 1/4 + 2 %).
+func TestWorkerJoinsUnderLoad(t *testing.T) {
+	w := newWorld(t, worldOpts{workers: 3, mounts: []string{"m1"}})
+	m := w.mount("m1")
+	c := w.client()
+	w.waitLive(c, 3)
+	before := sampleOwners(c.Membership().Current(), 50000)
+	blocksBefore := blockOwners(c)
+	readEpoch(t, m.dir, "r1", 16, 1, 0, nil).check(t, "three workers")
+	e := readEpoch(t, m.dir, "r1", 16, 2, 0.2, func() { w.addWorker("w4") })
+	e.check(t, "epoch while w4 joins")
+	w.waitLive(c, 4)
+	moved := float64(diff(before, sampleOwners(c.Membership().Current(), 50000))) / 50000
+	blocksMoved := float64(diff(blocksBefore, blockOwners(c))) / float64(len(blocksBefore))
+	t.Logf("keys moved when w4 joined: %.2f%% of 50000 sample keys, %.2f%% of the dataset's %d blocks", 100*moved, 100*blocksMoved, len(blocksBefore))
+	if moved > 0.25+0.02 {
+		t.Errorf("%.2f%% of the keys moved; want at most 27%%", 100*moved)
+	}
+	readEpoch(t, m.dir, "r1", 16, 3, 0, nil).check(t, "four workers")
+	if served := w.workerMetric(w.workers["w4"], "granary_worker_requests_total", `op="block"`); served <= 0 {
+		t.Errorf("w4 served no block")
+	}
+}
+
+// blockOwners places every block of the dataset.
+func blockOwners(c *client.Client) []string {
+	var out []string
+	for _, name := range sortedNames() {
+		for idx := range max(1, (data.sizes[name]+blockSize-1)/blockSize) {
+			m, _ := c.Membership().Current().Table().Owner(wire.DataKey("r1", name, int64(idx)))
+			out = append(out, m.ID)
+		}
+	}
+	return out
+}
+
+// TestRestartKeepsCache: a worker restarted on its state directory keeps
+// its identity, hence its keys, and its cache: the next epoch hits.
+func TestRestartKeepsCache(t *testing.T) {
+	w := newWorld(t, worldOpts{workers: 3, mounts: []string{"m1"}})
+	m := w.mount("m1")
+	c := w.client()
+	w.waitLive(c, 3)
+	ids := fmt.Sprint(ringIDs(c.Membership().Current()))
+	readEpoch(t, m.dir, "r1", 16, 1, 0, nil).check(t, "cold epoch")
+	wp := w.workers["w2"]
+	w.restart(wp)
+	w.waitLive(c, 3)
+	if got := fmt.Sprint(ringIDs(c.Membership().Current())); got != ids {
+		t.Fatalf("members were %s, after the restart %s: the worker did not keep its identity", ids, got)
+	}
+	waitFor(t, "the mount to see w2 live", 20*time.Second, func() bool {
+		return metric("http://"+m.admin+"/metrics", "granary_client_workers_down") == 0
+	})
+	readEpoch(t, m.dir, "r1", 16, 2, 0, nil).check(t, "epoch after the restart")
+	hit := w.workerMetric(wp, "granary_worker_pages_total", `result="hit"`)
+	miss := w.workerMetric(wp, "granary_worker_pages_total", `result="miss"`)
+	t.Logf("restarted worker: %v page hits, %v misses", hit, miss)
+	if hit == 0 || hit/(hit+miss) < 0.99 {
+		t.Errorf("restarted worker: %v hits, %v misses: below 99%% hits", hit, miss)
+	}
+}
+
+// TestLoadCancelResume: `granary load` of the imagenet bench profile
+// across 3 workers with replicas 2, cancelled halfway (SIGINT) and run
+// again: the second run skips what the first loaded, afterwards every block
+// is cached exactly twice, and an epoch costs the UFS nothing.
+func TestLoadCancelResume(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "imagenet")
+	gen := exec.Command(granary, "bench", "gen", "--ufs", "file://"+dir, "--profile", "imagenet", "--scale", "48MiB",
+		"--files-per-dir", "100", "--quiet")
+	if out, err := gen.CombinedOutput(); err != nil {
+		t.Fatalf("bench gen: %v\n%s", err, out)
+	}
+	// A slow UFS, so that the load is cancelled halfway for sure.
+	w := newWorld(t, worldOpts{workers: 3, datasets: fmt.Sprintf(
+		"  - {name: im, ufs: \"file://%s\", replicas: 2, ufs_limits: {bytes_per_second: 12MiB}}\n", dir)})
+	c := w.client()
+	w.waitLive(c, 3)
+	cfg := w.clientConfig("tester")
+
+	load := exec.Command(granary, "load", "--json", "--config", cfg, "/im/")
+	out, err := load.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	load.Stderr = &stderr
+	if err := load.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var last wire.LoadProgress
+	sc := bufio.NewScanner(out)
+	signalled := false
+	for sc.Scan() {
+		var p wire.LoadProgress
+		if json.Unmarshal(sc.Bytes(), &p) != nil || p.Bytes == 0 {
+			continue
+		}
+		last = p
+		if !signalled && p.BytesDone >= p.Bytes/3 {
+			load.Process.Signal(syscall.SIGINT)
+			signalled = true
+		}
+	}
+	err = load.Wait()
+	if !signalled || err == nil || !strings.Contains(stderr.String(), "cancelled") {
+		t.Fatalf("the first load was not cancelled (signalled %v, exit %v): %s", signalled, err, stderr.String())
+	}
+	t.Logf("cancelled at %d of %d bytes", last.BytesDone, last.Bytes)
+
+	var res struct {
+		Progress wire.LoadProgress `json:"progress"`
+		Elapsed  float64           `json:"elapsed_seconds"`
+	}
+	second := exec.Command(granary, "load", "--json", "--config", cfg, "/im/")
+	stdout, err := second.Output()
+	if err != nil {
+		t.Fatalf("second load: %v\n%s", err, stdout)
+	}
+	lines := strings.Split(strings.TrimSpace(string(stdout)), "\n")
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
+		t.Fatalf("second load's result: %v: %s", err, lines[len(lines)-1])
+	}
+	p := res.Progress
+	t.Logf("second load: %+v in %.1fs", p, res.Elapsed)
+	if p.State != wire.LoadDone || p.Failed != 0 || p.FilesDone != p.Files || p.BytesSkipped == 0 || p.BytesSkipped >= p.Bytes {
+		t.Errorf("the second load did not resume: %+v", p)
+	}
+
+	// Every block of every file, exactly twice, on its two owners.
+	want := map[string]int{}
+	files := 0
+	filepathWalk(t, dir, func(rel string, size int64) {
+		files++
+		for idx := range (size + blockSize - 1) / blockSize {
+			want[fmt.Sprintf("%s#%d", rel, idx)] = 0
+		}
+	})
+	for name, wp := range w.workers {
+		for _, b := range cachedBlocks(t, w, wp, "im") {
+			k := fmt.Sprintf("%s#%d", b.Path, b.Index)
+			if _, ok := want[k]; !ok || !b.Complete || b.Near {
+				t.Errorf("%s holds %s (complete %v, near %v): not a block of the dataset", name, k, b.Complete, b.Near)
+				continue
+			}
+			want[k]++
+		}
+	}
+	for k, n := range want {
+		if n != 2 {
+			t.Errorf("block %s is cached %d times, want 2", k, n)
+		}
+	}
+	// An epoch costs the UFS nothing.
+	before := w.ufsReads("im")
+	for _, rel := range walkFiles(t, dir) {
+		f, err := c.Open(t.Context(), "/im/"+rel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, f.Size())
+		if _, err := f.ReadAt(buf, 0); err != nil && err != io.EOF {
+			t.Fatal(err)
+		}
+	}
+	if after := w.ufsReads("im"); after != before {
+		t.Errorf("an epoch after the load made %v UFS reads", after-before)
+	}
+	// The load is on record, on every worker.
+	out2, err := exec.Command(granary, "load", "status", "--config", cfg).CombinedOutput()
+	if err != nil || strings.Count(string(out2), "/im/") != 2 || !strings.Contains(string(out2), "canceled") || !strings.Contains(string(out2), "done") {
+		t.Errorf("load status: %v\n%s", err, out2)
+	}
+}
+
+func cachedBlocks(t *testing.T, w *world, wp *workerProc, ds string) []wire.CachedBlock {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+wp.host.Addr(7700)+wire.PathBlocks+"?ds="+ds, nil)
+	tok, _ := os.ReadFile(w.token)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out []wire.CachedBlock
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func filepathWalk(t *testing.T, dir string, fn func(rel string, size int64)) {
+	t.Helper()
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		fn(rel, fi.Size())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func walkFiles(t *testing.T, dir string) []string {
+	var out []string
+	filepathWalk(t, dir, func(rel string, _ int64) { out = append(out, rel) })
+	return out
+}
