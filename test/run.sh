@@ -48,8 +48,12 @@ CGO_ENABLED=1 go test -race -tags cephfs -count=1 ./internal/ufs/cephfs/
 race_pkgs=(./internal/ufs/... ./internal/dataset/... ./internal/cache/... ./internal/client/...
 	./internal/flight/... ./internal/meta/... ./internal/placement/... ./internal/membership/...
 	./internal/worker/... ./internal/localcluster/... ./internal/mount/... ./internal/bench/... ./test/cluster/...)
+# test/multihost runs alone (below): its hosts are network namespaces and
+# its faults are timed by probes and leases.
+alone_pkgs=(./test/multihost)
 mapfile -t race_list < <(go list "${race_pkgs[@]}")
-mapfile -t other_list < <(go list ./... | grep -v -x -F "${race_list[@]/#/-e}")
+mapfile -t alone_list < <(go list "${alone_pkgs[@]}")
+mapfile -t other_list < <(go list ./... | grep -v -x -F "${race_list[@]/#/-e}" "${alone_list[@]/#/-e}")
 
 # The CephFS tests of test/cluster count the cluster's MDS requests and OSD
 # reads: they run alone, after the others.
@@ -58,6 +62,9 @@ go test -race -count=1 -skip '^TestCephFS' "${race_list[@]}"
 
 step "go test (the other packages)"
 go test -count=1 "${other_list[@]}"
+
+step "go test ./test/multihost/ (alone: hosts in network namespaces, etcd, faults)"
+go test -count=1 -timeout 20m ./test/multihost/
 
 step "go test -race -run TestCephFS ./test/cluster/ (alone: they count MDS requests)"
 go test -race -count=1 -run '^TestCephFS' ./test/cluster/

@@ -158,7 +158,7 @@ func (f *File) readBlock(ctx context.Context, idx, off int64, buf []byte) error 
 	c := f.c
 	ref := wire.BlockRef{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, Size: f.info.Size, BlockSize: f.blockSize(), Index: idx}
 	owners := c.owners(dataKey(f.ds.Name, f.path, idx), f.ds.Replicas)
-	if m, ok := c.nearWorker(f.ds, owners); ok {
+	if m, ok := c.nearWorker(f.ds, owners[:min(len(owners), max(f.ds.Replicas, 1))]); ok {
 		if err := c.readNear(ctx, f.ds.Name, m, ref, off, buf); err == nil {
 			c.short.Add(1)
 			return nil
@@ -482,7 +482,10 @@ func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 		return nil, ErrNoLocalFile
 	}
 	ref := wire.BlockRef{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, Size: f.info.Size, BlockSize: f.blockSize()}
-	owners := c.owners(dataKey(f.ds.Name, f.path, 0), f.ds.Replicas)
+	// Only the block's owners (not the next worker, which readers go to when
+	// an owner fails): a worker of this host that does not own the block
+	// would cache a copy nobody evicts first.
+	owners := c.Owners(dataKey(f.ds.Name, f.path, 0), max(f.ds.Replicas, 1))
 	near := false
 	if m, ok := c.nearWorker(f.ds, owners); ok {
 		owners, near = []placement.Member{m}, true

@@ -7,6 +7,7 @@ package multihost
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -142,7 +143,7 @@ func newWorld(t *testing.T, o worldOpts) *world {
 		o.datasets = fmt.Sprintf("  - {name: r1, ufs: \"file://%s\", replicas: 1}\n  - {name: r2, ufs: \"file://%s\", replicas: 2}\n", dataDir, dataDir)
 	}
 	if o.leaseTTL == "" {
-		o.leaseTTL = "2s"
+		o.leaseTTL = "4s"
 	}
 	if o.ringGrace == "" {
 		o.ringGrace = "10m"
@@ -312,9 +313,14 @@ type mountProc struct {
 
 // mount mounts the namespace on host name.
 func (w *world) mount(name string, args ...string) *mountProc {
+	return w.mountOn(w.net.Host(name), args...)
+}
+
+// mountOn mounts the namespace on host h (a mount host or a worker's).
+func (w *world) mountOn(h *netnstest.Host, args ...string) *mountProc {
 	t := w.t
 	t.Helper()
-	h := w.net.Host(name)
+	name := h.Name
 	m := &mountProc{host: h, dir: filepath.Join(w.dir, "mnt-"+name), admin: h.Addr(7800)}
 	if err := os.MkdirAll(m.dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -324,6 +330,29 @@ func (w *world) mount(name string, args ...string) *mountProc {
 	t.Cleanup(func() { syscall.Unmount(m.dir, syscall.MNT_DETACH) }) // runs after the process stopped
 	waitHTTP(t, "mount on "+name, "http://"+m.admin+"/v1/status", m.proc)
 	return m
+}
+
+// mountStats is what a mount's /v1/status says of its opens.
+type mountStats struct {
+	Opens            int64 `json:"opens"`
+	PassthroughOpens int64 `json:"passthrough_opens"`
+	DaemonReads      int64 `json:"daemon_reads"`
+}
+
+func (m *mountProc) stats(t testing.TB) mountStats {
+	t.Helper()
+	resp, err := http.Get("http://" + m.admin + "/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Mount mountStats `json:"mount"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Mount
 }
 
 // metric sums the samples of a metric at a /metrics URL whose line contains
