@@ -109,7 +109,7 @@ func (t *tree) write(dir string) error {
 // world is one simulated cluster: etcd, workers and mount hosts, each a
 // network namespace.
 type world struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	net     *netnstest.Net
 	etcd    *etcdtest.Server
@@ -137,7 +137,7 @@ type workerProc struct {
 
 func (w *workerProc) admin() string { return w.host.Addr(7701) }
 
-func newWorld(t *testing.T, o worldOpts) *world {
+func newWorld(t testing.TB, o worldOpts) *world {
 	t.Helper()
 	if o.datasets == "" {
 		o.datasets = fmt.Sprintf("  - {name: r1, ufs: \"file://%s\", replicas: 1}\n  - {name: r2, ufs: \"file://%s\", replicas: 2}\n", dataDir, dataDir)
@@ -420,7 +420,7 @@ func (e *epoch) String() string {
 // read (mid-epoch faults), while the readers go on. The kernel's page cache
 // is dropped first: a mount keeps file pages across opens, and an epoch
 // served from them would not reach granary at all.
-func readEpoch(t *testing.T, root, ds string, readers int, seed uint64, atFrac float64, at func()) *epoch {
+func readEpoch(t testing.TB, root, ds string, readers int, seed uint64, atFrac float64, at func()) *epoch {
 	t.Helper()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("1"), 0); err != nil {
 		t.Fatalf("drop the page cache: %v", err)
@@ -475,7 +475,7 @@ func (e *epoch) note(s string) {
 }
 
 // check fails the test if the epoch had a failed or wrong read.
-func (e *epoch) check(t *testing.T, what string) {
+func (e *epoch) check(t testing.TB, what string) {
 	t.Helper()
 	t.Logf("%s: %s", what, e)
 	if e.failed.Load() != 0 || e.wrong.Load() != 0 || e.files.Load() != int64(len(data.files)) {
