@@ -151,8 +151,12 @@ func (g *globals) up(ctx context.Context, f upFlags) error {
 	for _, ds := range cfg.Datasets {
 		fmt.Fprintf(out, "  /%s  <-  %s\n", ds.Name, ds.URI)
 	}
+	scheme := "http"
+	if cfg.Auth.TLS.Enabled() {
+		scheme = "https"
+	}
 	for _, w := range cl.Workers {
-		fmt.Fprintf(out, "  worker %s  data %s  admin http://%s/metrics\n", w.ID(), w.Addr(), w.AdminAddr())
+		fmt.Fprintf(out, "  worker %s  data %s  admin %s://%s/metrics\n", w.ID(), w.Addr(), scheme, w.AdminAddr())
 	}
 	self, _ := os.Executable()
 	fmt.Fprintf(out, "read through the cache with:\n  %s ls -l --config %s /%s/\n  %s status --config %s\n",

@@ -195,7 +195,13 @@ const (
 func (c *Config) checkCluster(at func(string) *yaml.Node) []problem {
 	var ps []problem
 	bad := func(field, format string, args ...any) {
-		ps = append(ps, problem{line: at(field).Line, field: field, msg: fmt.Sprintf(format, args...)})
+		// A field left out has no line: point at the section that lacks it.
+		line := at(field).Line
+		for f := field; line == 0 && strings.Contains(f, "."); {
+			f = f[:strings.LastIndexByte(f, '.')]
+			line = at(f).Line
+		}
+		ps = append(ps, problem{line: line, field: field, msg: fmt.Sprintf(format, args...)})
 	}
 	w := &c.Worker
 	hostname, _ := os.Hostname()

@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 )
@@ -37,35 +38,63 @@ func (t *TLS) load(field string, bad badFunc) {
 		return
 	}
 	ok := true
-	for name, p := range map[string]string{"cert": t.Cert, "key": t.Key, "ca": t.CA} {
+	files := []struct{ name, path string }{{"cert", t.Cert}, {"key", t.Key}, {"ca", t.CA}}
+	for _, f := range files {
 		switch {
-		case p == "":
-			bad(field+"."+name, "missing: TLS needs cert, key and ca")
+		case f.path == "":
+			bad(field+"."+f.name, "missing: TLS needs cert, key and ca")
 			ok = false
-		case !filepath.IsAbs(p):
-			bad(field+"."+name, "%q is not an absolute path", p)
+		case !filepath.IsAbs(f.path):
+			bad(field+"."+f.name, "%q is not an absolute path", f.path)
 			ok = false
 		}
 	}
 	if !ok {
 		return
 	}
-	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
-	if err != nil {
-		bad(field+".cert", "cannot load the certificate and key: %v", err)
+	data := map[string][]byte{}
+	for _, f := range files {
+		b, err := os.ReadFile(f.path)
+		if err != nil {
+			bad(field+"."+f.name, "cannot read: %v", err)
+			ok = false
+		}
+		data[f.name] = b
+	}
+	if !ok {
 		return
 	}
-	pem, err := os.ReadFile(t.CA)
+	cert, err := tls.X509KeyPair(data["cert"], data["key"])
 	if err != nil {
-		bad(field+".ca", "cannot read: %v", err)
+		// Name the file at fault: the certificate when it holds none,
+		// else the key (not a key, or not the certificate's).
+		if !holdsCert(data["cert"]) {
+			bad(field+".cert", "%s holds no PEM certificate", t.Cert)
+		} else {
+			bad(field+".key", "%s is not the private key of the certificate in %s: %v", t.Key, t.Cert, err)
+		}
 		return
 	}
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
+	if !pool.AppendCertsFromPEM(data["ca"]) {
 		bad(field+".ca", "%s holds no PEM certificate", t.CA)
 		return
 	}
 	t.Certificate, t.Pool = &cert, pool
+}
+
+// holdsCert reports whether the first certificate of a PEM file parses.
+func holdsCert(data []byte) bool {
+	for {
+		var b *pem.Block
+		if b, data = pem.Decode(data); b == nil {
+			return false
+		}
+		if b.Type == "CERTIFICATE" {
+			_, err := x509.ParseCertificate(b.Bytes)
+			return err == nil
+		}
+	}
 }
 
 // ServerConfig is the TLS of a worker's endpoint: it requires a client

@@ -161,9 +161,12 @@ func writeConfig(path string, cfg *config.Config) error {
 		Datasets   []clientDataset   `yaml:"datasets"`
 		Worker     map[string]any    `yaml:"worker"`
 		Membership config.Membership `yaml:"membership"`
+		// Auth: the clients of workers with a token or TLS need it too.
+		Auth config.Auth `yaml:"auth,omitempty"`
 	}{
 		Worker:     map[string]any{"block_size": cfg.Worker.BlockSize, "page_size": cfg.Worker.PageSize},
 		Membership: cfg.Membership,
+		Auth:       cfg.Auth,
 	}
 	for _, ds := range cfg.Datasets {
 		out.Datasets = append(out.Datasets, clientDataset{Name: ds.Name, UFS: ds.UFS, Options: ds.Options,

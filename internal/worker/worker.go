@@ -300,10 +300,13 @@ func (w *Worker) adminMux() http.Handler {
 	return mux
 }
 
-// authenticate requires the shared token when one is configured, and with
-// TLS a verified client certificate (the data endpoint's handshake already
-// refuses connections without one; the admin endpoint asks for one). The
-// unix socket (local) has no TLS: samePeer checks who is at the other end.
+// authenticate lets a request through when it carries what the auth
+// section asks for: with auth.tls a verified client certificate, with
+// auth.token_file the token, and with both either one (the data endpoint's
+// handshake already refuses connections without a certificate; the admin
+// endpoint asks for one but also takes the token, so that /v1/status and
+// pprof can be reached with curl and the token). The unix socket (local) has
+// no TLS: it takes the token, and samePeer checks who is at the other end.
 func (w *Worker) authenticate(next http.Handler, local bool) http.Handler {
 	needCert := w.cfg.Auth.TLS.Enabled() && !local
 	if w.token == "" && !needCert {
@@ -311,17 +314,21 @@ func (w *Worker) authenticate(next http.Handler, local bool) http.Handler {
 	}
 	want := []byte("Bearer " + w.token)
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		if needCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
-			w.m.unauthorized.Inc()
-			http.Error(rw, "a client certificate of the cluster's CA is required", http.StatusUnauthorized)
+		certOK := needCert && r.TLS != nil && len(r.TLS.VerifiedChains) > 0
+		tokenOK := w.token != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) == 1
+		if certOK || tokenOK {
+			next.ServeHTTP(rw, r)
 			return
 		}
-		if w.token != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			w.m.unauthorized.Inc()
+		w.m.unauthorized.Inc()
+		switch {
+		case !needCert:
 			http.Error(rw, "missing or wrong token", http.StatusUnauthorized)
-			return
+		case w.token == "":
+			http.Error(rw, "a client certificate of the cluster's CA is required", http.StatusUnauthorized)
+		default:
+			http.Error(rw, "a client certificate of the cluster's CA or the token is required", http.StatusUnauthorized)
 		}
-		next.ServeHTTP(rw, r)
 	})
 }
 
