@@ -16,8 +16,9 @@ import (
 // state directory, or the system's /etc/granary/granary.yaml. With several,
 // or none, they say which to pass rather than guess.
 
-// systemConfig is where a machine's granary configuration lives.
-const systemConfig = "/etc/granary/granary.yaml"
+// systemConfig is where a machine's granary configuration lives (a
+// variable for tests).
+var systemConfig = "/etc/granary/granary.yaml"
 
 // configCandidates lists the configurations this machine has, with what
 // each is.

@@ -18,7 +18,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -53,7 +52,7 @@ type Client struct {
 	members  membership.Source
 	reach    *membership.Reach
 	host     string
-	sockets  map[string]string // worker ID -> unix socket, for workers on this host
+	sockets  localSockets // the workers on this host
 	token    string
 	scheme   string // http or https
 	timeout  time.Duration
@@ -62,7 +61,6 @@ type Client struct {
 	metas    map[string]*meta.Cache
 
 	http  *http.Client
-	unix  map[string]*http.Client
 	local *localBlocks
 
 	fallbacks    map[string]*fallback // by dataset
@@ -106,7 +104,6 @@ func NewWithMembership(cfg *config.Config, src membership.Source) *Client {
 		scheme:   "http",
 		layout:   cache.Layout{BlockSize: int64(cfg.Worker.BlockSize), PageSize: int64(cfg.Worker.PageSize)},
 		datasets: map[string]config.Dataset{}, metas: map[string]*meta.Cache{},
-		sockets: map[string]string{}, unix: map[string]*http.Client{},
 		http:      &http.Client{Transport: transport},
 		local:     newLocalBlocks(512),
 		fallbacks: map[string]*fallback{},
@@ -127,24 +124,6 @@ func NewWithMembership(cfg *config.Config, src membership.Source) *Client {
 		c.metas[ds.Name] = meta.New(ds.Name, ds.MetadataSync.Interval)
 		c.fallbacks[ds.Name] = newFallback(cfg.Client.FallbackReadsPerSecond)
 	}
-	if cfg.Client.ShortCircuitOn() {
-		for _, m := range src.Current().Members() {
-			if m.Socket == "" || (m.Host != "" && c.host != "" && m.Host != c.host) {
-				continue // not on this host
-			}
-			if st, err := os.Stat(m.Socket); err != nil || st.Mode()&os.ModeSocket == 0 {
-				continue // not on this host, or not running
-			}
-			sock := m.Socket
-			c.sockets[m.ID] = sock
-			c.unix[m.ID] = &http.Client{Transport: &http.Transport{
-				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-					return (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "unix", sock)
-				},
-				MaxIdleConnsPerHost: 64,
-			}}
-		}
-	}
 	return c
 }
 
@@ -152,9 +131,7 @@ func NewWithMembership(cfg *config.Config, src membership.Source) *Client {
 func (c *Client) Close() error {
 	c.reach.Close()
 	c.http.CloseIdleConnections()
-	for _, u := range c.unix {
-		u.CloseIdleConnections()
-	}
+	c.sockets.closeAll()
 	c.local.closeAll()
 	if c.ufs != nil {
 		c.ufs.Close()

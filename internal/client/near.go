@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/membership"
 	"github.com/granary-cache/granary/internal/placement"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -30,11 +31,11 @@ type nearState struct {
 // if ds keeps near copies, no owner of the block runs on this host, and the
 // worker did not refuse lately.
 func (c *Client) nearWorker(ds config.Dataset, owners []placement.Member) (placement.Member, bool) {
-	if !ds.NearCache || len(c.sockets) == 0 {
+	if !ds.NearCache {
 		return placement.Member{}, false
 	}
 	for _, m := range owners {
-		if _, local := c.sockets[m.ID]; local {
+		if c.isLocal(m.ID) {
 			return placement.Member{}, false
 		}
 	}
@@ -44,15 +45,12 @@ func (c *Client) nearWorker(ds config.Dataset, owners []placement.Member) (place
 	if time.Now().Before(until) {
 		return placement.Member{}, false
 	}
-	// The same worker every time: the one with the smallest ID.
-	var id string
-	for wid := range c.sockets {
-		if id == "" || wid < id {
-			id = wid
+	// The same worker every time: the live one of this host with the
+	// smallest ID (members come sorted by ID).
+	for _, m := range c.members.Current().Members() {
+		if m.State == membership.Live && c.isLocal(m.ID) && !c.reach.Down(m.ID) {
+			return placement.Member{ID: m.ID, Addr: m.Addr}, true
 		}
-	}
-	if m, ok := c.members.Current().Member(id); ok && !c.reach.Down(id) {
-		return placement.Member{ID: m.ID, Addr: m.Addr}, true
 	}
 	return placement.Member{}, false
 }

@@ -165,7 +165,7 @@ func (f *File) readBlock(ctx context.Context, idx, off int64, buf []byte) error 
 		}
 	}
 	err := c.try(ctx, owners, func(ctx context.Context, m placement.Member) error {
-		if _, local := c.sockets[m.ID]; local {
+		if c.isLocal(m.ID) {
 			if err := c.readLocal(ctx, m, ref, off, buf, false); err == nil {
 				c.short.Add(1)
 				return nil
@@ -250,7 +250,11 @@ func (c *Client) localBlock(ctx context.Context, m placement.Member, ref wire.Bl
 			return lb, nil
 		}
 	}
-	info, err := c.askLocal(ctx, c.unix[m.ID], ref, verify, near)
+	hc, ok := c.unixClient(m.ID)
+	if !ok {
+		return nil, fmt.Errorf("%w: worker %s is not on this host", errNoShortCircuit, m.ID)
+	}
+	info, err := c.askLocal(ctx, hc, ref, verify, near)
 	if err != nil {
 		var ue *ufs.Error
 		if errors.As(err, &ue) {
@@ -491,7 +495,7 @@ func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 		owners, near = []placement.Member{m}, true
 	}
 	for _, m := range owners {
-		hc, ok := c.unix[m.ID]
+		hc, ok := c.unixClient(m.ID)
 		if !ok {
 			continue
 		}

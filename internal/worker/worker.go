@@ -233,6 +233,11 @@ func (w *Worker) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-errs:
 	}
+	// Leave the live set first (etcd: the lease is revoked), so that readers
+	// send nothing new here while the requests in flight finish.
+	if cerr := w.closeMembership(); cerr != nil {
+		w.log.Warn("leaving the membership", "err", cerr)
+	}
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, srv := range w.servers {

@@ -146,48 +146,20 @@ func TestLoadCancelResume(t *testing.T) {
 	w.waitLive(c, 3)
 	cfg := w.clientConfig("tester")
 
-	load := exec.Command(granary, "load", "--json", "--config", cfg, "/im/")
-	out, err := load.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	load.Stderr = &stderr
-	if err := load.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var last wire.LoadProgress
-	sc := bufio.NewScanner(out)
 	signalled := false
-	for sc.Scan() {
-		var p wire.LoadProgress
-		if json.Unmarshal(sc.Bytes(), &p) != nil || p.Bytes == 0 {
-			continue
-		}
-		last = p
+	first, stderr, err := runLoad(t, cfg, func(p wire.LoadProgress, proc *os.Process) {
 		if !signalled && p.BytesDone >= p.Bytes/3 {
-			load.Process.Signal(syscall.SIGINT)
+			proc.Signal(syscall.SIGINT)
 			signalled = true
 		}
+	})
+	if !signalled || err == nil || !strings.Contains(stderr, "cancelled") {
+		t.Fatalf("the first load was not cancelled (signalled %v, exit %v): %s", signalled, err, stderr)
 	}
-	err = load.Wait()
-	if !signalled || err == nil || !strings.Contains(stderr.String(), "cancelled") {
-		t.Fatalf("the first load was not cancelled (signalled %v, exit %v): %s", signalled, err, stderr.String())
-	}
-	t.Logf("cancelled at %d of %d bytes", last.BytesDone, last.Bytes)
-
-	var res struct {
-		Progress wire.LoadProgress `json:"progress"`
-		Elapsed  float64           `json:"elapsed_seconds"`
-	}
-	second := exec.Command(granary, "load", "--json", "--config", cfg, "/im/")
-	stdout, err := second.Output()
+	t.Logf("cancelled at %d of %d bytes", first.Progress.BytesDone, first.Progress.Bytes)
+	res, stderr, err := runLoad(t, cfg, nil)
 	if err != nil {
-		t.Fatalf("second load: %v\n%s", err, stdout)
-	}
-	lines := strings.Split(strings.TrimSpace(string(stdout)), "\n")
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
-		t.Fatalf("second load's result: %v: %s", err, lines[len(lines)-1])
+		t.Fatalf("second load: %v\n%s", err, stderr)
 	}
 	p := res.Progress
 	t.Logf("second load: %+v in %.1fs", p, res.Elapsed)
@@ -197,9 +169,7 @@ func TestLoadCancelResume(t *testing.T) {
 
 	// Every block of every file, exactly twice, on its two owners.
 	want := map[string]int{}
-	files := 0
 	filepathWalk(t, dir, func(rel string, size int64) {
-		files++
 		for idx := range (size + blockSize - 1) / blockSize {
 			want[fmt.Sprintf("%s#%d", rel, idx)] = 0
 		}
@@ -233,6 +203,23 @@ func TestLoadCancelResume(t *testing.T) {
 	}
 	if after := w.ufsReads("im"); after != before {
 		t.Errorf("an epoch after the load made %v UFS reads", after-before)
+	}
+	// Status: the dataset's size as measured by the workers, all cached.
+	var files, bytes int64
+	filepathWalk(t, dir, func(_ string, size int64) { files, bytes = files+1, bytes+size })
+	var st client.ClusterStatus
+	waitFor(t, "the dataset measured", 30*time.Second, func() bool {
+		out, err := exec.Command(granary, "status", "--json", "--config", cfg).Output()
+		if err != nil || json.Unmarshal(out, &st) != nil || len(st.Datasets) != 1 {
+			return false
+		}
+		u := st.Datasets[0].Usage
+		return u != nil && u.Complete
+	})
+	ds := st.Datasets[0]
+	if ds.Usage.Files != files || ds.Usage.Bytes != bytes || ds.CachedBytes != 2*bytes || ds.CachedPercent != 100 {
+		t.Errorf("status says %d files, %d bytes, %d cached (%.1f%%); the dataset has %d files, %d bytes, cached twice",
+			ds.Usage.Files, ds.Usage.Bytes, ds.CachedBytes, ds.CachedPercent, files, bytes)
 	}
 	// The load is on record, on every worker.
 	out2, err := exec.Command(granary, "load", "status", "--config", cfg).CombinedOutput()
@@ -277,4 +264,115 @@ func walkFiles(t *testing.T, dir string) []string {
 	var out []string
 	filepathWalk(t, dir, func(rel string, _ int64) { out = append(out, rel) })
 	return out
+}
+
+// loadResult is the last line of `granary load --json`.
+type loadResult struct {
+	Progress wire.LoadProgress `json:"progress"`
+	Elapsed  float64           `json:"elapsed_seconds"`
+	Failures []struct {
+		Worker, Path, Error string
+	} `json:"failures"`
+}
+
+// runLoad runs `granary load --json` of /im/ with cfg, calling each with
+// every progress line, and returns its result, stderr and exit.
+func runLoad(t *testing.T, cfg string, each func(wire.LoadProgress, *os.Process)) (loadResult, string, error) {
+	t.Helper()
+	cmd := exec.Command(granary, "load", "--json", "--config", cfg, "/im/")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var res loadResult
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if strings.Contains(string(line), `"elapsed_seconds"`) {
+			if err := json.Unmarshal(line, &res); err != nil {
+				t.Fatalf("load result: %v: %s", err, line)
+			}
+			continue
+		}
+		var p wire.LoadProgress
+		if json.Unmarshal(line, &p) == nil && p.Bytes > 0 && each != nil {
+			each(p, cmd.Process)
+		}
+	}
+	err = cmd.Wait()
+	return res, stderr.String(), err
+}
+
+// TestLoadWorkerDies: a worker killed during granary load is reported, its
+// blocks as failures; the next run loads its share on the next owners, and
+// then every block is cached once on the live workers.
+func TestLoadWorkerDies(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "imagenet")
+	gen := exec.Command(granary, "bench", "gen", "--ufs", "file://"+dir, "--profile", "imagenet", "--scale", "32MiB",
+		"--files-per-dir", "100", "--quiet")
+	if out, err := gen.CombinedOutput(); err != nil {
+		t.Fatalf("bench gen: %v\n%s", err, out)
+	}
+	w := newWorld(t, worldOpts{workers: 3, datasets: fmt.Sprintf(
+		"  - {name: im, ufs: \"file://%s\", ufs_limits: {bytes_per_second: 8MiB}}\n", dir)})
+	c := w.client()
+	w.waitLive(c, 3)
+	cfg := w.clientConfig("tester")
+	victim := w.workers["w3"]
+	killed := false
+	res, stderr, err := runLoad(t, cfg, func(p wire.LoadProgress, _ *os.Process) {
+		if !killed && p.BytesDone >= p.Bytes/3 {
+			victim.proc.Kill()
+			killed = true
+		}
+	})
+	if !killed || err == nil || res.Progress.Failed == 0 || res.Progress.State != wire.LoadFailed {
+		t.Fatalf("the load with a dead worker: exit %v, %+v\n%s", err, res.Progress, stderr)
+	}
+	for _, f := range res.Failures {
+		if f.Worker != victim.id(t, c) || f.Error == "" {
+			t.Errorf("a failure on %s: %+v", f.Worker, f)
+		}
+	}
+	t.Logf("first load: %d blocks failed, e.g. %+v", res.Progress.Failed, res.Failures[0])
+	w.waitLive(c, 2)
+	again, stderr, err := runLoad(t, cfg, nil)
+	if err != nil || again.Progress.State != wire.LoadDone || again.Progress.Failed != 0 || again.Progress.FilesDone != again.Progress.Files {
+		t.Fatalf("the load run again: exit %v, %+v\n%s", err, again.Progress, stderr)
+	}
+	t.Logf("second load: %+v", again.Progress)
+	want := map[string]int{}
+	filepathWalk(t, dir, func(rel string, size int64) {
+		for idx := range (size + blockSize - 1) / blockSize {
+			want[fmt.Sprintf("%s#%d", rel, idx)] = 0
+		}
+	})
+	for _, name := range []string{"w1", "w2"} {
+		for _, b := range cachedBlocks(t, w, w.workers[name], "im") {
+			if b.Complete {
+				want[fmt.Sprintf("%s#%d", b.Path, b.Index)]++
+			}
+		}
+	}
+	for k, n := range want {
+		if n != 1 {
+			t.Errorf("block %s is cached %d times on the live workers, want 1", k, n)
+		}
+	}
+}
+
+// id is the membership ID of a worker process (it made it up at its start).
+func (wp *workerProc) id(t *testing.T, c *client.Client) string {
+	for _, m := range c.Membership().Current().Members() {
+		if m.Host == wp.host.Name {
+			return m.ID
+		}
+	}
+	t.Fatalf("no member on host %s", wp.host.Name)
+	return ""
 }
