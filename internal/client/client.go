@@ -208,7 +208,7 @@ func (c *Client) owners(key string, replicas int) []placement.Member {
 	all := c.members.Current().Owners(buf[:0], key, min(replicas, maxReplicas)+1)
 	if r := min(replicas, len(all)); r > 1 {
 		// Rotate the replicas by a hash of the key and this client's seed.
-		k := int((hashKey(key) ^ c.seed) % uint64(r))
+		k := int(mix64(hashKey(key)^c.seed) % uint64(r))
 		slices.Reverse(all[:k])
 		slices.Reverse(all[k:r])
 		slices.Reverse(all[:r])
@@ -229,6 +229,17 @@ func (c *Client) owners(key string, replicas int) []placement.Member {
 
 // maxReplicas bounds the owners a read considers.
 const maxReplicas = 15
+
+// mix64 spreads every bit of x over the result (splitmix64's finaliser):
+// without it, the choice among two replicas would depend on one bit of the
+// seed and of the key's hash.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
 
 func hashKey(s string) uint64 {
 	h := uint64(14695981039346656037)
@@ -262,7 +273,12 @@ func (c *Client) try(ctx context.Context, owners []placement.Member, fn func(con
 			err = fmt.Errorf("%w: %s did not answer a probe", wire.ErrWorker, m.Addr)
 		}
 		slog.Debug("worker failed; trying the next owner", "worker", m.ID, "err", err)
-		c.reach.MarkDown(m.ID, m.Addr, err)
+		if !wire.Answered(err) {
+			// No answer at all (refused, reset, timed out): read around it
+			// until it answers again. A worker that answered with an error
+			// (busy, its UFS throttling) is only passed over this once.
+			c.reach.MarkDown(m.ID, m.Addr, err)
+		}
 		errs = append(errs, fmt.Errorf("worker %s: %w", m.ID, err))
 	}
 	if len(errs) == 0 {

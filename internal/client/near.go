@@ -71,6 +71,8 @@ func (c *Client) nearRefused(ds string) {
 func (c *Client) readNear(ctx context.Context, ds string, m placement.Member, ref wire.BlockRef, off int64, buf []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
+	ctx, done := c.reach.Guard(ctx, m.ID, m.Addr) // a hung worker costs a probe
+	defer done()
 	if err := c.readLocal(ctx, m, ref, off, buf, true); err != nil {
 		c.nearRefused(ds)
 		return err

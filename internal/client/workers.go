@@ -53,8 +53,8 @@ func (c *Client) Do(ctx context.Context, m placement.Member, method, path string
 	resp, err := c.http.Do(req)
 	if err != nil {
 		done()
-		if membership.ErrMarkedDown(gctx) {
-			c.reach.MarkDown(m.ID, m.Addr, err)
+		if ctx.Err() == nil {
+			c.reach.MarkDown(m.ID, m.Addr, err) // no answer: read around it
 		}
 		return nil, err
 	}

@@ -338,6 +338,9 @@ func (c *Config) checkCluster(at func(string) *yaml.Node) []problem {
 	if cl.Host == "" {
 		cl.Host = hostname
 	}
+	if cl.FallbackReadsPerSecond < 0 {
+		bad("client.fallback_reads_per_second", "must not be negative")
+	}
 	if cl.FallbackReadsPerSecond == 0 {
 		cl.FallbackReadsPerSecond = DefaultFallbackRate
 	}

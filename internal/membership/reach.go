@@ -139,6 +139,16 @@ func (r *Reach) MarkDown(id, addr string, err error) {
 	if r.OnDown != nil {
 		r.OnDown(id, err)
 	}
+	// Under r.mu, so that Close (which closes r.closed under it too) never
+	// waits on a group that is still growing.
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	select {
+	case <-r.closed:
+		p.down.Store(false)
+		return
+	default:
+	}
 	r.wg.Go(func() { r.recover(id, p) })
 }
 
@@ -195,6 +205,8 @@ func (r *Reach) recover(id string, p *peerReach) {
 // Close stops the background probes.
 func (r *Reach) Close() {
 	r.init()
+	r.mu.Lock()
 	r.closeOnce.Do(func() { close(r.closed) })
+	r.mu.Unlock()
 	r.wg.Wait()
 }

@@ -196,24 +196,38 @@ func WriteError(w http.ResponseWriter, err error) {
 // tries another owner.
 var ErrWorker = errors.New("worker failed")
 
+// errAnswered marks an error a worker answered with, as opposed to one of
+// the connection to it.
+var errAnswered = errors.New("answered")
+
+// Answered reports whether err is an error a worker answered with: it is
+// there, only busy or failing for this request.
+func Answered(err error) bool { return errors.Is(err, errAnswered) }
+
 // ReadError turns an error response into a classified error. Errors of the
-// UFS keep their class; others wrap ErrWorker.
+// UFS keep their class; others wrap ErrWorker. Every one satisfies Answered.
 func ReadError(op, dataset, path string, resp *http.Response) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	var e Error
 	if json.Unmarshal(body, &e) != nil || e.Class == "" {
-		return fmt.Errorf("%w: %s /%s/%s: HTTP %d: %s", ErrWorker, op, dataset, path, resp.StatusCode, truncate(string(body)))
+		return &answered{fmt.Errorf("%w: %s /%s/%s: HTTP %d: %s", ErrWorker, op, dataset, path, resp.StatusCode, truncate(string(body)))}
 	}
 	for cls, status := range statusOfClass {
 		if cls.String() == e.Class && status == resp.StatusCode {
 			if cls == ufs.ClassRetryable || cls == ufs.ClassCanceled {
 				break // the next owner may do better
 			}
-			return &ufs.Error{Op: op, Dataset: dataset, Path: path, Class: cls, Err: errors.New(e.Message)}
+			return &ufs.Error{Op: op, Dataset: dataset, Path: path, Class: cls, Err: &answered{errors.New(e.Message)}}
 		}
 	}
-	return fmt.Errorf("%w: %s /%s/%s: %s", ErrWorker, op, dataset, path, e.Message)
+	return &answered{fmt.Errorf("%w: %s /%s/%s: %s", ErrWorker, op, dataset, path, e.Message)}
 }
+
+// answered wraps an error a worker answered with.
+type answered struct{ err error }
+
+func (a *answered) Error() string   { return a.err.Error() }
+func (a *answered) Unwrap() []error { return []error{a.err, errAnswered} }
 
 func truncate(s string) string {
 	if len(s) > 200 {

@@ -14,6 +14,11 @@ import (
 // never asks: without this, it would keep reading the bad bytes until the
 // mount opened the file anew.
 func (w *Worker) repair(ctx context.Context, b *cache.Block, p int) {
+	select {
+	case <-w.storeReady:
+	case <-w.bgCtx.Done():
+		return
+	}
 	ds, ok := w.datasets.Get(b.Key.Dataset)
 	if !ok {
 		return

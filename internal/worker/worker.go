@@ -50,10 +50,13 @@ type Worker struct {
 	metas    map[string]*meta.Cache
 	scans    map[string]*scan // the dataset's size on the UFS
 	store    *cache.Store
-	layout   cache.Layout
-	token    string
-	reg      *prometheus.Registry
-	m        *metrics
+	// storeReady is closed once store is set: the store's scrub may call
+	// repair before cache.Open has returned it.
+	storeReady chan struct{}
+	layout     cache.Layout
+	token      string
+	reg        *prometheus.Registry
+	m          *metrics
 
 	pages     flight.Group[pageKey, []byte]
 	readahead chan struct{} // bounds background page fetches
@@ -103,12 +106,13 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w := &Worker{
 		cfg: cfg, log: log.With("worker", wc.ID), token: cfg.Auth.Token, reg: reg, m: newMetrics(reg),
-		metas:     map[string]*meta.Cache{},
-		scans:     map[string]*scan{},
-		layout:    cache.Layout{BlockSize: int64(wc.BlockSize), PageSize: int64(wc.PageSize)},
-		readahead: make(chan struct{}, 8),
-		started:   time.Now(),
-		loads:     newLoadRegistry(),
+		metas:      map[string]*meta.Cache{},
+		scans:      map[string]*scan{},
+		layout:     cache.Layout{BlockSize: int64(wc.BlockSize), PageSize: int64(wc.PageSize)},
+		readahead:  make(chan struct{}, 8),
+		started:    time.Now(),
+		loads:      newLoadRegistry(),
+		storeReady: make(chan struct{}),
 	}
 	w.reach = &membership.Reach{
 		ProbeAfter: time.Duration(cfg.Client.ProbeAfter), ProbeTimeout: time.Duration(cfg.Client.ConnectTimeout),
@@ -140,6 +144,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 		w.datasets.Close()
 		return nil, err
 	}
+	close(w.storeReady)
 	if err := w.listen(); err != nil {
 		w.Close()
 		return nil, err
