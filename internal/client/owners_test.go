@@ -84,8 +84,9 @@ func TestOwnersSpreadOverReplicas(t *testing.T) {
 		picked := map[string]bool{}
 		for _, s := range seeds {
 			c.seed = s
-			picked[c.owners(key, 2)[0].ID] = true
-			if c.owners(key, 2)[0].ID != c.owners(key, 2)[0].ID {
+			first := c.owners(key, 2)[0].ID
+			picked[first] = true
+			if again := c.owners(key, 2)[0].ID; again != first {
 				t.Fatalf("seed %x: the first owner of %q changed between calls", s, key)
 			}
 		}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/promtest"
 	"github.com/granary-cache/granary/internal/s3test"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -334,31 +335,11 @@ func (c *cluster) metric(name string, match ...string) float64 {
 	return sum
 }
 
-// metric sums the samples of a metric of one worker whose line contains
-// every match.
+// metric sums the samples of a metric of one worker whose labels include
+// every match (`label="value"`); 0 when the worker does not answer.
 func (p *proc) metric(name string, match ...string) float64 {
-	resp, err := http.Get("http://" + p.admin + "/metrics")
-	if err != nil {
-		return 0
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	var sum float64
-lines:
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, name) {
-			continue
-		}
-		for _, m := range match {
-			if !strings.Contains(line, m) {
-				continue lines
-			}
-		}
-		var v float64
-		fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v)
-		sum += v
-	}
-	return sum
+	v, _ := promtest.Scrape(nil, "http://"+p.admin+"/metrics", name, match...)
+	return v
 }
 
 // readTree walks the dataset like a training job's file list does, then

@@ -21,6 +21,7 @@ import (
 
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/promtest"
 	"github.com/granary-cache/granary/internal/tlstest"
 	"github.com/granary-cache/granary/internal/worker"
 )
@@ -143,32 +144,15 @@ func (tc *tlsCluster) admin(t *testing.T) *http.Client {
 	return https(t, tc.ca.Pool(), keyPair(t, tc.cert, tc.key))
 }
 
-// tlsMetric sums the samples of a metric of worker p whose line contains
+// tlsMetric sums the samples of a metric of worker p whose labels include
 // every match, scraped over HTTPS.
 func tlsMetric(t *testing.T, hc *http.Client, p *proc, name string, match ...string) float64 {
 	t.Helper()
-	resp, err := hc.Get("https://" + p.admin + "/metrics")
+	v, err := promtest.Scrape(hc, "https://"+p.admin+"/metrics", name, match...)
 	if err != nil {
 		t.Fatalf("scrape %s: %v", p.id, err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	var sum float64
-lines:
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, name) {
-			continue
-		}
-		for _, m := range match {
-			if !strings.Contains(line, m) {
-				continue lines
-			}
-		}
-		var v float64
-		fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v)
-		sum += v
-	}
-	return sum
+	return v
 }
 
 // TestTLSCluster: three workers with auth.tls serve a client of the same

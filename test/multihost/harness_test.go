@@ -9,7 +9,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"math/rand/v2"
 	"net/http"
@@ -28,6 +27,7 @@ import (
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/etcdtest"
 	"github.com/granary-cache/granary/internal/netnstest"
+	"github.com/granary-cache/granary/internal/promtest"
 )
 
 var (
@@ -355,32 +355,14 @@ func (m *mountProc) stats(t testing.TB) mountStats {
 	return st.Mount
 }
 
-// metric sums the samples of a metric at a /metrics URL whose line contains
-// every match.
+// metric sums the samples of a metric at a /metrics URL whose labels
+// include every match; -1 when it cannot be read.
 func metric(url, name string, match ...string) float64 {
-	hc := &http.Client{Timeout: 5 * time.Second}
-	resp, err := hc.Get(url)
+	v, err := promtest.Scrape(nil, url, name, match...)
 	if err != nil {
 		return -1
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	var sum float64
-lines:
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, name) || len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ' {
-			continue
-		}
-		for _, m := range match {
-			if !strings.Contains(line, m) {
-				continue lines
-			}
-		}
-		var v float64
-		fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v)
-		sum += v
-	}
-	return sum
+	return v
 }
 
 func (w *world) workerMetric(wp *workerProc, name string, match ...string) float64 {
