@@ -206,7 +206,12 @@ func TestBadPaths(t *testing.T) {
 	fails(t, run(t, nil, "ls", "--dataset=demo=file://relative", "/"), "--dataset demo=file://relative", "absolute path")
 	fails(t, run(t, nil, "ls", "--dataset=demo=file:///nonexistent/dir", "/demo"), "dataset demo (file:///nonexistent/dir)")
 	fails(t, run(t, nil, "ls", "--dataset", "noequals", "/"), "expected NAME=URI")
-	fails(t, run(t, nil, "ls", "/"), "no datasets")
+	// No configuration anywhere: say which to pass. (A cache directory of
+	// the test's own, so that a `granary up` of the machine is not found.)
+	noCache := []string{"XDG_CACHE_HOME=" + t.TempDir(), "GRANARY_CONFIG="}
+	if _, err := os.Stat("/etc/granary/granary.yaml"); err != nil {
+		fails(t, run(t, noCache, "ls", "/"), "no configuration: pass --config FILE")
+	}
 }
 
 func TestConfigCheck(t *testing.T) {
