@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,25 +58,37 @@ func (c *Client) nearWorker(ds config.Dataset, owners []placement.Member) (place
 }
 
 // nearRefused notes that the worker of this host did not give a near copy
-// of a block of ds.
-func (c *Client) nearRefused(ds string) {
+// of a block of ds, and why.
+func (c *Client) nearRefused(ds string, why error) {
 	c.near.mu.Lock()
 	if c.near.refused == nil {
 		c.near.refused = map[string]time.Time{}
 	}
 	c.near.refused[ds] = time.Now().Add(nearBackoff)
 	c.near.mu.Unlock()
+	level := slog.LevelWarn
+	if strings.Contains(why.Error(), errNoRoomText) {
+		level = slog.LevelInfo // the dataset does not fit: expected
+	}
+	slog.Log(context.Background(), level, "no near copy; reading from the owners for a while", "dataset", ds, "for", nearBackoff, "err", why)
 }
+
+// errNoRoomText is what a worker answers when it has no room for a near
+// copy (worker.errNoRoom).
+const errNoRoomText = "no free room for a near copy"
 
 // readNear reads bytes of a block through the near copy of the worker of
 // this host.
 func (c *Client) readNear(ctx context.Context, ds string, m placement.Member, ref wire.BlockRef, off int64, buf []byte) error {
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	ctx, done := c.reach.Guard(ctx, m.ID, m.Addr) // a hung worker costs a probe
 	defer done()
 	if err := c.readLocal(ctx, m, ref, off, buf, true); err != nil {
-		c.nearRefused(ds)
+		if parent.Err() == nil { // the reader gave up: no refusal
+			c.nearRefused(ds, err)
+		}
 		return err
 	}
 	c.nearReads.Add(1)

@@ -77,7 +77,7 @@ func TestNearWorker(t *testing.T) {
 		}
 	}
 
-	c.nearRefused("near")
+	c.nearRefused("near", errors.New("test"))
 	if id, ok := pick("near", remoteKey); ok {
 		t.Errorf("picked %q right after a refusal", id)
 	}

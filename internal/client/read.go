@@ -504,8 +504,10 @@ func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 		rctx, cancel := context.WithTimeout(ctx, c.timeout)
 		info, err := c.askLocal(rctx, hc, ref, wire.VerifyChanged, near)
 		cancel()
-		if err != nil && near {
-			c.nearRefused(f.ds.Name)
+		if err != nil && near && ctx.Err() == nil {
+			// (An open the kernel interrupted, and will send again, is no
+			// refusal.)
+			c.nearRefused(f.ds.Name, err)
 		}
 		if err != nil || info.Length != f.info.Size {
 			continue
