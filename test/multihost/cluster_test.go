@@ -133,18 +133,8 @@ func TestRestartKeepsCache(t *testing.T) {
 // again: the second run skips what the first loaded, afterwards every block
 // is cached exactly twice, and an epoch costs the UFS nothing.
 func TestLoadCancelResume(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "imagenet")
-	gen := exec.Command(granary, "bench", "gen", "--ufs", "file://"+dir, "--profile", "imagenet", "--scale", "48MiB",
-		"--files-per-dir", "100", "--quiet")
-	if out, err := gen.CombinedOutput(); err != nil {
-		t.Fatalf("bench gen: %v\n%s", err, out)
-	}
 	// A slow UFS, so that the load is cancelled halfway for sure.
-	w := newWorld(t, worldOpts{workers: 3, datasets: fmt.Sprintf(
-		"  - {name: im, ufs: \"file://%s\", replicas: 2, ufs_limits: {bytes_per_second: 6MiB}}\n", dir)})
-	c := w.client()
-	w.waitLive(c, 3)
-	cfg := w.clientConfig("tester")
+	dir, w, c, cfg := imagenetWorld(t, "48MiB", "replicas: 2, ufs_limits: {bytes_per_second: 6MiB}")
 
 	signalled := false
 	first, stderr, err := runLoad(t, cfg, func(p wire.LoadProgress, proc *os.Process) {
@@ -312,17 +302,7 @@ func runLoad(t *testing.T, cfg string, each func(wire.LoadProgress, *os.Process)
 // blocks as failures; the next run loads its share on the next owners, and
 // then every block is cached once on the live workers.
 func TestLoadWorkerDies(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "imagenet")
-	gen := exec.Command(granary, "bench", "gen", "--ufs", "file://"+dir, "--profile", "imagenet", "--scale", "32MiB",
-		"--files-per-dir", "100", "--quiet")
-	if out, err := gen.CombinedOutput(); err != nil {
-		t.Fatalf("bench gen: %v\n%s", err, out)
-	}
-	w := newWorld(t, worldOpts{workers: 3, datasets: fmt.Sprintf(
-		"  - {name: im, ufs: \"file://%s\", ufs_limits: {bytes_per_second: 2MiB}}\n", dir)})
-	c := w.client()
-	w.waitLive(c, 3)
-	cfg := w.clientConfig("tester")
+	dir, w, c, cfg := imagenetWorld(t, "32MiB", "ufs_limits: {bytes_per_second: 2MiB}")
 	victim := w.workers["w3"]
 	killed := false
 	res, stderr, err := runLoad(t, cfg, func(p wire.LoadProgress, _ *os.Process) {
@@ -377,4 +357,21 @@ func (wp *workerProc) id(t *testing.T, c *client.Client) string {
 	}
 	t.Fatalf("no member on host %s", wp.host.Name)
 	return ""
+}
+
+// imagenetWorld generates the imagenet bench profile at scale and starts 3
+// workers serving it as dataset im with the given YAML settings; it returns
+// the tree's directory, the world, a client and a client configuration.
+func imagenetWorld(t *testing.T, scale, settings string) (string, *world, *client.Client, string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "imagenet")
+	gen := exec.Command(granary, "bench", "gen", "--ufs", "file://"+dir, "--profile", "imagenet", "--scale", scale,
+		"--files-per-dir", "100", "--quiet")
+	if out, err := gen.CombinedOutput(); err != nil {
+		t.Fatalf("bench gen: %v\n%s", err, out)
+	}
+	w := newWorld(t, worldOpts{workers: 3, datasets: fmt.Sprintf("  - {name: im, ufs: \"file://%s\", %s}\n", dir, settings)})
+	c := w.client()
+	w.waitLive(c, 3)
+	return dir, w, c, w.clientConfig("tester")
 }
