@@ -47,7 +47,8 @@ CGO_ENABLED=1 go test -race -tags cephfs -count=1 ./internal/ufs/cephfs/
 # test/cluster then builds the worker binary with -race as well.
 race_pkgs=(./internal/ufs/... ./internal/dataset/... ./internal/cache/... ./internal/client/...
 	./internal/flight/... ./internal/meta/... ./internal/placement/... ./internal/membership/...
-	./internal/worker/... ./internal/localcluster/... ./internal/mount/... ./internal/bench/... ./test/cluster/...)
+	./internal/worker/... ./internal/localcluster/... ./internal/mount/... ./internal/bench/... ./internal/load/...
+	./test/cluster/...)
 # test/multihost runs alone (below): its hosts are network namespaces and
 # its faults are timed by probes and leases.
 alone_pkgs=(./test/multihost)

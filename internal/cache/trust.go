@@ -57,6 +57,11 @@ func (s *Store) trustLocked(f *File, p int, gen uint32) {
 		return
 	}
 	if b.stamp != f.stamp {
+		if f.stamp.ctime < b.stamp.ctime {
+			// A handle opened before the file last changed (the scrub's,
+			// say): its checks say nothing of the file as it is now.
+			return
+		}
 		// The file changed since the last checks: none of them holds.
 		for i := range b.pages {
 			b.pages[i].checked = false

@@ -489,7 +489,12 @@ func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 	// Only the block's owners (not the next worker, which readers go to when
 	// an owner fails): a worker of this host that does not own the block
 	// would cache a copy nobody evicts first.
-	owners := c.Owners(dataKey(f.ds.Name, f.path, 0), max(f.ds.Replicas, 1))
+	var owners []placement.Member
+	for _, m := range c.members.Current().Owners(nil, dataKey(f.ds.Name, f.path, 0), max(f.ds.Replicas, 1)) {
+		if !c.reach.Down(m.ID) {
+			owners = append(owners, m)
+		}
+	}
 	near := false
 	if m, ok := c.nearWorker(f.ds, owners); ok {
 		owners, near = []placement.Member{m}, true

@@ -89,7 +89,7 @@ type fileState struct {
 }
 
 type progress struct {
-	files, bytes                                             int64
+	files, bytes                                             atomic.Int64 // set once planned
 	filesDone, bytesDone, filesSkipped, bytesSkipped, failed atomic.Int64
 	state                                                    atomic.Pointer[string]
 }
@@ -139,8 +139,9 @@ func Run(ctx context.Context, c *client.Client, o Options) (Result, error) {
 		bs = c.Layout().BlockSize
 	}
 	shares := map[string]*share{}
+	var nfiles, nbytes int64
 	for _, f := range files {
-		r.p.files++
+		nfiles++
 		fs := &fileState{size: f.info.Size}
 		fs.cached.Store(true)
 		r.files[f.path] = fs
@@ -163,10 +164,12 @@ func Run(ctx context.Context, c *client.Client, o Options) (Result, error) {
 				}
 				sh.items = append(sh.items, wire.LoadItem{Path: f.path, Version: f.info.Version, Size: f.info.Size, BlockSize: bs, Index: idx})
 				fs.left.Add(1)
-				r.p.bytes += min(bs, f.info.Size-idx*bs)
+				nbytes += min(bs, f.info.Size-idx*bs)
 			}
 		}
 	}
+	r.p.files.Store(nfiles)
+	r.p.bytes.Store(nbytes)
 	r.setState(wire.LoadLoading)
 	var wg sync.WaitGroup
 	for _, sh := range shares {
@@ -234,7 +237,7 @@ func (r *run) setState(s string) { r.p.state.Store(&s) }
 // snapshot is the progress as it stands.
 func (r *run) snapshot() wire.LoadProgress {
 	p := wire.LoadProgress{
-		Files: r.p.files, Bytes: r.p.bytes,
+		Files: r.p.files.Load(), Bytes: r.p.bytes.Load(),
 		FilesDone: r.p.filesDone.Load(), BytesDone: r.p.bytesDone.Load(),
 		FilesSkipped: r.p.filesSkipped.Load(), BytesSkipped: r.p.bytesSkipped.Load(),
 		Failed: r.p.failed.Load(), State: *r.p.state.Load(), Updated: time.Now().UTC(),

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 
@@ -64,6 +65,7 @@ type walker struct {
 
 	mu    sync.Mutex
 	files map[string]file // by path: a file matched twice is loaded once
+	added int             // files matched, twice if twice
 	dirs  int
 	errs  []error
 }
@@ -81,6 +83,7 @@ func (w *walker) fail(err error) {
 func (w *walker) add(p string, fi ufs.FileInfo) {
 	w.mu.Lock()
 	w.files[p] = file{path: p, info: fi}
+	w.added++
 	w.mu.Unlock()
 }
 
@@ -101,7 +104,10 @@ func (w *walker) list(ctx context.Context, dir string) ([]ufs.FileInfo, error) {
 // match finds what segs match under dir (a directory of the dataset, ""
 // for its root), in parallel. Listings go through the client's metadata
 // cache, so a directory that two branches of a pattern visit is listed once.
-func (w *walker) match(ctx context.Context, dir string, segs []string, wg *sync.WaitGroup) {
+// literal says that no pattern came before: a plain name that is not there
+// is then an error; after a pattern (/ds/*/labels.json), it only does not
+// match in that directory.
+func (w *walker) match(ctx context.Context, dir string, segs []string, literal bool, wg *sync.WaitGroup) {
 	if len(segs) == 0 {
 		w.tree(ctx, dir, wg)
 		return
@@ -112,7 +118,7 @@ func (w *walker) match(ctx context.Context, dir string, segs []string, wg *sync.
 		w.tree(ctx, dir, wg)
 	case seg == "**":
 		// Zero directories, or one more and "**" again.
-		wg.Go(func() { w.match(ctx, dir, segs[1:], wg) })
+		wg.Go(func() { w.match(ctx, dir, segs[1:], false, wg) })
 		entries, err := w.list(ctx, dir)
 		if err != nil {
 			w.fail(err)
@@ -121,21 +127,24 @@ func (w *walker) match(ctx context.Context, dir string, segs []string, wg *sync.
 		for _, e := range entries {
 			if e.IsDir() {
 				p := join(dir, e.Name)
-				wg.Go(func() { w.match(ctx, p, segs, wg) })
+				wg.Go(func() { w.match(ctx, p, segs, false, wg) })
 			}
 		}
 	case !hasMeta(seg):
 		// A plain name: no need to list dir to find it.
 		p := join(dir, seg)
 		fi, err := w.c.Stat(ctx, "/"+w.ds+"/"+p)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				err = fmt.Errorf("/%s/%s: no such file or directory", w.ds, p)
-			}
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && !literal:
+			return
+		case errors.Is(err, fs.ErrNotExist):
+			w.fail(fmt.Errorf("/%s/%s: no such file or directory", w.ds, p))
+			return
+		case err != nil:
 			w.fail(err)
 			return
 		}
-		w.matched(ctx, p, fi, segs[1:], wg)
+		w.matched(ctx, p, fi, segs[1:], literal, wg)
 	default:
 		entries, err := w.list(ctx, dir)
 		if err != nil {
@@ -144,7 +153,7 @@ func (w *walker) match(ctx context.Context, dir string, segs []string, wg *sync.
 		}
 		for _, e := range entries {
 			if ok, _ := path.Match(seg, e.Name); ok {
-				w.matched(ctx, join(dir, e.Name), e, segs[1:], wg)
+				w.matched(ctx, join(dir, e.Name), e, segs[1:], false, wg)
 			}
 		}
 	}
@@ -152,12 +161,12 @@ func (w *walker) match(ctx context.Context, dir string, segs []string, wg *sync.
 
 // matched handles an entry p that matched its segment; rest is what must
 // still match below it.
-func (w *walker) matched(ctx context.Context, p string, fi ufs.FileInfo, rest []string, wg *sync.WaitGroup) {
+func (w *walker) matched(ctx context.Context, p string, fi ufs.FileInfo, rest []string, literal bool, wg *sync.WaitGroup) {
 	switch {
 	case !fi.IsDir() && len(rest) == 0:
 		w.add(p, fi)
 	case fi.IsDir():
-		wg.Go(func() { w.match(ctx, p, rest, wg) })
+		wg.Go(func() { w.match(ctx, p, rest, literal, wg) })
 	}
 }
 
@@ -185,14 +194,20 @@ func join(dir, name string) string {
 	return dir + "/" + name
 }
 
-// expand lists what the targets name in dataset ds.
+// expand lists what the targets name in dataset ds, one target after the
+// other (each in parallel). A target with a pattern that matches no file is
+// an error that names it.
 func expand(ctx context.Context, c *client.Client, ds string, patterns [][]string, parallel int) ([]file, int, error) {
 	w := newWalker(c, ds, parallel)
-	var wg sync.WaitGroup
 	for _, segs := range patterns {
-		wg.Go(func() { w.match(ctx, "", segs, &wg) })
+		before := w.added
+		var wg sync.WaitGroup
+		wg.Go(func() { w.match(ctx, "", segs, true, &wg) })
+		wg.Wait()
+		if glob := slices.ContainsFunc(segs, func(s string) bool { return s == "**" || hasMeta(s) }); glob && w.added == before && len(w.errs) == 0 {
+			w.fail(fmt.Errorf("/%s/%s matches no file", ds, strings.Join(segs, "/")))
+		}
 	}
-	wg.Wait()
 	if err := ctx.Err(); err != nil {
 		return nil, w.dirs, err
 	}

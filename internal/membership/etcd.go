@@ -367,6 +367,12 @@ func (e *Etcd) resync(ctx context.Context) error {
 		return err
 	}
 	e.mu.Lock()
+	if e.ring != nil && e.rev > resp.Header.Revision {
+		// The watch applied newer events while this read was on its way:
+		// what it holds is more recent than this snapshot.
+		e.mu.Unlock()
+		return nil
+	}
 	e.ring, e.live, e.down = map[string]ringEntry{}, map[string]liveEntry{}, map[string]downEntry{}
 	for _, kv := range resp.Kvs {
 		e.put(string(kv.Key), kv.Value)

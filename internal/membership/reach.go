@@ -117,11 +117,26 @@ func (r *Reach) Guard(parent context.Context, id, addr string) (ctx context.Cont
 	alive := p.alive
 	p.mu.Unlock()
 	stop := context.AfterFunc(alive, func() { cancel(errMarkedDown) })
-	t := time.AfterFunc(r.probeAfter(), func() { r.probe(id, p) })
+	// Probed again every ProbeAfter while it lasts: a long stream (a load
+	// batch) can outlive a worker cut off after its first probe.
+	var t *time.Timer
+	var mu sync.Mutex
+	mu.Lock() // t is set before its function can use it
+	defer mu.Unlock()
+	t = time.AfterFunc(r.probeAfter(), func() {
+		r.probe(id, p)
+		mu.Lock()
+		defer mu.Unlock()
+		if ctx.Err() == nil {
+			t.Reset(r.probeAfter())
+		}
+	})
 	return ctx, func() {
-		t.Stop()
-		stop()
 		cancel(nil)
+		mu.Lock()
+		t.Stop()
+		mu.Unlock()
+		stop()
 	}
 }
 

@@ -139,6 +139,10 @@ func (w *Worker) blockRequest(ref wire.BlockRef) (blockReq, error) {
 	if err != nil {
 		return blockReq{}, err
 	}
+	if ref.Index < 0 || ref.Size < 0 {
+		return blockReq{}, &ufs.Error{Op: "read", Dataset: ds.Name(), Path: p, Class: ufs.ClassInvalid,
+			Err: fmt.Errorf("block %d of a %d-byte file: neither may be negative", ref.Index, ref.Size)}
+	}
 	// The client's block size for the dataset is followed, so that client
 	// and worker can never disagree on what block i is; it must fit this
 	// worker's pages.

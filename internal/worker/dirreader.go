@@ -48,7 +48,9 @@ func (w *Worker) readUFS(ctx context.Context, req blockReq, r ufs.Range) (io.Rea
 		if !errors.Is(err, wire.ErrWorker) {
 			return rc, err
 		}
-		w.reach.MarkDown(m.ID, m.Addr, err)
+		if !wire.Answered(err) {
+			w.reach.MarkDown(m.ID, m.Addr, err)
+		}
 		w.log.Debug("directory reader failed; reading the UFS directly", "peer", m.ID, "err", err)
 	}
 	return req.ds.FS.ReadRange(ctx, req.key.Path, r)

@@ -191,6 +191,7 @@ func (w *Worker) loadBlock(r *http.Request, ds string, it wire.LoadItem) wire.Lo
 	}
 	ev.Bytes = req.blen
 	if b := w.store.Lookup(req.key); b != nil && w.store.Complete(b) {
+		w.store.Own(b) // a near copy of a block this worker now owns
 		ev.Cached = true
 		return ev
 	}

@@ -153,11 +153,12 @@ func (w *Worker) useMembership(src membership.Source) {
 	})
 }
 
-// view is the current membership.
+// view is the current membership (the last one, once the worker left it
+// to drain).
 func (w *Worker) view() *membership.View {
 	src := w.members.Load()
 	if src == nil {
-		return nil
+		return w.lastView.Load()
 	}
 	return (*src).Current()
 }
@@ -179,6 +180,7 @@ func (w *Worker) closeMembership() error {
 	if src == nil {
 		return nil
 	}
+	w.lastView.Store((*src).Current())
 	return (*src).Close()
 }
 

@@ -60,7 +60,9 @@ func (w *Worker) readOwner(ctx context.Context, req blockReq, r ufs.Range) (io.R
 		if errors.As(err, &ue) && ue.Class != ufs.ClassRetryable && ue.Class != ufs.ClassCanceled {
 			return nil, err // an error of the UFS: another owner would say the same
 		}
-		w.reach.MarkDown(m.ID, m.Addr, err)
+		if !wire.Answered(err) {
+			w.reach.MarkDown(m.ID, m.Addr, err) // no answer: read around it
+		}
 		errs = append(errs, fmt.Errorf("worker %s: %w", m.ID, err))
 	}
 	return nil, fmt.Errorf("%w: no owner answered for a near copy: %w", wire.ErrWorker, errors.Join(errs...))

@@ -154,7 +154,9 @@ func (w *Worker) listAnywhere(ctx context.Context, d *dataset.Dataset, dir strin
 		if err == nil || !errors.Is(err, wire.ErrWorker) {
 			return entries, err
 		}
-		w.reach.MarkDown(m.ID, m.Addr, err)
+		if !wire.Answered(err) {
+			w.reach.MarkDown(m.ID, m.Addr, err)
+		}
 	}
 	l, err := w.metas[d.Name()].List(ctx, d.FS, dir)
 	if err != nil {
