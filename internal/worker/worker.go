@@ -65,7 +65,7 @@ type Worker struct {
 	loads      *loadRegistry
 	members    atomic.Pointer[membership.Source]
 	lastView   atomic.Pointer[membership.View] // kept while draining
-	advertised string // the data address peers and clients dial
+	advertised string                          // the data address peers and clients dial
 	reach      *membership.Reach
 	peerHTTP   *http.Client
 	started    time.Time
