@@ -40,9 +40,9 @@ func (e *Etcd) register(ctx context.Context) error {
 		ops = append(ops, clientv3.OpPut(e.key("ring", self.ID), string(ring)))
 	}
 	if _, err := e.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		e.cli.Revoke(rctx, lease.ID)
-		cancel()
+		// The new lease is left to expire, not revoked: the transaction
+		// may have been applied with its answer lost (etcd going down), and
+		// revoking the lease would then delete the live entry it holds.
 		return fmt.Errorf("register %s: %w", self.ID, err)
 	}
 	e.mu.Lock()
