@@ -122,4 +122,3 @@ func (s *Store) PageCRCs(b *Block) []uint32 {
 	}
 	return crcs
 }
-
