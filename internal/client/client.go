@@ -213,18 +213,18 @@ func (c *Client) owners(key string, replicas int) []placement.Member {
 		slices.Reverse(all[k:r])
 		slices.Reverse(all[:r])
 	}
+	// Workers marked down go last, in their order (one look at Reach each:
+	// this is on every read).
 	out := make([]placement.Member, 0, len(all))
-	for _, m := range all {
-		if !c.reach.Down(m.ID) {
-			out = append(out, m)
-		}
-	}
+	var down []placement.Member
 	for _, m := range all {
 		if c.reach.Down(m.ID) {
+			down = append(down, m)
+		} else {
 			out = append(out, m)
 		}
 	}
-	return out
+	return append(out, down...)
 }
 
 // maxReplicas bounds the owners a read considers.
