@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/granary-cache/granary/internal/version.Version=$(
 	-X github.com/granary-cache/granary/internal/version.Commit=$(COMMIT)
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all granary granary-cephfs test bench
+.PHONY: all granary granary-cephfs test bench generate
 all: granary granary-cephfs
 
 granary:
@@ -20,3 +20,8 @@ test:
 
 bench:
 	bash test/bench.sh
+
+# Deep-copy methods, CRDs and the operator's RBAC from the Go API
+# (controller-gen, built by test/lib.sh).
+generate:
+	bash test/generate.sh

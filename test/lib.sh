@@ -8,6 +8,11 @@ STATICCHECK_VERSION=v0.8.2
 VERSITYGW_VERSION=v1.8.0
 # The etcd server's version is the one test/tools/etcd/go.mod pins.
 ETCD_VERSION=$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" {print $3}' test/tools/etcd/go.mod)
+# Kubernetes' version is the one test/tools/k8s/go.mod pins.
+K8S_VERSION=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' test/tools/k8s/go.mod)
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.22.0
+CONTROLLER_GEN_VERSION=v0.23.0
 
 tools="$PWD/.cache/bin"
 mkdir -p "$tools"
@@ -50,6 +55,22 @@ go_etcd() {
 	fi
 }
 
+# go_k8s builds kube-apiserver, kube-controller-manager, kube-scheduler and
+# kubectl of test/tools/k8s into .cache/bin (its README says why it is a
+# module of its own). The version flags make `--version` tell the truth.
+go_k8s() {
+	local stamp="$tools/.k8s-$K8S_VERSION"
+	if [[ -e "$stamp" ]]; then return; fi
+	local v=${K8S_VERSION#v} minor
+	minor=$(cut -d. -f2 <<<"$v")
+	local ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+	for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+		step "go build $c $K8S_VERSION (test/tools/k8s)"
+		(cd test/tools/k8s && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -ldflags="$ld" -o "$tools/$c" "k8s.io/kubernetes/cmd/$c")
+	done
+	touch "$stamp"
+}
+
 # install_test_deps installs everything the tests and benchmarks use and
 # exports where to find it.
 install_test_deps() {
@@ -62,6 +83,19 @@ install_test_deps() {
 	export GRANARY_VERSITYGW="$tools/versitygw"
 	go_etcd
 	export GRANARY_ETCD="$tools/etcd"
+	# A real control plane for the operator's tests: kube-apiserver (with
+	# envtest, over the etcd above), controller-manager, scheduler, kubectl,
+	# kwok for nodes, helm for the chart, controller-gen for the CRDs.
+	go_k8s
+	go_tool kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
+	go_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+	go_tool controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_GEN_VERSION"
+	export GRANARY_KUBE_BIN="$tools"
+	# kwok's node and pod stages ship in its module (downloaded again if the
+	# module cache was emptied since kwok was built).
+	local kwok_dir
+	kwok_dir=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	export GRANARY_KWOK_STAGES="$kwok_dir/kustomize/stage"
 	# Tests that need a server fail, rather than skip, when it is missing.
 	export GRANARY_REQUIRE_SERVERS=1
 }

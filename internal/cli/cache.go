@@ -27,13 +27,21 @@ import (
 )
 
 func newWorkerCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var over config.Worker
+	cmd := &cobra.Command{
 		Use:   "worker --config FILE",
 		Short: "Run a cache worker: serve the configured datasets from its tiers",
-		Args:  cobra.NoArgs,
+		Long: `worker serves the configured datasets from its tiers. The flags override the
+worker section of the configuration, for what differs between the workers that
+share one file (a Kubernetes DaemonSet passes its node's name and its pod's
+address).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := g.loadConfig()
 			if err != nil {
+				return err
+			}
+			if err := overrideWorker(cfg, over); err != nil {
 				return err
 			}
 			if len(cfg.Datasets) == 0 {
@@ -46,6 +54,31 @@ func newWorkerCmd(g *globals) *cobra.Command {
 			return w.Serve(cmd.Context())
 		},
 	}
+	fl := cmd.Flags()
+	fl.StringVar(&over.ID, "id", "", "worker.id: the worker's name in the membership")
+	fl.StringVar(&over.Listen, "listen", "", "worker.listen: the data endpoint, host:port")
+	fl.StringVar(&over.Admin, "admin", "", "worker.admin: metrics, health and status, host:port")
+	fl.StringVar(&over.Advertise, "advertise", "", "worker.advertise: the data address others dial")
+	fl.StringVar(&over.Host, "host", "", "worker.host: the machine the worker runs on")
+	fl.StringVar(&over.Zone, "zone", "", "worker.zone: its failure domain")
+	return cmd
+}
+
+// overrideWorker applies the worker command's flags to the configuration
+// and checks it again, so that a bad flag gets the same clear error as a bad
+// line of the file.
+func overrideWorker(cfg *config.Config, over config.Worker) error {
+	w := &cfg.Worker
+	for _, f := range []struct {
+		dst *string
+		v   string
+	}{{&w.ID, over.ID}, {&w.Listen, over.Listen}, {&w.Admin, over.Admin},
+		{&w.Advertise, over.Advertise}, {&w.Host, over.Host}, {&w.Zone, over.Zone}} {
+		if f.v != "" {
+			*f.dst = f.v
+		}
+	}
+	return cfg.Recheck()
 }
 
 type upFlags struct {

@@ -17,13 +17,16 @@ import (
 
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/load"
+	"github.com/granary-cache/granary/internal/membership"
+	"github.com/granary-cache/granary/internal/operator"
 	"github.com/granary-cache/granary/internal/wire"
 )
 
 func newLoadCmd(g *globals) *cobra.Command {
 	var (
-		o      load.Options
-		asJSON bool
+		o        load.Options
+		asJSON   bool
+		reportTo string
 	)
 	cmd := &cobra.Command{
 		Use:   "load /DATASET/PATH-OR-GLOB... | load status",
@@ -52,8 +55,22 @@ granary load status lists running and recent loads, from any machine.`,
 			o.Targets = args
 			show := g.loadProgress(asJSON)
 			o.Progress = show.update
+			var rep *operator.LoadReporter
+			if reportTo != "" {
+				if rep, err = openLoadReporter(cmd.Context(), reportTo); err != nil {
+					return err
+				}
+				o.Progress = func(p wire.LoadProgress) { show.update(p); rep.Progress(p) }
+			}
 			res, err := load.Run(cmd.Context(), c, o)
 			show.finish()
+			if rep != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				if rerr := rep.Finish(ctx, res, err); rerr != nil {
+					fmt.Fprintf(g.stderr, "granary load: %v\n", rerr)
+				}
+				cancel()
+			}
 			if asJSON {
 				// One line, like the progress lines before it.
 				if werr := json.NewEncoder(g.stdout).Encode(res); werr != nil {
@@ -72,8 +89,30 @@ granary load status lists running and recent loads, from any machine.`,
 	fl.IntVar(&o.Replicas, "replicas", 0, "copies of each block to load (default: the dataset's replicas)")
 	fl.BoolVar(&o.MetadataOnly, "metadata-only", false, "warm listings and file attributes only")
 	fl.BoolVar(&asJSON, "json", false, "progress and result as JSON")
+	fl.StringVar(&reportTo, "report-to", "", "also write the progress into a Kubernetes DataLoad's status: dataload/NAMESPACE/NAME (in a pod, or with $KUBECONFIG)")
 	cmd.AddCommand(newLoadStatusCmd(g))
 	return cmd
+}
+
+// openLoadReporter reaches the DataLoad that --report-to names and marks
+// the load as running there.
+func openLoadReporter(ctx context.Context, target string) (*operator.LoadReporter, error) {
+	name, err := operator.ParseReportTarget(target)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := membership.KubeConfig("")
+	if err != nil {
+		return nil, fmt.Errorf("--report-to: %w", err)
+	}
+	rep, err := operator.NewLoadReporter(ctx, rc, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := rep.Start(ctx); err != nil {
+		return nil, err
+	}
+	return rep, nil
 }
 
 func newLoadStatusCmd(g *globals) *cobra.Command {

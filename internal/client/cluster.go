@@ -109,24 +109,18 @@ func (c *Client) ClusterStatus(ctx context.Context) ClusterStatus {
 	st := ClusterStatus{Membership: c.members.Health(), Members: c.Status(ctx)}
 	for _, name := range c.Datasets() {
 		cfg := c.datasets[name]
-		ds := DatasetStatus{Name: name, UFS: cfg.UFS, Replicas: max(cfg.Replicas, 1), CachedPercent: -1}
+		ds := DatasetStatus{Name: name, UFS: cfg.UFS, Replicas: max(cfg.Replicas, 1)}
+		var total wire.DatasetTotal
 		for _, w := range st.Members {
 			if w.Status == nil {
 				continue
 			}
 			d := w.Status.Datasets[name]
-			ds.CachedBytes += d.CachedBytes
+			total.Add(wire.DatasetFigures{CachedBytes: d.CachedBytes, Usage: d.Usage})
 			ds.Operations = ds.Operations.Add(d.UFS)
-			if u := d.Usage; u != nil && (ds.Usage == nil || u.Complete && !ds.Usage.Complete || u.Files > ds.Usage.Files) {
-				ds.Usage = u
-			}
 		}
-		if u := ds.Usage; u != nil && u.Complete {
-			ds.CachedPercent = 100
-			if total := u.Bytes * int64(ds.Replicas); total > 0 {
-				ds.CachedPercent = min(100, 100*float64(ds.CachedBytes)/float64(total))
-			}
-		}
+		total.Finish(ds.Replicas)
+		ds.Usage, ds.CachedBytes, ds.CachedPercent = total.Usage, total.CachedBytes, total.CachedPercent
 		st.Datasets = append(st.Datasets, ds)
 	}
 	return st

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -110,12 +111,23 @@ type Membership struct {
 	DialTimeout Duration `yaml:"dial_timeout"`
 	// TLS for the connection to etcd.
 	TLS TLS `yaml:"tls"`
+	// Cluster names the cluster on Kubernetes (its workers' Leases carry
+	// it as a label; the operator sets it to the CacheRuntime's name).
+	Cluster string `yaml:"cluster"`
+	// Namespace holds the Leases (default: the pod's own namespace).
+	Namespace string `yaml:"namespace"`
+	// Kubeconfig reaches the API server from outside a pod (default:
+	// $KUBECONFIG, then the pod's service account).
+	Kubeconfig string `yaml:"kubeconfig"`
 }
 
 // Membership types.
 const (
 	MembershipStatic = "static"
 	MembershipEtcd   = "etcd"
+	// MembershipKubernetes: each worker holds a Lease on the Kubernetes
+	// API server; everyone watches them.
+	MembershipKubernetes = "kubernetes"
 )
 
 // Member is one worker of a static membership.
@@ -188,6 +200,7 @@ const (
 	DefaultLeaseTTL      = Duration(10 * time.Second)
 	DefaultRingGrace     = Duration(10 * time.Minute)
 	DefaultDialTimeout   = Duration(5 * time.Second)
+	DefaultKubeLeaseTTL  = Duration(30 * time.Second)
 )
 
 // checkCluster applies the defaults of the worker, auth, membership and
@@ -205,7 +218,7 @@ func (c *Config) checkCluster(at func(string) *yaml.Node) []problem {
 	}
 	w := &c.Worker
 	hostname, _ := os.Hostname()
-	if w.ID == "" && c.Membership.Type != MembershipEtcd {
+	if w.ID == "" && c.Membership.Type != MembershipEtcd && c.Membership.Type != MembershipKubernetes {
 		w.ID = hostname
 	}
 	if w.Host == "" {
@@ -357,9 +370,10 @@ func (c *Config) checkMembership(bad badFunc) {
 	switch m.Type {
 	case MembershipStatic:
 		for field, set := range map[string]bool{"membership.endpoints": len(m.Endpoints) > 0, "membership.prefix": m.Prefix != "",
-			"membership.lease_ttl": m.LeaseTTL != 0, "membership.ring_grace": m.RingGrace != 0, "membership.tls": m.TLS.Enabled()} {
+			"membership.lease_ttl": m.LeaseTTL != 0, "membership.ring_grace": m.RingGrace != 0, "membership.tls": m.TLS.Enabled(),
+			"membership.cluster": m.Cluster != "", "membership.namespace": m.Namespace != "", "membership.kubeconfig": m.Kubeconfig != ""} {
 			if set {
-				bad(field, "is for membership type etcd, not static")
+				bad(field, "is for membership type etcd or kubernetes, not static")
 			}
 		}
 		seen := map[string]bool{}
@@ -421,8 +435,33 @@ func (c *Config) checkMembership(bad badFunc) {
 			m.DialTimeout = DefaultDialTimeout
 		}
 		m.TLS.load("membership.tls", bad)
+	case MembershipKubernetes:
+		for field, set := range map[string]bool{"membership.workers": len(m.Workers) > 0, "membership.endpoints": len(m.Endpoints) > 0,
+			"membership.prefix": m.Prefix != "", "membership.tls": m.TLS.Enabled()} {
+			if set {
+				bad(field, "is not for membership type kubernetes (workers hold Leases on the API server)")
+			}
+		}
+		if m.Cluster == "" {
+			bad("membership.cluster", "kubernetes needs the cluster's name (the CacheRuntime's)")
+		}
+		if m.Kubeconfig != "" && !filepath.IsAbs(m.Kubeconfig) {
+			bad("membership.kubeconfig", "%q is not an absolute path", m.Kubeconfig)
+		}
+		if m.LeaseTTL == 0 {
+			m.LeaseTTL = DefaultKubeLeaseTTL
+		}
+		if time.Duration(m.LeaseTTL) < 3*time.Second {
+			bad("membership.lease_ttl", "%s is shorter than 3s", m.LeaseTTL)
+		}
+		if m.RingGrace == 0 {
+			m.RingGrace = DefaultRingGrace
+		}
+		if m.DialTimeout == 0 {
+			m.DialTimeout = DefaultDialTimeout
+		}
 	default:
-		bad("membership.type", "expected static or etcd, found %q", m.Type)
+		bad("membership.type", "expected static, etcd or kubernetes, found %q", m.Type)
 	}
 }
 
@@ -440,4 +479,15 @@ func IsLoopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// Recheck checks the configuration again after a program changed it (the
+// worker command's flags): defaults already applied stay, and a bad value
+// is reported by its field.
+func (c *Config) Recheck() error {
+	var errs []error
+	for _, p := range c.checkCluster(func(string) *yaml.Node { return &yaml.Node{} }) {
+		errs = append(errs, fmt.Errorf("%s: %s", p.field, p.msg))
+	}
+	return errors.Join(errs...)
 }

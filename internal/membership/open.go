@@ -13,8 +13,34 @@ import (
 // passes itself as self, to be registered where the backend registers
 // workers; a client passes nil.
 func Open(ctx context.Context, cfg *config.Config, self *Member, log *slog.Logger) (Source, error) {
+	return OpenWorker(ctx, cfg, self, nil, log)
+}
+
+// OpenWorker is Open for a worker that publishes figures (JSON, called at
+// each renewal) where the backend keeps them (Kubernetes: its Lease).
+func OpenWorker(ctx context.Context, cfg *config.Config, self *Member, figures func() []byte, log *slog.Logger) (Source, error) {
 	m := cfg.Membership
 	switch m.Type {
+	case config.MembershipKubernetes:
+		rc, err := KubeConfig(m.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("membership: kubernetes: %w", err)
+		}
+		ns := m.Namespace
+		if ns == "" {
+			ns = PodNamespace()
+		}
+		return OpenKube(ctx, KubeOptions{
+			Config:        rc,
+			Namespace:     ns,
+			Cluster:       m.Cluster,
+			LeaseDuration: time.Duration(m.LeaseTTL),
+			RingGrace:     time.Duration(m.RingGrace),
+			DialTimeout:   time.Duration(m.DialTimeout),
+			Self:          self,
+			Figures:       figures,
+			Log:           log,
+		})
 	case config.MembershipEtcd:
 		return OpenEtcd(ctx, EtcdOptions{
 			Endpoints:   m.Endpoints,

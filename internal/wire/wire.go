@@ -289,3 +289,70 @@ type UFSUsage struct {
 	Finished time.Time `json:"finished,omitzero"`
 	Error    string    `json:"error,omitempty"`
 }
+
+// Figures are what a worker publishes beside its membership entry (on
+// Kubernetes, an annotation of its Lease, rewritten at each renewal), so
+// that the operator can fill a Dataset's status from the API server alone.
+// They are kept small: a few hundred bytes per dataset.
+type Figures struct {
+	Capacity int64                     `json:"capacity"` // bytes, all tiers
+	Used     int64                     `json:"used"`
+	Hits     int64                     `json:"page_hits"`
+	Misses   int64                     `json:"page_misses"`
+	Datasets map[string]DatasetFigures `json:"datasets,omitempty"`
+}
+
+// DatasetFigures are one dataset's figures on one worker.
+type DatasetFigures struct {
+	CachedBytes int64 `json:"cached_bytes"`
+	// Usage is the dataset's size on the UFS, on the worker that measures
+	// it.
+	Usage *UFSUsage `json:"ufs_usage,omitempty"`
+}
+
+// Figures sums up a status.
+func (s Status) Figures() Figures {
+	f := Figures{Hits: s.Hits, Misses: s.Misses}
+	for _, t := range s.Tiers {
+		f.Capacity += t.Capacity
+		f.Used += t.Used
+	}
+	if len(s.Datasets) > 0 {
+		f.Datasets = make(map[string]DatasetFigures, len(s.Datasets))
+		for name, d := range s.Datasets {
+			f.Datasets[name] = DatasetFigures{CachedBytes: d.CachedBytes, Usage: d.Usage}
+		}
+	}
+	return f
+}
+
+// DatasetTotal is one dataset's figures summed over the workers.
+type DatasetTotal struct {
+	// Usage is the most advanced measure of the UFS size (a complete one
+	// first, else the one that counted most files); nil when none.
+	Usage *UFSUsage
+	// CachedBytes sums what the workers hold as owners.
+	CachedBytes int64
+	// CachedPercent is CachedBytes over the UFS size times the replicas,
+	// capped at 100; -1 while the size is not known.
+	CachedPercent float64
+}
+
+// Add counts one worker's figures of the dataset.
+func (t *DatasetTotal) Add(d DatasetFigures) {
+	t.CachedBytes += d.CachedBytes
+	if u := d.Usage; u != nil && (t.Usage == nil || u.Complete && !t.Usage.Complete || !t.Usage.Complete && u.Files > t.Usage.Files) {
+		t.Usage = u
+	}
+}
+
+// Finish computes CachedPercent for a dataset of so many replicas.
+func (t *DatasetTotal) Finish(replicas int) {
+	t.CachedPercent = -1
+	if u := t.Usage; u != nil && u.Complete {
+		t.CachedPercent = 100
+		if total := u.Bytes * int64(max(replicas, 1)); total > 0 {
+			t.CachedPercent = min(100, 100*float64(t.CachedBytes)/float64(total))
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -122,12 +123,21 @@ func (w *Worker) openMembership() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(w.cfg.Membership.DialTimeout)+time.Minute)
 	defer cancel()
-	src, err := membership.Open(ctx, cfg, &self, w.log)
+	src, err := membership.OpenWorker(ctx, cfg, &self, w.figures, w.log)
 	if err != nil {
 		return err
 	}
 	w.useMembership(src)
 	return nil
+}
+
+// figures are what the worker publishes with its membership entry (on
+// Kubernetes, on its Lease): its capacity, hits and per-dataset figures.
+// Asking for them starts the measure of the datasets' UFS size, as a status
+// request does.
+func (w *Worker) figures() []byte {
+	b, _ := json.Marshal(w.Status().Figures())
+	return b
 }
 
 // UseMembership replaces the worker's membership source (granary up, whose
