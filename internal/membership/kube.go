@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -109,6 +110,8 @@ type Kube struct {
 	renewErr error // the worker's last renewal error
 	lease    *coordinationv1.Lease
 
+	requests atomic.Int64 // made to the API server
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -116,6 +119,21 @@ type Kube struct {
 }
 
 var _ Source = (*Kube)(nil)
+
+// countingTransport counts the requests made through it.
+type countingTransport struct {
+	next http.RoundTripper
+	n    *atomic.Int64
+}
+
+func (t countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	t.n.Add(1)
+	return t.next.RoundTrip(r)
+}
+
+// Requests is how many requests this source made to the API server (a
+// watch counts once): the cost of membership, which stays flat per worker.
+func (k *Kube) Requests() int64 { return k.requests.Load() }
 
 // observed is when this process saw a Lease's renewTime change.
 type observed struct {
@@ -215,13 +233,14 @@ func OpenKube(ctx context.Context, o KubeOptions) (*Kube, error) {
 			return nil, fmt.Errorf("membership: worker %s: %w", o.Self.ID, err)
 		}
 	}
+	k := &Kube{o: o, log: o.Log.With("membership", "kubernetes"), seen: map[string]observed{}, changed: make(chan struct{})}
 	rc := rest.CopyConfig(o.Config)
-	rc.Timeout = max(o.DialTimeout, 5*time.Second)
+	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{rt, &k.requests} })
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("membership: kubernetes %s: %w", o.Config.Host, err)
 	}
-	k := &Kube{o: o, cs: cs, log: o.Log.With("membership", "kubernetes"), seen: map[string]observed{}, changed: make(chan struct{})}
+	k.cs = cs
 	k.ctx, k.cancel = context.WithCancel(context.Background())
 	k.view.Store(NewView(nil))
 	k.factory = informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(o.Namespace),

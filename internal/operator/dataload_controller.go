@@ -142,6 +142,9 @@ func followJob(st *v1alpha1.DataLoadStatus, job *batchv1.Job) {
 			return
 		}
 	}
+	if st.Phase == v1alpha1.LoadComplete || st.Phase == v1alpha1.LoadFailed {
+		return // the loader said how it ended; its pod is on its way out
+	}
 	if job.Status.Active > 0 && (st.Phase == "" || st.Phase == v1alpha1.LoadPending) {
 		st.Phase = v1alpha1.LoadLoading
 	}

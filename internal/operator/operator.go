@@ -42,6 +42,9 @@ type Options struct {
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	// Namespaces limits what the operator watches (default: all).
 	Namespaces []string
+	// SkipNameValidation lets two operators run in one process (tests of
+	// leader election); their metrics then share names.
+	SkipNameValidation bool
 }
 
 // Scheme knows the kinds the operator handles.
@@ -72,6 +75,9 @@ func New(cfg *rest.Config, o Options) (manager.Manager, error) {
 		LeaderElectionID:              o.LeaderElectionID,
 		LeaderElectionNamespace:       o.LeaderElectionNamespace,
 		LeaderElectionReleaseOnCancel: true,
+	}
+	if o.SkipNameValidation {
+		mo.Controller.SkipNameValidation = &o.SkipNameValidation
 	}
 	if o.LeaseDuration > 0 {
 		mo.LeaseDuration, mo.RenewDeadline, mo.RetryPeriod = &o.LeaseDuration, &o.RenewDeadline, &o.RetryPeriod

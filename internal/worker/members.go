@@ -212,4 +212,15 @@ func (w *Worker) registerMembershipHealth() {
 		}
 		return 0
 	}))
+	w.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "granary_membership_requests_total",
+		Help: "Requests the worker made to its membership backend's API (Kubernetes: each Lease write, list and watch); a watch counts once.",
+	}, func() float64 {
+		if src := w.members.Load(); src != nil {
+			if c, ok := (*src).(interface{ Requests() int64 }); ok {
+				return float64(c.Requests())
+			}
+		}
+		return 0
+	}))
 }
