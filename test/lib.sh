@@ -76,8 +76,12 @@ go_k8s() {
 install_test_deps() {
 	command -v go >/dev/null || { echo "Go is missing: install Go 1.26 in /usr/local/go" >&2; exit 1; }
 	# python3-torch(vision): the PyTorch DataLoader example's test; iproute2
-	# and util-linux (nsenter): the network namespaces of multi-host tests.
-	apt_install ca-certificates git fuse3 iproute2 util-linux openssl python3-torch python3-torchvision
+	# and util-linux (nsenter): the network namespaces of multi-host tests;
+	# gcc, libc6-dev, libcephfs-dev: the cgo build with native CephFS;
+	# ceph-common and libsnappy1v5: Ceph's compressor and crypto plugins and
+	# snappy's library, which the cephfs container image ships (build/image).
+	apt_install ca-certificates git fuse3 iproute2 util-linux openssl python3-torch python3-torchvision \
+		gcc libc6-dev libcephfs-dev ceph-common libsnappy1v5
 	go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
 	go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 	export GRANARY_VERSITYGW="$tools/versitygw"
