@@ -30,6 +30,43 @@ go vet ./...
 step "staticcheck"
 "$tools/staticcheck" ./...
 
+# controller-gen's output (deep-copy methods, the CRDs, the operator's rules)
+# must be what the Go API and the RBAC markers make: generate again and fail
+# if anything changed (or appeared).
+step "generated files are up to date (test/generate.sh)"
+generated=(api charts/granary/crds charts/granary/files)
+generated_sums() { find "${generated[@]}" -type f -print0 | sort -z | xargs -0 sha256sum; }
+before=$(generated_sums)
+CONTROLLER_GEN="$tools/controller-gen" bash test/generate.sh
+if ! changed=$(diff <(echo "$before") <(generated_sums)); then
+	awk '$1 == "<" || $1 == ">" {print "  " $3}' <<<"$changed" | sort -u >&2
+	echo "test/generate.sh changed the generated files above (they were stale): commit what it wrote" >&2
+	exit 1
+fi
+git diff --quiet -- "${generated[@]}" ||
+	echo "note: generated files differ from the last commit (current, but not committed)"
+
+# The Helm chart lints and renders, with the default values and others; a
+# replicated operator without leader election is refused. (--kube-version:
+# a helm built by go install assumes Kubernetes 1.20, below the chart's
+# kubeVersion.)
+step "helm lint, helm template (charts/granary)"
+chart_helm() { "$tools/helm" "$@" --kube-version "$K8S_VERSION"; }
+helm_other=(--set 'watchNamespaces={a,b}' --set operator.replicas=1 --set operator.leaderElect=false
+	--set worker.image=registry.example/granary:x --set metrics.service.enabled=false)
+chart_helm lint --strict charts/granary
+chart_helm lint --strict charts/granary "${helm_other[@]}"
+chart_helm template granary charts/granary --namespace granary-system >/dev/null
+rendered=$(chart_helm template granary charts/granary --namespace granary-system "${helm_other[@]}")
+for want in '--namespace=a' '--namespace=b' '--leader-elect=false' '--worker-image=registry.example/granary:x' 'replicas: 1'; do
+	grep -qF -- "$want" <<<"$rendered" || { echo "helm template ${helm_other[*]}: no $want" >&2; exit 1; }
+done
+if refused=$(chart_helm template granary charts/granary --set operator.leaderElect=false 2>&1) ||
+	! grep -q "needs operator.leaderElect" <<<"$refused"; then
+	echo "helm template: 2 replicas without leader election were not refused: $refused" >&2
+	exit 1
+fi
+
 # A one-host Ceph cluster (test/ceph), for the radosgw and CephFS suites and
 # the MDS accounting test; stopped by PID when the script ends.
 step "Ceph test cluster"
@@ -41,6 +78,12 @@ export GRANARY_CEPH_DIR=$ceph_dir
 step "go test -tags cephfs (the native CephFS backend, cgo)"
 CGO_ENABLED=1 go vet -tags cephfs ./internal/ufs/cephfs/ ./internal/dataset/
 CGO_ENABLED=1 go test -race -tags cephfs -count=1 ./internal/ufs/cephfs/
+
+# build/image is a module of its own (its go.mod keeps go-containerregistry
+# out of granary's): both images are built, unpacked and run chrooted, and
+# the cephfs one reads the Ceph cluster. The log has their sizes (SIZE).
+step "go test ./build/image/ (container images: build, unpack, run chrooted)"
+(cd build/image && go vet ./... && go test -count=1 -v -timeout 30m ./...)
 
 # Packages with concurrency run under the race detector; the others once
 # without it (running everything twice would double the suite's time).

@@ -159,7 +159,7 @@ type CacheRuntimeStatus struct {
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:shortName=cr;gcr,categories=granary
+// +kubebuilder:resource:shortName=gcr,categories=granary
 // +kubebuilder:printcolumn:name="Datasets",type=string,JSONPath=`.spec.datasets`
 // +kubebuilder:printcolumn:name="Desired",type=integer,JSONPath=`.status.workersDesired`
 // +kubebuilder:printcolumn:name="Ready",type=integer,JSONPath=`.status.workersReady`

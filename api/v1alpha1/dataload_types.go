@@ -106,7 +106,7 @@ type DataLoadStatus struct {
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:shortName=dl;gdl,categories=granary
+// +kubebuilder:resource:shortName=gdl,categories=granary
 // +kubebuilder:printcolumn:name="Dataset",type=string,JSONPath=`.spec.dataset`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Progress",type=string,JSONPath=`.status.progress`

@@ -146,7 +146,7 @@ type DatasetStatus struct {
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:shortName=ds;gds,categories=granary
+// +kubebuilder:resource:shortName=gds,categories=granary
 // +kubebuilder:printcolumn:name="UFS Total Size",type=string,JSONPath=`.status.ufsTotal`
 // +kubebuilder:printcolumn:name="Cached",type=string,JSONPath=`.status.cached`
 // +kubebuilder:printcolumn:name="Cache Capacity",type=string,JSONPath=`.status.cacheCapacity`

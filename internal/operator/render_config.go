@@ -18,7 +18,7 @@ import (
 
 // Paths inside a worker's (or loader's) container.
 const (
-	configDir   = "/etc/granary"
+	configDir   = "/etc/granary/config"
 	configFile  = configDir + "/granary.yaml"
 	tokenDir    = "/etc/granary/token"
 	tokenKey    = "token"
@@ -27,6 +27,8 @@ const (
 	tierRoot    = "/cache"
 	// DefaultPort is the workers' data port; the admin port is the next.
 	DefaultPort = 7420
+	// defaultPageSize is granary's page size (worker.page_size).
+	defaultPageSize = 4 << 20
 )
 
 // SpecError is a spec that cannot be turned into a configuration; its
@@ -148,6 +150,7 @@ type renderedWorker struct {
 	Admin     string         `yaml:"admin"`
 	StateDir  string         `yaml:"state_dir"`
 	BlockSize string         `yaml:"block_size,omitempty"`
+	PageSize  string         `yaml:"page_size,omitempty"`
 	Tiers     []renderedTier `yaml:"tiers"`
 }
 
@@ -205,7 +208,11 @@ func renderConfig(rt *v1alpha1.CacheRuntime, datasets []*v1alpha1.Dataset) (Rend
 		Membership: renderedMembers{Type: config.MembershipKubernetes, Cluster: rt.Name, Namespace: rt.Namespace, LeaseTTL: fmt.Sprintf("%ds", lease)},
 	}
 	if rt.Spec.BlockSize != nil {
-		c.Worker.BlockSize = fmt.Sprint(rt.Spec.BlockSize.Value())
+		b := rt.Spec.BlockSize.Value()
+		c.Worker.BlockSize = fmt.Sprint(b)
+		if b < defaultPageSize {
+			c.Worker.PageSize = fmt.Sprint(b) // a page is at most a block
+		}
 	}
 	for i, t := range rt.Spec.Tiers {
 		rtier := renderedTier{Name: t.Name, Path: tierPath(t), Quota: fmt.Sprint(t.Quota.Value())}
@@ -236,8 +243,10 @@ func renderConfig(rt *v1alpha1.CacheRuntime, datasets []*v1alpha1.Dataset) (Rend
 	text := "# Written by the granary operator from CacheRuntime " + rt.Namespace + "/" + rt.Name + " and its Datasets: edits are overwritten.\n" + string(b)
 	// The same file is what granary itself reads: check it the same way,
 	// so that a spec the worker would refuse fails here, with its reason.
-	if _, err := config.Parse("CacheRuntime "+rt.Name, []byte(text)); err != nil && !secretFileError(err) {
-		return Rendered{}, fmt.Errorf("the rendered configuration is not valid: %w", err)
+	if _, err := config.Parse("CacheRuntime "+rt.Name, []byte(text)); err != nil {
+		if msg := withoutFileErrors(err); msg != "" {
+			return Rendered{}, fmt.Errorf("the rendered configuration is not valid: %s", msg)
+		}
 	}
 	slices.SortFunc(secrets, func(a, b secretFile) int { return strings.Compare(a.Path(), b.Path()) })
 	secrets = slices.Compact(secrets)
@@ -245,17 +254,16 @@ func renderConfig(rt *v1alpha1.CacheRuntime, datasets []*v1alpha1.Dataset) (Rend
 	return Rendered{Config: text, Hash: hex.EncodeToString(sum[:8]), Secrets: secrets}, nil
 }
 
-// secretFileError reports whether a configuration error is only about files
-// that exist in the workers' containers, not in the operator's (the token,
-// the Secrets' files).
-func secretFileError(err error) bool {
+// withoutFileErrors drops from a configuration error the lines about files
+// that exist in the workers' containers but not in the operator's (the
+// token, the Secrets' files), and returns what is left.
+func withoutFileErrors(err error) string {
+	var keep []string
 	for _, line := range strings.Split(err.Error(), "\n") {
-		if line == "" {
+		if line == "" || strings.Contains(line, "cannot read") {
 			continue
 		}
-		if !strings.Contains(line, "cannot read") && !strings.Contains(line, "secret file") {
-			return false
-		}
+		keep = append(keep, line)
 	}
-	return true
+	return strings.Join(keep, "; ")
 }

@@ -176,3 +176,25 @@ func TestRenderRefusesBadTier(t *testing.T) {
 		t.Errorf("negative quota: %v", err)
 	}
 }
+
+// A block smaller than granary's default page gets pages of its size; a
+// spec granary would refuse fails with granary's own reason.
+func TestRenderSmallBlocks(t *testing.T) {
+	rt := testRuntime()
+	small := resource.MustParse("1Mi")
+	rt.Spec.BlockSize = &small
+	r, err := renderConfig(rt, []*v1alpha1.Dataset{testDataset()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(r.Config, `page_size: "1048576"`) {
+		t.Errorf("no page size for 1 MiB blocks:\n%s", r.Config)
+	}
+	odd := resource.MustParse("1536Ki")
+	ds := testDataset()
+	ds.Spec.BlockSize = &odd
+	_, err = renderConfig(rt, []*v1alpha1.Dataset{ds})
+	if err == nil || !strings.Contains(err.Error(), "block_size") || strings.Contains(err.Error(), "cannot read") {
+		t.Errorf("a dataset block of 1.5 pages: %v", err)
+	}
+}
