@@ -324,6 +324,10 @@ func (c *Cluster) startComponents(t testing.TB, o Options) error {
 			"--kubeconfig=" + c.Kubeconfig,
 			"--manage-all-nodes=true",
 			"--config=" + stagesFile,
+			// Node Leases are the heartbeat the node-lifecycle controller
+			// reads: without them (kwok holds none when its config file has
+			// only stages) the nodes turn NotReady after its grace period.
+			"--node-lease-duration-seconds=40",
 			// Nodes that AddNode did not make share this pool of pod IPs
 			// (AddNode gives each node a podCIDR of its own).
 			"--cidr=" + fallbackCIDR,
