@@ -199,6 +199,10 @@ func join(dir, name string) string {
 // an error that names it.
 func expand(ctx context.Context, c *client.Client, ds string, patterns [][]string, parallel int) ([]file, int, error) {
 	w := newWalker(c, ds, parallel)
+	// The root's own attributes are in no listing: a mount asks for them
+	// first, so they are warmed too (an error here shows again, with more
+	// context, when the root is listed).
+	c.Stat(ctx, "/"+ds+"/")
 	for _, segs := range patterns {
 		before := w.added
 		var wg sync.WaitGroup
