@@ -342,7 +342,7 @@ func TestControllers(t *testing.T) {
 			return err == nil, nil
 		})
 		args := strings.Join(job.Spec.Template.Spec.Containers[0].Args, " ")
-		if want := "load --config /etc/granary/granary.yaml --report-to dataload/load/warm --replicas 2 /imagenet/train /imagenet/val/*.tar"; args != want {
+		if want := "load --config /etc/granary/config/granary.yaml --report-to dataload/load/warm --replicas 2 /imagenet/train /imagenet/val/*.tar"; args != want {
 			t.Errorf("loader args %q, want %q", args, want)
 		}
 		if _, err := get(t, c, ns, "train-loader", &rbacv1.Role{}); err != nil {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -307,7 +309,20 @@ func (r *DatasetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&v1alpha1.Dataset{}).
 		Owns(&corev1.PersistentVolumeClaim{}).
 		Watches(&v1alpha1.CacheRuntime{}, handler.EnqueueRequestsFromMapFunc(datasetsOf)).
+		Watches(&coordinationv1.Lease{}, handler.EnqueueRequestsFromMapFunc(r.datasetsOfLease), builder.WithPredicates(membershipChanged)).
 		Complete(r)
+}
+
+// datasetsOfLease maps a worker's Lease to the Datasets of its runtime.
+func (r *DatasetReconciler) datasetsOfLease(ctx context.Context, obj client.Object) []reconcile.Request {
+	var out []reconcile.Request
+	for _, req := range runtimeOfLease(ctx, obj) {
+		var rt v1alpha1.CacheRuntime
+		if err := r.Get(ctx, req.NamespacedName, &rt); err == nil {
+			out = append(out, datasetsOf(ctx, &rt)...)
+		}
+	}
+	return out
 }
 
 // datasetsOf maps a CacheRuntime to the Datasets it names.

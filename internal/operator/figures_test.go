@@ -8,6 +8,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/granary-cache/granary/api/v1alpha1"
 	"github.com/granary-cache/granary/internal/membership"
@@ -61,5 +62,31 @@ func TestDatasetStatusFromLeases(t *testing.T) {
 	fillDatasetStatus(&st, readLeases(leases, now), "img", 1)
 	if st.UFSTotal != "600MiB" || st.CachedPercentage != "50.0%" {
 		t.Errorf("measured: total %q, cached %q; want 600MiB, 50.0%%", st.UFSTotal, st.CachedPercentage)
+	}
+}
+
+// Renewals do not wake the controllers; joins, stops and leaving do.
+func TestMembershipChangedPredicate(t *testing.T) {
+	now := time.Now()
+	old := lease("a", now, wire.Figures{})
+	old.Labels = map[string]string{membership.LabelCluster: "rt"}
+	renewed := *old.DeepCopy()
+	later := metav1.NewMicroTime(now.Add(10 * time.Second))
+	renewed.Spec.RenewTime = &later
+	renewed.Annotations[membership.AnnotationFigures] = `{"capacity":2}`
+	if membershipChanged.Update(event.UpdateEvent{ObjectOld: &old, ObjectNew: &renewed}) {
+		t.Error("a renewal with new figures wakes the controllers")
+	}
+	released := *old.DeepCopy()
+	released.Spec.HolderIdentity = nil
+	if !membershipChanged.Update(event.UpdateEvent{ObjectOld: &old, ObjectNew: &released}) {
+		t.Error("a worker that stopped does not wake the controllers")
+	}
+	if !membershipChanged.Create(event.CreateEvent{Object: &old}) {
+		t.Error("a worker that joined does not wake the controllers")
+	}
+	other := coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "node-1", Namespace: "kube-node-lease"}}
+	if membershipChanged.Create(event.CreateEvent{Object: &other}) {
+		t.Error("a node's Lease wakes the controllers")
 	}
 }

@@ -11,18 +11,22 @@ import (
 	"fmt"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/granary-cache/granary/api/v1alpha1"
+	"github.com/granary-cache/granary/internal/membership"
 )
 
 // Options configure the operator.
@@ -82,6 +86,13 @@ func New(cfg *rest.Config, o Options) (manager.Manager, error) {
 	if o.LeaseDuration > 0 {
 		mo.LeaseDuration, mo.RenewDeadline, mo.RetryPeriod = &o.LeaseDuration, &o.RenewDeadline, &o.RetryPeriod
 	}
+	// Of all Leases (every node has one), the operator caches its workers'
+	// alone.
+	workers, err := labels.Parse(membership.LabelCluster)
+	if err != nil {
+		return nil, err
+	}
+	mo.Cache.ByObject = map[client.Object]cache.ByObject{&coordinationv1.Lease{}: {Label: workers}}
 	if len(o.Namespaces) > 0 {
 		mo.Cache.DefaultNamespaces = map[string]cache.Config{}
 		for _, ns := range o.Namespaces {

@@ -138,7 +138,7 @@ func TestWorkerPod(t *testing.T) {
 	tmpl := workerPodSpec(rt, r, "granary:test", Images{}, false)
 	c := tmpl.Spec.Containers[0]
 	args := strings.Join(c.Args, " ")
-	for _, want := range []string{"--id $(GRANARY_NODE)", "--listen $(GRANARY_POD_IP):7420", "--admin $(GRANARY_POD_IP):7421", "--config /etc/granary/granary.yaml"} {
+	for _, want := range []string{"--id $(GRANARY_NODE)", "--listen $(GRANARY_POD_IP):7420", "--admin $(GRANARY_POD_IP):7421", "--config /etc/granary/config/granary.yaml"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args %q lack %q", args, want)
 		}

@@ -143,6 +143,8 @@ func workerPodSpec(rt *v1alpha1.CacheRuntime, r Rendered, image string, im Image
 		{Name: "GRANARY_NODE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
 		{Name: "GRANARY_POD", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 		{Name: "GRANARY_POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
+		// `kubectl exec ... -- granary status` finds the configuration.
+		{Name: "GRANARY_CONFIG", Value: configFile},
 	}
 	if !w.Resources.Limits.Memory().IsZero() {
 		// The Go runtime collects before the container's limit is hit.

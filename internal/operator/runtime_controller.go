@@ -20,9 +20,12 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/granary-cache/granary/api/v1alpha1"
@@ -325,7 +328,41 @@ func (r *RuntimeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.StatefulSet{}).
 		Owns(&corev1.ConfigMap{}).
 		Watches(&v1alpha1.Dataset{}, handler.EnqueueRequestsFromMapFunc(r.runtimesOf)).
+		Watches(&coordinationv1.Lease{}, handler.EnqueueRequestsFromMapFunc(runtimeOfLease), builder.WithPredicates(membershipChanged)).
 		Complete(r)
+}
+
+// runtimeOfLease maps a worker's Lease to its runtime.
+func runtimeOfLease(_ context.Context, obj client.Object) []reconcile.Request {
+	rt, ok := obj.GetLabels()[membership.LabelCluster]
+	if !ok {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: rt}}}
+}
+
+// membershipChanged passes the Lease events that change who is a member (a
+// worker joins, stops, leaves) and not the renewals: a status follows a
+// membership change at once, while renewals, a few per worker and minute,
+// cost the operator nothing (figures are read every statusEvery).
+var membershipChanged = predicate.Funcs{
+	CreateFunc:  func(e event.CreateEvent) bool { return e.Object.GetLabels()[membership.LabelCluster] != "" },
+	DeleteFunc:  func(e event.DeleteEvent) bool { return e.Object.GetLabels()[membership.LabelCluster] != "" },
+	GenericFunc: func(event.GenericEvent) bool { return false },
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		o, ok1 := e.ObjectOld.(*coordinationv1.Lease)
+		n, ok2 := e.ObjectNew.(*coordinationv1.Lease)
+		if !ok1 || !ok2 || n.Labels[membership.LabelCluster] == "" {
+			return false
+		}
+		holder := func(l *coordinationv1.Lease) string {
+			if l.Spec.HolderIdentity == nil {
+				return ""
+			}
+			return *l.Spec.HolderIdentity
+		}
+		return holder(o) != holder(n) || o.Annotations[membership.AnnotationLeaving] != n.Annotations[membership.AnnotationLeaving]
+	},
 }
 
 // runtimesOf maps a Dataset to the runtimes that name it.
