@@ -280,7 +280,12 @@ func TestControllers(t *testing.T) {
 	t.Run("dataset status from Leases; volume; deletion waits for its pods", func(t *testing.T) {
 		ns := "status"
 		createNamespace(t, c, ns)
-		mustCreate(t, c, s3Secret(ns), nsDataset(ns), nsRuntime(ns))
+		pinned := nsDataset(ns)
+		pinned.Spec.NodeAffinity = &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{
+			{Key: "topology.kubernetes.io/zone", Operator: corev1.NodeSelectorOpIn, Values: []string{"rack-1"}}}}}}
+		withOptions := nsRuntime(ns)
+		withOptions.Spec.Mount.Options = []string{"max_read=1048576"}
+		mustCreate(t, c, s3Secret(ns), pinned, withOptions)
 		// Two workers publish figures on their Leases, as workers do.
 		for i, id := range []string{"w1", "w2"} {
 			f := wire.Figures{Capacity: 2 << 30, Hits: 90, Misses: 10, Datasets: map[string]wire.DatasetFigures{"imagenet": {CachedBytes: 256 << 20}}}
@@ -298,6 +303,10 @@ func TestControllers(t *testing.T) {
 		pv, err := get(t, c, "", "status-imagenet", &corev1.PersistentVolume{})
 		if err != nil || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != v1alpha1.CSIDriver || pv.Spec.AccessModes[0] != corev1.ReadOnlyMany {
 			t.Fatalf("PersistentVolume: %v %+v", err, pv.Spec)
+		}
+		if na := pv.Spec.NodeAffinity; na == nil || na.Required.NodeSelectorTerms[0].MatchExpressions[0].Values[0] != "rack-1" ||
+			len(pv.Spec.MountOptions) != 1 || pv.Spec.MountOptions[0] != "max_read=1048576" {
+			t.Errorf("the volume lacks the dataset's node affinity or the runtime's mount options: %+v %v", pv.Spec.NodeAffinity, pv.Spec.MountOptions)
 		}
 		pvc, err := get(t, c, ns, "imagenet", &corev1.PersistentVolumeClaim{})
 		if err != nil || pvc.Spec.VolumeName != pv.Name {

@@ -107,7 +107,7 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{RequeueAfter: statusEvery}, r.writeStatus(ctx, &ds, before)
 	}
 	st.Runtime = rt.Name
-	if err := r.ensureVolume(ctx, &ds); err != nil {
+	if err := r.ensureVolume(ctx, &ds, rt); err != nil {
 		r.Recorder.Eventf(&ds, nil, corev1.EventTypeWarning, "VolumeFailed", "Provision", "%v", err)
 		return ctrl.Result{}, err
 	}
@@ -193,15 +193,20 @@ var nominalSize = mustQuantity("100Ti")
 // ensureVolume makes the dataset's PersistentVolume (read-only many, on
 // granary's CSI driver) and the claim bound to it, in the dataset's
 // namespace, named after it.
-func (r *DatasetReconciler) ensureVolume(ctx context.Context, ds *v1alpha1.Dataset) error {
+//
+// The dataset's node affinity becomes the volume's, so that the scheduler
+// places the pods that mount it on those nodes alone; the runtime's mount
+// options become the volume's, which the CSI node plugin receives.
+func (r *DatasetReconciler) ensureVolume(ctx context.Context, ds *v1alpha1.Dataset, rt *v1alpha1.CacheRuntime) error {
 	labels := map[string]string{v1alpha1.LabelDataset: ds.Name, "app.kubernetes.io/managed-by": "granary-operator"}
 	empty := ""
 	pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: volumeName(ds)}}
 	_, err := controllerutil.CreateOrUpdate(ctx, r.Client, pv, func() error {
 		pv.Labels = labels
 		pv.Annotations = map[string]string{"granary.io/dataset": ds.Namespace + "/" + ds.Name}
+		pv.Spec.MountOptions = rt.Spec.Mount.Options
 		if !pv.CreationTimestamp.IsZero() {
-			return nil // a PV's source is immutable
+			return nil // a PV's source and node affinity are immutable
 		}
 		pv.Spec = corev1.PersistentVolumeSpec{
 			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadOnlyMany},
@@ -215,7 +220,10 @@ func (r *DatasetReconciler) ensureVolume(ctx context.Context, ds *v1alpha1.Datas
 				ReadOnly:         true,
 				VolumeAttributes: map[string]string{"dataset": ds.Name, "namespace": ds.Namespace},
 			}},
-			MountOptions: nil,
+			MountOptions: rt.Spec.Mount.Options,
+		}
+		if ds.Spec.NodeAffinity != nil {
+			pv.Spec.NodeAffinity = &corev1.VolumeNodeAffinity{Required: ds.Spec.NodeAffinity.DeepCopy()}
 		}
 		return nil
 	})
