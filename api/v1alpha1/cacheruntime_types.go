@@ -182,5 +182,3 @@ type CacheRuntimeList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []CacheRuntime `json:"items"`
 }
-
-func init() { SchemeBuilder.Register(&CacheRuntime{}, &CacheRuntimeList{}) }

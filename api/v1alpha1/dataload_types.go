@@ -129,5 +129,3 @@ type DataLoadList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []DataLoad `json:"items"`
 }
-
-func init() { SchemeBuilder.Register(&DataLoad{}, &DataLoadList{}) }

@@ -171,5 +171,3 @@ type DatasetList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []Dataset `json:"items"`
 }
-
-func init() { SchemeBuilder.Register(&Dataset{}, &DatasetList{}) }

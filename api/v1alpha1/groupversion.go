@@ -7,8 +7,9 @@
 package v1alpha1
 
 import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"sigs.k8s.io/controller-runtime/pkg/scheme"
 )
 
 // GroupVersion is the API group and version of these kinds.
@@ -16,10 +17,19 @@ var GroupVersion = schema.GroupVersion{Group: "granary.io", Version: "v1alpha1"}
 
 var (
 	// SchemeBuilder registers the kinds with a runtime.Scheme.
-	SchemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
+	SchemeBuilder = runtime.NewSchemeBuilder(addKnownTypes)
 	// AddToScheme adds the kinds to a scheme.
 	AddToScheme = SchemeBuilder.AddToScheme
 )
+
+func addKnownTypes(s *runtime.Scheme) error {
+	s.AddKnownTypes(GroupVersion,
+		&Dataset{}, &DatasetList{},
+		&CacheRuntime{}, &CacheRuntimeList{},
+		&DataLoad{}, &DataLoadList{})
+	metav1.AddToGroupVersion(s, GroupVersion)
+	return nil
+}
 
 // CSIDriver is the name of granary's CSI driver: a Dataset's
 // PersistentVolume names it, and the node plugin registers under it.

@@ -69,7 +69,7 @@ func (k *Kube) register(ctx context.Context) error {
 			return fmt.Errorf("get Lease %s/%s: %w", k.o.Namespace, name, err)
 		default:
 			if h := cur.Spec.HolderIdentity; h != nil && *h != "" && *h != k.o.Self.ID {
-				return fmt.Errorf("Lease %s/%s is held by %q, not %q", k.o.Namespace, name, *h, k.o.Self.ID)
+				return fmt.Errorf("the Lease %s/%s is held by %q, not %q", k.o.Namespace, name, *h, k.o.Self.ID)
 			}
 			got, err = leases.Update(ctx, k.desired(cur, time.Now(), true), metav1.UpdateOptions{})
 		}
