@@ -51,7 +51,7 @@ func TestKubeMembership(t *testing.T) {
 	}
 	open := func(id string, cut *atomic.Bool, grace time.Duration) *Kube {
 		t.Helper()
-		o := KubeOptions{Config: cutConfig(c.Config, cut), Namespace: ns, Cluster: "rt", LeaseDuration: 3 * time.Second,
+		o := KubeOptions{Config: cutConfig(c.Config, cut), Namespace: ns, Cluster: "rt", LeaseDuration: 5 * time.Second,
 			RingGrace: grace, DialTimeout: 10 * time.Second, Log: slog.Default(),
 			Figures: func() []byte { return []byte(`{"capacity":1}`) }}
 		if id != "" {
