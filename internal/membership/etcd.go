@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -65,23 +64,20 @@ type Etcd struct {
 	cli *clientv3.Client
 	log *slog.Logger
 
-	view   atomic.Pointer[View]
-	health atomic.Pointer[Health]
+	broadcast
 
 	mu      sync.Mutex
 	ring    map[string]ringEntry
 	live    map[string]liveEntry
 	down    map[string]downEntry
 	rev     int64
-	changed chan struct{} // closed and replaced at each new view
-	leaving bool          // Self was taken out of the ring while live: do not rejoin
+	leaving bool // Self was taken out of the ring while live: do not rejoin
 	lease   clientv3.LeaseID
 
 	kick   chan struct{} // asks the registration loop to register again
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	closed atomic.Bool
 }
 
 var _ Source = (*Etcd)(nil)
@@ -158,7 +154,8 @@ func OpenEtcd(ctx context.Context, o EtcdOptions) (*Etcd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("membership: etcd %s: %w", strings.Join(o.Endpoints, ","), err)
 	}
-	e := &Etcd{o: o, cli: cli, log: o.Log.With("membership", "etcd"), changed: make(chan struct{}), kick: make(chan struct{}, 1)}
+	e := &Etcd{o: o, cli: cli, log: o.Log.With("membership", "etcd"), kick: make(chan struct{}, 1)}
+	e.init("etcd", e.log)
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	octx, cancel := context.WithTimeout(ctx, o.DialTimeout)
 	defer cancel()
@@ -187,57 +184,10 @@ func (e *Etcd) unreachable(err error) error {
 
 func (e *Etcd) key(kind, id string) string { return e.o.Prefix + "/" + kind + "/" + id }
 
-// Current returns the last view built from etcd.
-func (e *Etcd) Current() *View { return e.view.Load() }
-
-// Health says whether etcd answers; when it does not, the view is the last
-// one it had.
-func (e *Etcd) Health() Health { return *e.health.Load() }
-
-func (e *Etcd) setHealth(err error) {
-	old := e.health.Load()
-	ok := err == nil
-	if old != nil && old.OK == ok {
-		return
-	}
-	h := &Health{Backend: "etcd", OK: ok, Since: time.Now()}
-	if err != nil {
-		h.Error = err.Error()
-		e.log.Warn("etcd unreachable; serving with the last member set", "err", err, "members", len(e.Current().Members()))
-	} else if old != nil {
-		e.log.Info("etcd reachable again")
-	}
-	e.health.Store(h)
-}
-
-// Watch calls fn with the current view, then with every new one.
-func (e *Etcd) Watch(ctx context.Context, fn func(*View)) error {
-	var last *View
-	for {
-		if e.closed.Load() {
-			return ErrClosed
-		}
-		e.mu.Lock()
-		changed := e.changed
-		e.mu.Unlock()
-		if v := e.view.Load(); v != last {
-			fn(v)
-			last = v
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-e.ctx.Done():
-			return ErrClosed
-		case <-changed:
-		}
-	}
-}
-
 // Close stops watching and, for a worker, deletes its live entry (revoking
 // its lease) so that readers go elsewhere at once; its ring entry stays.
 func (e *Etcd) Close() error {
-	if e.closed.Swap(true) {
+	if !e.close() {
 		return nil
 	}
 	e.cancel()
@@ -476,14 +426,7 @@ func (e *Etcd) publish() {
 			ms = append(ms, Member{ID: id, Addr: l.Addr, Socket: l.Socket, Host: l.Host, Zone: l.Zone, Weight: l.Weight, State: Leaving, Since: l.Since})
 		}
 	}
-	v := NewView(ms)
-	if old := e.view.Load(); old != nil && old.Equal(v) {
-		e.mu.Unlock()
-		return
-	}
-	e.view.Store(v)
-	close(e.changed)
-	e.changed = make(chan struct{})
+	e.broadcast.publish(NewView(ms))
 	e.mu.Unlock()
 }
 

@@ -99,12 +99,10 @@ type Kube struct {
 	factory  informers.SharedInformerFactory
 	informer cache.SharedIndexInformer
 
-	view   atomic.Pointer[View]
-	health atomic.Pointer[Health]
+	broadcast
 
 	mu       sync.Mutex
 	seen     map[string]observed // by Lease name
-	changed  chan struct{}
 	timer    *time.Timer
 	watchErr error // the informer's last watch error, nil once it lists again
 	renewErr error // the worker's last renewal error
@@ -115,7 +113,6 @@ type Kube struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	closed atomic.Bool
 }
 
 var _ Source = (*Kube)(nil)
@@ -233,7 +230,8 @@ func OpenKube(ctx context.Context, o KubeOptions) (*Kube, error) {
 			return nil, fmt.Errorf("membership: worker %s: %w", o.Self.ID, err)
 		}
 	}
-	k := &Kube{o: o, log: o.Log.With("membership", "kubernetes"), seen: map[string]observed{}, changed: make(chan struct{})}
+	k := &Kube{o: o, log: o.Log.With("membership", "kubernetes"), seen: map[string]observed{}}
+	k.init("kubernetes", k.log)
 	rc := rest.CopyConfig(o.Config)
 	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{rt, &k.requests} })
 	cs, err := kubernetes.NewForConfig(rc)
@@ -242,7 +240,7 @@ func OpenKube(ctx context.Context, o KubeOptions) (*Kube, error) {
 	}
 	k.cs = cs
 	k.ctx, k.cancel = context.WithCancel(context.Background())
-	k.view.Store(NewView(nil))
+	k.publish(NewView(nil))
 	k.factory = informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(o.Namespace),
 		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
 			lo.LabelSelector = labels.Set{LabelCluster: o.Cluster}.String()
@@ -296,13 +294,8 @@ func (k *Kube) unreachable(err error) error {
 	return fmt.Errorf("membership: kubernetes API %s (namespace %s) did not answer within %s: %w", k.o.Config.Host, k.o.Namespace, k.o.DialTimeout, err)
 }
 
-// Current returns the last view built from the Leases.
-func (k *Kube) Current() *View { return k.view.Load() }
-
-// Health says whether the API server answers; when it does not, the view is
-// the last one it had.
-func (k *Kube) Health() Health { return *k.health.Load() }
-
+// updateHealth records the link's health: the informer's watch error,
+// else the worker's last renewal error.
 func (k *Kube) updateHealth() {
 	k.mu.Lock()
 	err := k.watchErr
@@ -310,49 +303,13 @@ func (k *Kube) updateHealth() {
 		err = k.renewErr
 	}
 	k.mu.Unlock()
-	old := k.health.Load()
-	ok := err == nil
-	if old != nil && old.OK == ok {
-		return
-	}
-	h := &Health{Backend: "kubernetes", OK: ok, Since: time.Now()}
-	if err != nil {
-		h.Error = err.Error()
-		k.log.Warn("API server unreachable; serving with the last member set", "err", err, "members", len(k.Current().Members()))
-	} else if old != nil {
-		k.log.Info("API server reachable again")
-	}
-	k.health.Store(h)
-}
-
-// Watch calls fn with the current view, then with every new one.
-func (k *Kube) Watch(ctx context.Context, fn func(*View)) error {
-	var last *View
-	for {
-		if k.closed.Load() {
-			return ErrClosed
-		}
-		k.mu.Lock()
-		changed := k.changed
-		k.mu.Unlock()
-		if v := k.view.Load(); v != last {
-			fn(v)
-			last = v
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-k.ctx.Done():
-			return ErrClosed
-		case <-changed:
-		}
-	}
+	k.setHealth(err)
 }
 
 // rebuild makes a new view from the informer's Leases and arms a timer for
 // the next Lease to expire.
 func (k *Kube) rebuild() {
-	if k.closed.Load() {
+	if k.isClosed() {
 		return
 	}
 	objs := k.informer.GetStore().List()
@@ -370,12 +327,7 @@ func (k *Kube) rebuild() {
 	for name, err := range bad {
 		k.log.Warn("ignoring a Lease that does not describe a member", "lease", name, "err", err)
 	}
-	v := NewView(members)
-	if old := k.view.Load(); !old.Equal(v) {
-		k.view.Store(v)
-		close(k.changed)
-		k.changed = make(chan struct{})
-	}
+	k.publish(NewView(members))
 	if k.timer != nil {
 		k.timer.Stop()
 		k.timer = nil
@@ -557,7 +509,7 @@ func (k *Kube) Remove(ctx context.Context, id string) error {
 // holder) so that readers go elsewhere at once; the Lease itself stays, and
 // with it the worker's place in the ring.
 func (k *Kube) Close() error {
-	if k.closed.Swap(true) {
+	if !k.close() {
 		return nil
 	}
 	k.cancel()

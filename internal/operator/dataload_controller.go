@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -97,7 +96,7 @@ func (r *DataLoadReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if st.Phase == v1alpha1.LoadFailed && before.Phase != v1alpha1.LoadFailed {
 		r.Recorder.Eventf(&dl, nil, corev1.EventTypeWarning, "LoadFailed", "Load", "%s", meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionReady).Message)
 	}
-	return ctrl.Result{}, r.writeStatus(ctx, &dl, before)
+	return ctrl.Result{}, writeStatus(ctx, r.Client, &dl, before, &dl.Status)
 }
 
 func orUnknown(s string) string {
@@ -117,7 +116,7 @@ func (r *DataLoadReconciler) wait(ctx context.Context, dl *v1alpha1.DataLoad, be
 	if !equality.Semantic.DeepEqual(before, &dl.Status) {
 		r.Recorder.Eventf(dl, nil, corev1.EventTypeWarning, reason, "Load", "%s", msg)
 	}
-	return ctrl.Result{RequeueAfter: statusEvery}, r.writeStatus(ctx, dl, before)
+	return ctrl.Result{RequeueAfter: statusEvery}, writeStatus(ctx, r.Client, dl, before, &dl.Status)
 }
 
 // followJob sets the phase from the Job, where the loader could not say it
@@ -167,7 +166,7 @@ func (r *DataLoadReconciler) cron(ctx context.Context, dl *v1alpha1.DataLoad, tm
 		meta.SetStatusCondition(&dl.Status.Conditions, metav1.Condition{Type: v1alpha1.ConditionValid, Status: metav1.ConditionFalse,
 			Reason: "CronJobRefused", Message: err.Error()})
 		dl.Status.Phase = v1alpha1.LoadFailed
-		return r.writeStatus(ctx, dl, before)
+		return writeStatus(ctx, r.Client, dl, before, &dl.Status)
 	}
 	if cj.Status.LastScheduleTime != nil {
 		dl.Status.LastScheduleTime = cj.Status.LastScheduleTime
@@ -177,7 +176,7 @@ func (r *DataLoadReconciler) cron(ctx context.Context, dl *v1alpha1.DataLoad, tm
 	}
 	meta.SetStatusCondition(&dl.Status.Conditions, metav1.Condition{Type: v1alpha1.ConditionValid, Status: metav1.ConditionTrue,
 		Reason: "Scheduled", Message: fmt.Sprintf("CronJob %s runs on %q", cj.Name, dl.Spec.Schedule)})
-	return r.writeStatus(ctx, dl, before)
+	return writeStatus(ctx, r.Client, dl, before, &dl.Status)
 }
 
 func loaderLabels(dl *v1alpha1.DataLoad) map[string]string {
@@ -308,18 +307,6 @@ func (r *DataLoadReconciler) ensureLoaderRBAC(ctx context.Context, rt *v1alpha1.
 	return nil
 }
 
-func (r *DataLoadReconciler) writeStatus(ctx context.Context, dl *v1alpha1.DataLoad, before *v1alpha1.DataLoadStatus) error {
-	if equality.Semantic.DeepEqual(before, &dl.Status) {
-		return nil
-	}
-	// The loader writes progress into the same status: a conflict is
-	// retried with its figures kept.
-	err := r.Status().Update(ctx, dl)
-	if err != nil && !isConflict(err) {
-		return client.IgnoreNotFound(err)
-	}
-	return err
-}
 
 // SetupWithManager registers the controller: it watches DataLoads, their
 // Jobs and CronJobs, and Datasets (a load waits for its dataset).
@@ -330,5 +317,3 @@ func (r *DataLoadReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&batchv1.CronJob{}).
 		Complete(r)
 }
-
-func isConflict(err error) bool { return apierrors.IsConflict(err) }

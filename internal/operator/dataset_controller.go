@@ -92,7 +92,7 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			r.Recorder.Eventf(&ds, nil, corev1.EventTypeWarning, "InvalidSpec", "Validate", "%v", err)
 		}
 		// A missing Secret may appear: look again later.
-		return ctrl.Result{RequeueAfter: statusEvery}, r.writeStatus(ctx, &ds, before)
+		return ctrl.Result{RequeueAfter: statusEvery}, writeStatus(ctx, r.Client, &ds, before, &ds.Status)
 	}
 	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.ConditionValid, Status: metav1.ConditionTrue,
 		Reason: "Valid", Message: "the spec can be served"})
@@ -104,7 +104,7 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		st.Phase, st.Runtime = v1alpha1.DatasetPending, ""
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.ConditionReady, Status: metav1.ConditionFalse,
 			Reason: "NoRuntime", Message: "no CacheRuntime in the namespace lists this dataset"})
-		return ctrl.Result{RequeueAfter: statusEvery}, r.writeStatus(ctx, &ds, before)
+		return ctrl.Result{RequeueAfter: statusEvery}, writeStatus(ctx, r.Client, &ds, before, &ds.Status)
 	}
 	st.Runtime = rt.Name
 	if err := r.ensureVolume(ctx, &ds, rt); err != nil {
@@ -126,7 +126,7 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		ready.Message = fmt.Sprintf("CacheRuntime %s serves it; no worker is live yet", rt.Name)
 	}
 	meta.SetStatusCondition(&st.Conditions, ready)
-	return ctrl.Result{RequeueAfter: statusEvery}, r.writeStatus(ctx, &ds, before)
+	return ctrl.Result{RequeueAfter: statusEvery}, writeStatus(ctx, r.Client, &ds, before, &ds.Status)
 }
 
 // fillDatasetStatus sets the figures of a dataset's status from its
@@ -303,12 +303,6 @@ func podsUsing(ctx context.Context, c client.Client, ns, claim string) ([]string
 	return out, nil
 }
 
-func (r *DatasetReconciler) writeStatus(ctx context.Context, ds *v1alpha1.Dataset, before *v1alpha1.DatasetStatus) error {
-	if equality.Semantic.DeepEqual(before, &ds.Status) {
-		return nil
-	}
-	return client.IgnoreNotFound(r.Status().Update(ctx, ds))
-}
 
 // SetupWithManager registers the controller: it watches Datasets, their
 // claims, and the runtimes that name them.

@@ -64,17 +64,18 @@ func (r *RuntimeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, nil // its objects go with it (owner references)
 	}
 	before := rt.Status.DeepCopy()
+	rt.Status.ObservedGeneration = rt.Generation
 	datasets, problems := r.datasets(ctx, &rt)
 	rendered, err := renderConfig(&rt, datasets)
 	if err != nil {
 		r.fail(&rt, "InvalidSpec", err)
-		return ctrl.Result{}, r.writeStatus(ctx, &rt, before)
+		return ctrl.Result{}, writeStatus(ctx, r.Client, &rt, before, &rt.Status)
 	}
 	if err := r.apply(ctx, &rt, rendered, datasets); err != nil {
 		var se *SpecError
 		if errors.As(err, &se) {
 			r.fail(&rt, "InvalidSpec", err)
-			return ctrl.Result{}, r.writeStatus(ctx, &rt, before)
+			return ctrl.Result{}, writeStatus(ctx, r.Client, &rt, before, &rt.Status)
 		}
 		r.Recorder.Eventf(&rt, nil, corev1.EventTypeWarning, "ApplyFailed", "Apply", "%v", err)
 		return ctrl.Result{}, err
@@ -88,7 +89,7 @@ func (r *RuntimeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err := r.observe(ctx, &rt); err != nil {
 		return ctrl.Result{}, err
 	}
-	return ctrl.Result{RequeueAfter: statusEvery}, r.writeStatus(ctx, &rt, before)
+	return ctrl.Result{RequeueAfter: statusEvery}, writeStatus(ctx, r.Client, &rt, before, &rt.Status)
 }
 
 // datasets returns the runtime's Datasets that can be served, and what is
@@ -301,6 +302,16 @@ func (r *RuntimeReconciler) observe(ctx context.Context, rt *v1alpha1.CacheRunti
 	return nil
 }
 
+// writeStatus writes an object's status if it changed from before. A
+// conflict (a loader wrote progress, or another reconcile came first) is
+// returned, and the reconcile runs again on what is there now.
+func writeStatus[S any](ctx context.Context, c client.Client, obj client.Object, before, after *S) error {
+	if equality.Semantic.DeepEqual(before, after) {
+		return nil
+	}
+	return client.IgnoreNotFound(c.Status().Update(ctx, obj))
+}
+
 // runtimeWorkers reads a runtime's Leases.
 func runtimeWorkers(ctx context.Context, c client.Client, ns, runtime string) ([]worker, error) {
 	var leases coordinationv1.LeaseList
@@ -310,14 +321,6 @@ func runtimeWorkers(ctx context.Context, c client.Client, ns, runtime string) ([
 	return readLeases(leases.Items, time.Now()), nil
 }
 
-// writeStatus writes the status if it changed.
-func (r *RuntimeReconciler) writeStatus(ctx context.Context, rt *v1alpha1.CacheRuntime, before *v1alpha1.CacheRuntimeStatus) error {
-	rt.Status.ObservedGeneration = rt.Generation
-	if equality.Semantic.DeepEqual(before, &rt.Status) {
-		return nil
-	}
-	return client.IgnoreNotFound(r.Status().Update(ctx, rt))
-}
 
 // SetupWithManager registers the controller: it watches CacheRuntimes, the
 // objects they own, and the Datasets they name.
