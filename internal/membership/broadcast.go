@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -106,4 +107,30 @@ func (b *broadcast) Watch(ctx context.Context, fn func(*View)) error {
 		case <-changed:
 		}
 	}
+}
+
+// backendDefaults fills the settings both backends share and checks the
+// worker a source registers, if any.
+func backendDefaults(lease *time.Duration, defLease time.Duration, grace, dial *time.Duration, log **slog.Logger, self *Member) error {
+	if *lease <= 0 {
+		*lease = defLease
+	}
+	if *grace <= 0 {
+		*grace = DefaultRingGrace
+	}
+	if *dial <= 0 {
+		*dial = DefaultDialTimeout
+	}
+	if *log == nil {
+		*log = slog.Default()
+	}
+	if self != nil {
+		if err := CheckID(self.ID); err != nil {
+			return fmt.Errorf("membership: worker: %w", err)
+		}
+		if err := CheckAddr(self.Addr); err != nil {
+			return fmt.Errorf("membership: worker %s: %w", self.ID, err)
+		}
+	}
+	return nil
 }

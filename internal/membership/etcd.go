@@ -117,25 +117,8 @@ func OpenEtcd(ctx context.Context, o EtcdOptions) (*Etcd, error) {
 		o.Prefix = DefaultPrefix
 	}
 	o.Prefix = strings.TrimRight(o.Prefix, "/")
-	if o.LeaseTTL <= 0 {
-		o.LeaseTTL = DefaultLeaseTTL
-	}
-	if o.RingGrace <= 0 {
-		o.RingGrace = DefaultRingGrace
-	}
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = DefaultDialTimeout
-	}
-	if o.Log == nil {
-		o.Log = slog.Default()
-	}
-	if o.Self != nil {
-		if err := CheckID(o.Self.ID); err != nil {
-			return nil, fmt.Errorf("membership: worker: %w", err)
-		}
-		if err := CheckAddr(o.Self.Addr); err != nil {
-			return nil, fmt.Errorf("membership: worker %s: %w", o.Self.ID, err)
-		}
+	if err := backendDefaults(&o.LeaseTTL, DefaultLeaseTTL, &o.RingGrace, &o.DialTimeout, &o.Log, o.Self); err != nil {
+		return nil, err
 	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            o.Endpoints,

@@ -210,25 +210,8 @@ func OpenKube(ctx context.Context, o KubeOptions) (*Kube, error) {
 	if o.Cluster == "" {
 		return nil, errors.New("membership: kubernetes: no cluster name (membership.cluster)")
 	}
-	if o.LeaseDuration <= 0 {
-		o.LeaseDuration = DefaultKubeLeaseDuration
-	}
-	if o.RingGrace <= 0 {
-		o.RingGrace = DefaultRingGrace
-	}
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = DefaultDialTimeout
-	}
-	if o.Log == nil {
-		o.Log = slog.Default()
-	}
-	if o.Self != nil {
-		if err := CheckID(o.Self.ID); err != nil {
-			return nil, fmt.Errorf("membership: worker: %w", err)
-		}
-		if err := CheckAddr(o.Self.Addr); err != nil {
-			return nil, fmt.Errorf("membership: worker %s: %w", o.Self.ID, err)
-		}
+	if err := backendDefaults(&o.LeaseDuration, DefaultKubeLeaseDuration, &o.RingGrace, &o.DialTimeout, &o.Log, o.Self); err != nil {
+		return nil, err
 	}
 	k := &Kube{o: o, log: o.Log.With("membership", "kubernetes"), seen: map[string]observed{}}
 	k.init("kubernetes", k.log)
