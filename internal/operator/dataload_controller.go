@@ -307,7 +307,6 @@ func (r *DataLoadReconciler) ensureLoaderRBAC(ctx context.Context, rt *v1alpha1.
 	return nil
 }
 
-
 // SetupWithManager registers the controller: it watches DataLoads, their
 // Jobs and CronJobs, and Datasets (a load waits for its dataset).
 func (r *DataLoadReconciler) SetupWithManager(mgr ctrl.Manager) error {

@@ -303,7 +303,6 @@ func podsUsing(ctx context.Context, c client.Client, ns, claim string) ([]string
 	return out, nil
 }
 
-
 // SetupWithManager registers the controller: it watches Datasets, their
 // claims, and the runtimes that name them.
 func (r *DatasetReconciler) SetupWithManager(mgr ctrl.Manager) error {

@@ -321,7 +321,6 @@ func runtimeWorkers(ctx context.Context, c client.Client, ns, runtime string) ([
 	return readLeases(leases.Items, time.Now()), nil
 }
 
-
 // SetupWithManager registers the controller: it watches CacheRuntimes, the
 // objects they own, and the Datasets they name.
 func (r *RuntimeReconciler) SetupWithManager(mgr ctrl.Manager) error {
