@@ -1,0 +1,403 @@
+// Package csi tests `granary csi`, the CSI node plugin, as a process, with
+// real FUSE mounts on this machine: publishing and unpublishing, the one
+// mount per dataset that every target shares, and reads that go on while
+// the FUSE serving process is killed and the plugin itself is restarted.
+package csi
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+var granary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "granary-csi")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	granary = filepath.Join(dir, "granary")
+	build := exec.Command("go", "build", "-o", granary, "../../cmd/granary")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build granary: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// proc is a granary process of the test.
+type proc struct {
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	done chan struct{}
+}
+
+func start(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{log: &bytes.Buffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(granary, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("granary %s:\n%s", strings.Join(args[:1], " "), p.log.String())
+		}
+	})
+	return p
+}
+
+func (p *proc) stop() {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *proc) kill() {
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+// fixture is a worker over a directory, and the plugin's configuration.
+type fixture struct {
+	data, config, state, socket string
+	files                       map[string][]byte
+}
+
+func newFixture(t *testing.T) *fixture {
+	if os.Getuid() != 0 {
+		t.Fatal("the CSI plugin's tests mount FUSE file systems: run them as root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Fatalf("no /dev/fuse: %v", err)
+	}
+	f := &fixture{data: t.TempDir(), state: t.TempDir(), files: map[string][]byte{}}
+	rng := rand.New(rand.NewPCG(3, 5))
+	for i := range 16 {
+		b := make([]byte, 64<<10+rng.IntN(1<<20))
+		for j := range b {
+			b[j] = byte(rng.Uint32())
+		}
+		name := fmt.Sprintf("shard-%02d.bin", i)
+		f.files[name] = b
+		if err := os.WriteFile(filepath.Join(f.data, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listen, admin := freeAddr(t), freeAddr(t)
+	dir := t.TempDir()
+	f.config = filepath.Join(dir, "granary.yaml")
+	cfg := fmt.Sprintf(`datasets:
+  - {name: data, ufs: "file://%s"}
+worker:
+  id: w1
+  listen: %s
+  admin: %s
+  state_dir: %s
+  block_size: 1MiB
+  page_size: 256KiB
+  tiers: [{name: MEM, path: %s, quota: 256MiB}]
+membership:
+  workers: [{id: w1, addr: %s}]
+`, f.data, listen, admin, filepath.Join(dir, "state"), filepath.Join(dir, "mem"), listen)
+	if err := os.WriteFile(f.config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start(t, "worker", "--config", f.config, "--log-level", "warn")
+	waitFor(t, 30*time.Second, "the worker", func() bool {
+		resp, err := http.Get("http://" + admin + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil && resp.StatusCode == http.StatusOK
+	})
+	f.socket = filepath.Join(t.TempDir(), "csi.sock")
+	return f
+}
+
+// plugin starts `granary csi` and a client of it.
+func (f *fixture) plugin(t *testing.T) (*proc, csi.NodeClient) {
+	t.Helper()
+	p := start(t, "csi", "--endpoint", "unix://"+f.socket, "--node-id", "node-1", "--state-dir", f.state, "--config-file", f.config)
+	conn, err := grpc.NewClient("unix://"+f.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	id := csi.NewIdentityClient(conn)
+	waitFor(t, 30*time.Second, "the plugin", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		info, err := id.GetPluginInfo(ctx, &csi.GetPluginInfoRequest{})
+		return err == nil && info.Name == "csi.granary.io"
+	})
+	return p, csi.NewNodeClient(conn)
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: not within %v", what, d)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+var readOnlyMany = &csi.VolumeCapability{
+	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY},
+}
+
+func publish(ctx context.Context, n csi.NodeClient, vol, target string) error {
+	_, err := n.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol, TargetPath: target, VolumeCapability: readOnlyMany,
+		Readonly: true, VolumeContext: map[string]string{"dataset": "data", "namespace": "default"}})
+	return err
+}
+
+func unpublish(ctx context.Context, n csi.NodeClient, vol, target string) error {
+	_, err := n.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: target})
+	return err
+}
+
+// supervisor is the PID of the dataset's mount supervisor, and its
+// serving process (its child).
+func (f *fixture) supervisor(t *testing.T) (sup, server int) {
+	b, err := os.ReadFile(filepath.Join(f.state, "datasets", "default_data", "pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	// Children are listed by the thread that started them.
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", sup))
+	for _, task := range tasks {
+		kids, _ := os.ReadFile(task)
+		if fs := strings.Fields(string(kids)); len(fs) > 0 {
+			server, _ = strconv.Atoi(fs[0])
+			break
+		}
+	}
+	return sup, server
+}
+
+func checkFiles(t *testing.T, dir string, files map[string][]byte) {
+	t.Helper()
+	for name, want := range files {
+		got, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s/%s: content differs", dir, name)
+		}
+	}
+}
+
+func TestPublishUnpublish(t *testing.T) {
+	f := newFixture(t)
+	_, n := f.plugin(t)
+	ctx := context.Background()
+	pods := t.TempDir()
+	t1, t2 := filepath.Join(pods, "pod-a", "volume"), filepath.Join(pods, "pod-b", "volume")
+	began := time.Now()
+	if err := publish(ctx, n, "default/data", t1); err != nil {
+		t.Fatal(err)
+	}
+	checkFiles(t, t1, f.files)
+	t.Logf("FIGURE publish to a readable mount (first pod of the node): %v", time.Since(began).Round(time.Millisecond))
+	// Twice for the same target: nothing changes.
+	if err := publish(ctx, n, "default/data", t1); err != nil {
+		t.Fatalf("publishing again: %v", err)
+	}
+	sup, _ := f.supervisor(t)
+	began = time.Now()
+	if err := publish(ctx, n, "default/data", t2); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("FIGURE publish to a readable mount (second pod, dataset mounted): %v", time.Since(began).Round(time.Millisecond))
+	checkFiles(t, t2, f.files)
+	if again, _ := f.supervisor(t); again != sup {
+		t.Errorf("a second target started another mount (supervisor %d, then %d)", sup, again)
+	}
+	if err := os.WriteFile(filepath.Join(t1, "new"), []byte("x"), 0o644); err == nil {
+		t.Error("a published volume is writable")
+	}
+	if err := unpublish(ctx, n, "default/data", t2); err != nil {
+		t.Fatal(err)
+	}
+	if err := unpublish(ctx, n, "default/data", t2); err != nil {
+		t.Fatalf("unpublishing again: %v", err)
+	}
+	checkFiles(t, t1, f.files) // the other pod still reads
+	if err := unpublish(ctx, n, "default/data", t1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the dataset's mount to stop with its last target", func() bool {
+		return syscall.Kill(sup, 0) != nil
+	})
+	for _, p := range []string{t1, t2} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("target %s left behind: %v", p, err)
+		}
+	}
+}
+
+func TestPublishErrors(t *testing.T) {
+	f := newFixture(t)
+	_, n := f.plugin(t)
+	ctx := context.Background()
+	target := filepath.Join(t.TempDir(), "volume")
+	writer := &csi.VolumeCapability{AccessType: readOnlyMany.AccessType,
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	block := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+		AccessMode: readOnlyMany.AccessMode}
+	for _, c := range []struct {
+		name string
+		req  *csi.NodePublishVolumeRequest
+		code codes.Code
+		msg  string
+	}{
+		{"no volume", &csi.NodePublishVolumeRequest{TargetPath: target, VolumeCapability: readOnlyMany}, codes.InvalidArgument, "volume id"},
+		{"no target", &csi.NodePublishVolumeRequest{VolumeId: "default/data", VolumeCapability: readOnlyMany}, codes.InvalidArgument, "target path"},
+		{"no capability", &csi.NodePublishVolumeRequest{VolumeId: "default/data", TargetPath: target}, codes.InvalidArgument, "capability"},
+		{"writer", &csi.NodePublishVolumeRequest{VolumeId: "default/data", TargetPath: target, VolumeCapability: writer}, codes.InvalidArgument, "read-only"},
+		{"block", &csi.NodePublishVolumeRequest{VolumeId: "default/data", TargetPath: target, VolumeCapability: block}, codes.InvalidArgument, "block"},
+		{"bad handle", &csi.NodePublishVolumeRequest{VolumeId: "data", TargetPath: target, VolumeCapability: readOnlyMany}, codes.InvalidArgument, "NAMESPACE/DATASET"},
+		{"escape", &csi.NodePublishVolumeRequest{VolumeId: "default/..", TargetPath: target, VolumeCapability: readOnlyMany}, codes.InvalidArgument, "NAMESPACE/DATASET"},
+		{"unknown dataset", &csi.NodePublishVolumeRequest{VolumeId: "default/nope", TargetPath: target, VolumeCapability: readOnlyMany}, codes.FailedPrecondition, "no dataset \"nope\""},
+	} {
+		_, err := n.NodePublishVolume(ctx, c.req)
+		if s, _ := status.FromError(err); s.Code() != c.code || !strings.Contains(s.Message(), c.msg) {
+			t.Errorf("%s: %v, want %s saying %q", c.name, err, c.code, c.msg)
+		}
+	}
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Errorf("a refused publish left its target: %v", err)
+	}
+}
+
+// Eight readers hold files open and read them again and again while the
+// FUSE serving process is killed (kill -9) and then the plugin itself is
+// killed and started again: no read fails, no byte is wrong, and the
+// restarted plugin unpublishes what the first one published.
+func TestMountsOutliveTheirProcesses(t *testing.T) {
+	f := newFixture(t)
+	p, n := f.plugin(t)
+	ctx := context.Background()
+	target := filepath.Join(t.TempDir(), "volume")
+	if err := publish(ctx, n, "default/data", target); err != nil {
+		t.Fatal(err)
+	}
+	names := make([]string, 0, len(f.files))
+	for name := range f.files {
+		names = append(names, name)
+	}
+	var (
+		stop              atomic.Bool
+		reads, fails, bad atomic.Int64
+		longest           atomic.Int64
+		wg                sync.WaitGroup
+		firstErr          atomic.Pointer[error]
+	)
+	for i := range 8 {
+		name := names[i]
+		want := f.files[name]
+		fh, err := os.Open(filepath.Join(target, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fh.Close()
+		wg.Go(func() {
+			buf := make([]byte, 128<<10)
+			for off := int64(0); !stop.Load(); off = (off + int64(len(buf))) % int64(len(want)) {
+				began := time.Now()
+				k, err := fh.ReadAt(buf, off)
+				if d := time.Since(began); int64(d) > longest.Load() {
+					longest.Store(int64(d))
+				}
+				reads.Add(1)
+				if err != nil && k < min(len(buf), len(want)-int(off)) {
+					fails.Add(1)
+					firstErr.CompareAndSwap(nil, &err)
+					continue
+				}
+				if !bytes.Equal(buf[:k], want[off:off+int64(k)]) {
+					bad.Add(1)
+				}
+			}
+		})
+	}
+	time.Sleep(500 * time.Millisecond)
+	sup, server := f.supervisor(t)
+	if server == 0 {
+		t.Fatal("the supervisor has no serving process")
+	}
+	syscall.Kill(server, syscall.SIGKILL)
+	waitFor(t, 20*time.Second, "a new serving process", func() bool {
+		_, s := f.supervisor(t)
+		return s != 0 && s != server
+	})
+	time.Sleep(500 * time.Millisecond)
+	p.kill()
+	time.Sleep(300 * time.Millisecond)
+	_, n = f.plugin(t)
+	time.Sleep(time.Second)
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("FIGURE reads during a kill -9 of the serving process and a plugin restart: %d reads, %d failed, %d wrong, longest %v",
+		reads.Load(), fails.Load(), bad.Load(), time.Duration(longest.Load()).Round(time.Millisecond))
+	if fails.Load() != 0 || bad.Load() != 0 {
+		t.Errorf("%d reads failed (first: %v), %d were wrong; want 0 and 0", fails.Load(), *firstErr.Load(), bad.Load())
+	}
+	if again, _ := f.supervisor(t); again != sup {
+		t.Errorf("the dataset was mounted again (supervisor %d, then %d)", sup, again)
+	}
+	if err := unpublish(ctx, n, "default/data", target); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the mount to stop after the restarted plugin unpublished it", func() bool {
+		return syscall.Kill(sup, 0) != nil
+	})
+}
