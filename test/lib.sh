@@ -13,6 +13,7 @@ K8S_VERSION=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' test
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 CONTROLLER_GEN_VERSION=v0.23.0
+CSI_SANITY_VERSION=v5.6.0
 
 tools="$PWD/.cache/bin"
 mkdir -p "$tools"
@@ -94,6 +95,9 @@ install_test_deps() {
 	go_tool kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 	go_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
 	go_tool controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_GEN_VERSION"
+	# csi-sanity, the CSI conformance tests, for granary's node plugin.
+	go_tool csi-sanity github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity "$CSI_SANITY_VERSION"
+	export GRANARY_CSI_SANITY="$tools/csi-sanity"
 	export GRANARY_KUBE_BIN="$tools"
 	# kwok's node and pod stages ship in its module (downloaded again if the
 	# module cache was emptied since kwok was built).
