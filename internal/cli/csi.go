@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -16,7 +17,7 @@ import (
 
 func newCSICmd(g *globals) *cobra.Command {
 	var (
-		endpoint, nodeID, stateDir, kubeconfig, static string
+		endpoint, nodeID, stateDir, kubeconfig, static, mounter string
 	)
 	cmd := &cobra.Command{
 		Use:   "csi --endpoint unix:///csi/csi.sock --node-id NODE",
@@ -39,7 +40,11 @@ Kubernetes.`,
 			if err != nil {
 				return err
 			}
-			n := &csi.Node{NodeID: nodeID, StateDir: stateDir, Spawner: &csi.Spawner{Binary: self}}
+			spawner := &csi.Spawner{StateDir: stateDir, Binary: self}
+			n := &csi.Node{NodeID: nodeID, StateDir: stateDir, Mounter: spawner}
+			if mounter != "" {
+				n.Mounter = csi.NewRemoteMounter(mounter)
+			}
 			if static != "" {
 				abs, err := filepath.Abs(static)
 				if err != nil {
@@ -57,7 +62,7 @@ Kubernetes.`,
 				}
 				n.Configs = csi.KubeConfig{Client: c, StateDir: stateDir, Host: nodeID}
 				if kubeconfig != "" {
-					n.Spawner.Env = append(n.Spawner.Env, "KUBECONFIG="+kubeconfig)
+					spawner.Env = append(spawner.Env, "KUBECONFIG="+kubeconfig)
 				}
 			}
 			return n.Serve(ctrl.SetupSignalHandler(), endpoint)
@@ -69,5 +74,31 @@ Kubernetes.`,
 	fl.StringVar(&stateDir, "state-dir", "/var/lib/granary/csi", "where dataset mounts and published targets are kept (a host directory: it must outlive the plugin)")
 	fl.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG, then the pod's service account)")
 	fl.StringVar(&static, "config-file", "", "take every dataset's configuration from this granary configuration file instead of Kubernetes")
+	fl.StringVar(&mounter, "mounter", "", "the socket of a `granary csi mounter` that holds the dataset mounts (default: this process starts them)")
+	cmd.AddCommand(newCSIMounterCmd())
+	return cmd
+}
+
+func newCSIMounterCmd() *cobra.Command {
+	var socket, stateDir string
+	cmd := &cobra.Command{
+		Use:   "mounter --socket PATH",
+		Short: "Hold the node's dataset mounts for the CSI plugin",
+		Long: `mounter starts and stops the node's dataset mounts (one granary mount
+supervisor per dataset) when the CSI plugin asks, over a unix socket. Run apart
+from the plugin (on Kubernetes, a DaemonSet of its own that is not upgraded with
+the plugin), it keeps the mounts through a restart or an upgrade of the plugin.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			s := &csi.Spawner{StateDir: stateDir, Binary: self}
+			return csi.ServeMounter(ctrl.SetupSignalHandler(), socket, s, slog.Default())
+		},
+	}
+	cmd.Flags().StringVar(&socket, "socket", "/var/lib/granary/csi/mounter.sock", "the socket the plugin asks on")
+	cmd.Flags().StringVar(&stateDir, "state-dir", "/var/lib/granary/csi", "where the dataset mounts are kept (the plugin's --state-dir)")
 	return cmd
 }

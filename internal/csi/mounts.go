@@ -34,8 +34,22 @@ import (
 //	STATE/datasets/KEY/log           its output
 //	STATE/volumes/VOLUME/TARGETHASH  one file per published target (its path)
 
+// Mounter keeps the dataset mounts of a node: a Spawner in the plugin's
+// own process, or a RemoteMounter, which asks a mounter process (`granary
+// csi mounter`, a pod of its own on Kubernetes, so that its supervisors
+// outlive a restart or an upgrade of the plugin's pod).
+type Mounter interface {
+	// Ensure mounts the dataset of key with config, unless it is mounted,
+	// and returns its staging directory.
+	Ensure(ctx context.Context, key, dataset, config string, opts []string) (string, error)
+	// Release stops the dataset mount of key.
+	Release(key string) error
+}
+
 // Spawner starts the supervisor of a dataset mount.
 type Spawner struct {
+	// StateDir holds the dataset mounts (see above).
+	StateDir string
 	// Binary is the granary executable the supervisors run.
 	Binary string
 	// Env is added to the supervisors' environment (e.g. KUBECONFIG).
@@ -152,9 +166,9 @@ func (l *datasetLocks) lock(key string) func() {
 // Ensure makes the dataset mount of key at its staging directory, with
 // config as its configuration, unless a live supervisor already serves it.
 // It waits until the mount answers.
-func (s *Spawner) Ensure(ctx context.Context, state, key, dataset, config string, opts []string) (string, error) {
-	dir := datasetDir(state, key)
-	mnt := stagingPath(state, key)
+func (s *Spawner) Ensure(ctx context.Context, key, dataset, config string, opts []string) (string, error) {
+	dir := datasetDir(s.StateDir, key)
+	mnt := stagingPath(s.StateDir, key)
 	if _, ok := alive(dir); ok {
 		if m, err := mounted(mnt); err == nil && m {
 			return mnt, nil
@@ -216,9 +230,9 @@ func (s *Spawner) Ensure(ctx context.Context, state, key, dataset, config string
 
 // Release stops the dataset mount of key: its supervisor unmounts and
 // exits; a mount left behind is detached.
-func (s *Spawner) Release(state, key string) error {
-	dir := datasetDir(state, key)
-	mnt := stagingPath(state, key)
+func (s *Spawner) Release(key string) error {
+	dir := datasetDir(s.StateDir, key)
+	mnt := stagingPath(s.StateDir, key)
 	if pid, ok := alive(dir); ok {
 		syscall.Kill(pid, syscall.SIGTERM)
 		for range 100 {

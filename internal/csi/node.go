@@ -45,7 +45,7 @@ type Node struct {
 	// StateDir holds the dataset mounts and the published targets.
 	StateDir string
 	Configs  ConfigSource
-	Spawner  *Spawner
+	Mounter  Mounter
 	Log      *slog.Logger
 
 	locks datasetLocks
@@ -148,7 +148,7 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 	if mf := req.GetVolumeCapability().GetMount().GetMountFlags(); len(mf) > 0 {
 		opts = mountFlags(mf)
 	}
-	staging, err := n.Spawner.Ensure(ctx, n.StateDir, key, ds, config, opts)
+	staging, err := n.Mounter.Ensure(ctx, key, ds, config, opts)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "mount dataset %s/%s: %v", ns, ds, err)
 	}
@@ -222,7 +222,7 @@ func (n *Node) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolu
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	if left == 0 && ds != "" {
-		if err := n.Spawner.Release(n.StateDir, key); err != nil {
+		if err := n.Mounter.Release(key); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
 	}

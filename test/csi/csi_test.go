@@ -153,13 +153,55 @@ membership:
 		return err == nil && resp.StatusCode == http.StatusOK
 	})
 	f.socket = filepath.Join(t.TempDir(), "csi.sock")
+	// Whatever a failed test left: the dataset mounts' supervisors (their
+	// own sessions: nothing else stops them) and every mount below the
+	// test's directories.
+	t.Cleanup(func() {
+		pids, _ := filepath.Glob(filepath.Join(f.state, "datasets", "*", "pid"))
+		for _, p := range pids {
+			b, _ := os.ReadFile(p)
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		unmountBelow(os.TempDir() + "/" + strings.Split(t.Name(), "/")[0])
+	})
 	return f
 }
 
-// plugin starts `granary csi` and a client of it.
-func (f *fixture) plugin(t *testing.T) (*proc, csi.NodeClient) {
+// unmountBelow detaches every mount whose path starts with prefix.
+func unmountBelow(prefix string) {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	lines := strings.Split(string(b), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		f := strings.Fields(lines[i])
+		if len(f) > 4 && strings.HasPrefix(f[4], prefix) {
+			syscall.Unmount(f[4], syscall.MNT_DETACH)
+		}
+	}
+}
+
+// mounter starts `granary csi mounter` and returns its socket.
+func (f *fixture) mounter(t *testing.T) (*proc, string) {
 	t.Helper()
-	p := start(t, "csi", "--endpoint", "unix://"+f.socket, "--node-id", "node-1", "--state-dir", f.state, "--config-file", f.config)
+	socket := filepath.Join(t.TempDir(), "mounter.sock")
+	p := start(t, "csi", "mounter", "--socket", socket, "--state-dir", f.state)
+	waitFor(t, 10*time.Second, "the mounter's socket", func() bool {
+		_, err := os.Stat(socket)
+		return err == nil
+	})
+	return p, socket
+}
+
+// plugin starts `granary csi` (asking the mounter at socket, if any) and a
+// client of it.
+func (f *fixture) plugin(t *testing.T, mounter ...string) (*proc, csi.NodeClient) {
+	t.Helper()
+	args := []string{"csi", "--endpoint", "unix://" + f.socket, "--node-id", "node-1", "--state-dir", f.state, "--config-file", f.config}
+	if len(mounter) > 0 {
+		args = append(args, "--mounter", mounter[0])
+	}
+	p := start(t, args...)
 	conn, err := grpc.NewClient("unix://"+f.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -321,10 +363,12 @@ func TestPublishErrors(t *testing.T) {
 // Eight readers hold files open and read them again and again while the
 // FUSE serving process is killed (kill -9) and then the plugin itself is
 // killed and started again: no read fails, no byte is wrong, and the
-// restarted plugin unpublishes what the first one published.
+// restarted plugin unpublishes what the first one published. The plugin
+// asks a mounter process for the mounts, as it does on Kubernetes.
 func TestMountsOutliveTheirProcesses(t *testing.T) {
 	f := newFixture(t)
-	p, n := f.plugin(t)
+	_, socket := f.mounter(t)
+	p, n := f.plugin(t, socket)
 	ctx := context.Background()
 	target := filepath.Join(t.TempDir(), "volume")
 	if err := publish(ctx, n, "default/data", target); err != nil {
@@ -382,7 +426,7 @@ func TestMountsOutliveTheirProcesses(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	p.kill()
 	time.Sleep(300 * time.Millisecond)
-	_, n = f.plugin(t)
+	_, n = f.plugin(t, socket)
 	time.Sleep(time.Second)
 	stop.Store(true)
 	wg.Wait()
