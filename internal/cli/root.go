@@ -75,7 +75,7 @@ Paths name a dataset first: /<dataset>/<path inside it>. Datasets come from
 	pf.BoolVar(&g.direct, "direct", false, "ls, stat and cat read the UFS directly instead of through the cache workers")
 	root.AddCommand(newVersionCmd(g), newConfigCmd(g), newLsCmd(g), newStatCmd(g), newCatCmd(g),
 		newWorkerCmd(g), newUpCmd(g), newStatusCmd(g), newRefreshCmd(g), newMountCmd(g), newUmountCmd(g), newBenchCmd(g),
-		newLoadCmd(g), newMemberCmd(g), newOperatorCmd(g), newCSICmd(g))
+		newLoadCmd(g), newMemberCmd(g), newOperatorCmd(g), newCSICmd(g), newFluidCmd(g))
 	return root
 }
 
