@@ -378,13 +378,25 @@ func TestMountsOutliveTheirProcesses(t *testing.T) {
 	for name := range f.files {
 		names = append(names, name)
 	}
+	// Each read is counted in the phase it ran in: before the faults, while
+	// the serving process is killed and replaced, while the plugin is
+	// killed and restarted. The page cache is dropped all along, so that
+	// reads reach the mount rather than the kernel's cache.
+	const phases = 3
 	var (
-		stop              atomic.Bool
-		reads, fails, bad atomic.Int64
-		longest           atomic.Int64
-		wg                sync.WaitGroup
+		stop, stopDrop    atomic.Bool
+		phase             atomic.Int32
+		reads, fails, bad [phases]atomic.Int64
+		longest           [phases]atomic.Int64
+		wg, dropWG        sync.WaitGroup
 		firstErr          atomic.Pointer[error]
 	)
+	dropWG.Go(func() {
+		for !stopDrop.Load() {
+			os.WriteFile("/proc/sys/vm/drop_caches", []byte("1"), 0)
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
 	for i := range 8 {
 		name := names[i]
 		want := f.files[name]
@@ -396,44 +408,51 @@ func TestMountsOutliveTheirProcesses(t *testing.T) {
 		wg.Go(func() {
 			buf := make([]byte, 128<<10)
 			for off := int64(0); !stop.Load(); off = (off + int64(len(buf))) % int64(len(want)) {
+				ph := phase.Load()
 				began := time.Now()
 				k, err := fh.ReadAt(buf, off)
-				if d := time.Since(began); int64(d) > longest.Load() {
-					longest.Store(int64(d))
+				if d := time.Since(began); int64(d) > longest[ph].Load() {
+					longest[ph].Store(int64(d))
 				}
-				reads.Add(1)
+				reads[ph].Add(1)
 				if err != nil && k < min(len(buf), len(want)-int(off)) {
-					fails.Add(1)
+					fails[ph].Add(1)
 					firstErr.CompareAndSwap(nil, &err)
 					continue
 				}
 				if !bytes.Equal(buf[:k], want[off:off+int64(k)]) {
-					bad.Add(1)
+					bad[ph].Add(1)
 				}
 			}
 		})
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(time.Second)
 	sup, server := f.supervisor(t)
 	if server == 0 {
 		t.Fatal("the supervisor has no serving process")
 	}
+	phase.Store(1)
 	syscall.Kill(server, syscall.SIGKILL)
 	waitFor(t, 20*time.Second, "a new serving process", func() bool {
 		_, s := f.supervisor(t)
 		return s != 0 && s != server
 	})
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(time.Second)
+	phase.Store(2)
 	p.kill()
 	time.Sleep(300 * time.Millisecond)
 	_, n = f.plugin(t, socket)
 	time.Sleep(time.Second)
 	stop.Store(true)
 	wg.Wait()
-	t.Logf("FIGURE reads during a kill -9 of the serving process and a plugin restart: %d reads, %d failed, %d wrong, longest %v",
-		reads.Load(), fails.Load(), bad.Load(), time.Duration(longest.Load()).Round(time.Millisecond))
-	if fails.Load() != 0 || bad.Load() != 0 {
-		t.Errorf("%d reads failed (first: %v), %d were wrong; want 0 and 0", fails.Load(), *firstErr.Load(), bad.Load())
+	stopDrop.Store(true)
+	dropWG.Wait()
+	for ph, what := range []string{"before any fault", "kill -9 of the FUSE serving process", "kill -9 and restart of the plugin"} {
+		t.Logf("FIGURE reads, %s: %d reads, %d failed, %d wrong, longest %v", what,
+			reads[ph].Load(), fails[ph].Load(), bad[ph].Load(), time.Duration(longest[ph].Load()).Round(time.Millisecond))
+		if fails[ph].Load() != 0 || bad[ph].Load() != 0 {
+			t.Errorf("%s: %d reads failed (first: %v), %d were wrong; want 0 and 0", what, fails[ph].Load(), *firstErr.Load(), bad[ph].Load())
+		}
 	}
 	if again, _ := f.supervisor(t); again != sup {
 		t.Errorf("the dataset was mounted again (supervisor %d, then %d)", sup, again)
@@ -444,4 +463,43 @@ func TestMountsOutliveTheirProcesses(t *testing.T) {
 	waitFor(t, 10*time.Second, "the mount to stop after the restarted plugin unpublished it", func() bool {
 		return syscall.Kill(sup, 0) != nil
 	})
+}
+
+// After a loss of everything (the node rebooted: every process and mount
+// gone, the state directory kept), the next publish mounts afresh, and an
+// unpublish of a target that no longer exists succeeds.
+func TestPublishAfterLosingEverything(t *testing.T) {
+	f := newFixture(t)
+	mounter, socket := f.mounter(t)
+	p, n := f.plugin(t, socket)
+	ctx := context.Background()
+	before := filepath.Join(t.TempDir(), "volume")
+	if err := publish(ctx, n, "default/data", before); err != nil {
+		t.Fatal(err)
+	}
+	sup, _ := f.supervisor(t)
+	p.kill()
+	mounter.kill()
+	syscall.Kill(sup, syscall.SIGKILL)
+	waitFor(t, 10*time.Second, "the supervisor gone", func() bool { return syscall.Kill(sup, 0) != nil })
+	syscall.Unmount(before, syscall.MNT_DETACH)
+	syscall.Unmount(filepath.Join(f.state, "datasets", "default_data", "mnt"), syscall.MNT_DETACH)
+	os.Remove(before)
+
+	_, socket = f.mounter(t)
+	_, n = f.plugin(t, socket)
+	if err := unpublish(ctx, n, "default/data", before); err != nil {
+		t.Fatalf("unpublishing a target lost with the node: %v", err)
+	}
+	after := filepath.Join(t.TempDir(), "volume")
+	if err := publish(ctx, n, "default/data", after); err != nil {
+		t.Fatal(err)
+	}
+	checkFiles(t, after, f.files)
+	if again, _ := f.supervisor(t); again == sup {
+		t.Error("no new mount was made")
+	}
+	if err := unpublish(ctx, n, "default/data", after); err != nil {
+		t.Fatal(err)
+	}
 }
