@@ -57,7 +57,26 @@ type DatasetSpec struct {
 	// its data is read from).
 	// +optional
 	NodeAffinity *corev1.NodeSelector `json:"nodeAffinity,omitempty"`
+	// CacheAffinity is how the operator's webhook places the pods that
+	// mount the dataset: Preferred (the default) prefers the nodes whose
+	// workers hold most of its cached bytes; Required also confines them to
+	// nodes that run a live worker of its runtime; None leaves them be. A
+	// pod's annotation granary.io/cache-affinity overrides it.
+	// +optional
+	// +kubebuilder:validation:Enum=Preferred;Required;None
+	// +kubebuilder:default=Preferred
+	CacheAffinity CacheAffinity `json:"cacheAffinity,omitempty"`
 }
+
+// CacheAffinity is how pods are placed near a dataset's cache.
+type CacheAffinity string
+
+// Cache affinities.
+const (
+	CacheAffinityPreferred CacheAffinity = "Preferred"
+	CacheAffinityRequired  CacheAffinity = "Required"
+	CacheAffinityNone      CacheAffinity = "None"
+)
 
 // SecretOption is one UFS option whose value is in a Secret.
 type SecretOption struct {

@@ -45,6 +45,9 @@ through --kubeconfig / $KUBECONFIG.`,
 			if o.LeaderElectionNamespace == "" {
 				o.LeaderElectionNamespace = membership.PodNamespace()
 			}
+			if o.Webhook.ServiceNamespace == "" {
+				o.Webhook.ServiceNamespace = membership.PodNamespace()
+			}
 			return operator.Run(ctrl.SetupSignalHandler(), rc, o)
 		},
 	}
@@ -62,6 +65,14 @@ through --kubeconfig / $KUBECONFIG.`,
 	fl.DurationVar(&o.RenewDeadline, "leader-renew-deadline", 10*time.Second, "how long the leader tries to renew before it gives up the lead")
 	fl.DurationVar(&o.RetryPeriod, "leader-retry-period", 2*time.Second, "how often candidates try to take the lead")
 	fl.StringSliceVar(&o.Namespaces, "namespace", nil, "watch only these namespaces (default: all)")
+	fl.IntVar(&o.Webhook.Port, "webhook-port", 0, "serve the pod webhook (pods placed near their dataset's cache) on this port (0: off)")
+	fl.StringVar(&o.Webhook.Host, "webhook-host", "", "the webhook's listening address (default: all)")
+	fl.StringVar(&o.Webhook.CertDir, "webhook-cert-dir", "/tmp/granary-webhook-certs", "where the webhook's serving certificate is written")
+	fl.StringVar(&o.Webhook.ServiceName, "webhook-service", "granary-webhook", "the webhook's Service (its DNS names are in the certificate)")
+	fl.StringVar(&o.Webhook.ServiceNamespace, "webhook-service-namespace", "", "the Service's namespace, where the certificates' Secret is (default: the pod's)")
+	fl.StringVar(&o.Webhook.SecretName, "webhook-secret", "", "the Secret of the webhook's CA and certificate (default SERVICE-certs)")
+	fl.StringVar(&o.Webhook.ConfigName, "webhook-config", "granary-pod-placement", "the MutatingWebhookConfiguration whose caBundle the operator keeps current (made if missing)")
+	fl.StringVar(&o.Webhook.URL, "webhook-url", "", "https URL the API server calls instead of the Service, in a configuration the operator makes")
 	return cmd
 }
 

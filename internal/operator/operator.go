@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/granary-cache/granary/api/v1alpha1"
 	"github.com/granary-cache/granary/internal/membership"
@@ -49,6 +50,9 @@ type Options struct {
 	// SkipNameValidation lets two operators run in one process (tests of
 	// leader election); their metrics then share names.
 	SkipNameValidation bool
+	// Webhook is the pod webhook that places pods near their cache (off
+	// while its Port is 0).
+	Webhook WebhookOptions
 }
 
 // Scheme knows the kinds the operator handles.
@@ -99,6 +103,12 @@ func New(cfg *rest.Config, o Options) (manager.Manager, error) {
 			mo.Cache.DefaultNamespaces[ns] = cache.Config{}
 		}
 	}
+	if o.Webhook.Port != 0 {
+		if err := o.Webhook.setDefaults(); err != nil {
+			return nil, err
+		}
+		mo.WebhookServer = webhook.NewServer(webhook.Options{Host: o.Webhook.Host, Port: o.Webhook.Port, CertDir: o.Webhook.CertDir})
+	}
 	mgr, err := ctrl.NewManager(cfg, mo)
 	if err != nil {
 		return nil, fmt.Errorf("operator: %w", err)
@@ -117,6 +127,20 @@ func New(cfg *rest.Config, o Options) (manager.Manager, error) {
 	}
 	if err := (&DataLoadReconciler{Client: mgr.GetClient(), Images: o.Images, Recorder: mgr.GetEventRecorder("granary-dataload")}).SetupWithManager(mgr); err != nil {
 		return nil, err
+	}
+	if o.Webhook.Port != 0 {
+		direct, err := client.New(cfg, client.Options{Scheme: mgr.GetScheme()})
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := setupWebhook(ctx, mgr, direct, o.Webhook); err != nil {
+			return nil, err
+		}
+		if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+			return nil, err
+		}
 	}
 	return mgr, nil
 }

@@ -232,6 +232,10 @@ func checkDeployment(t *testing.T, c *kubetest.Cluster) {
 		"--leader-elect=true",
 		"--leader-election-namespace=" + chartNamespace,
 		"--leader-election-id=granary-operator",
+		"--webhook-port=9443",
+		"--webhook-cert-dir=/var/run/granary/webhook-certs",
+		"--webhook-service=granary-webhook",
+		"--webhook-config=granary-webhook",
 		"--log-level=info",
 	}
 	if !slices.Equal(ct.Args, wantArgs) {

@@ -96,3 +96,10 @@ else the operator's repository with TAG-cephfs.
 {{- define "granary.workerPullPolicy" -}}
 {{- default .Values.image.pullPolicy .Values.worker.pullPolicy }}
 {{- end }}
+
+{{/*
+The pod webhook's Service, and its MutatingWebhookConfiguration.
+*/}}
+{{- define "granary.webhookName" -}}
+{{- printf "%s-webhook" (include "granary.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
