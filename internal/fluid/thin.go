@@ -39,6 +39,11 @@ type ThinConfig struct {
 	TargetPath     string            `json:"targetPath"`
 	RuntimeOptions map[string]string `json:"runtimeOptions"`
 	AccessModes    []string          `json:"accessModes"`
+	// Master, Worker and Client are in a CacheRuntime's runtime.json
+	// only: their granary.* options stand for runtimeOptions there.
+	Master *Component `json:"master"`
+	Worker *Component `json:"worker"`
+	Client *Component `json:"client"`
 }
 
 // Mount is one entry of a Dataset's spec.mounts, as Fluid passes it on.
@@ -49,6 +54,22 @@ type Mount struct {
 	Options    map[string]string `json:"options"`
 	ReadOnly   bool              `json:"readOnly"`
 	Shared     bool              `json:"shared"`
+	// EncryptOptions is, in a CacheRuntime's runtime.json, an object of
+	// option name to the file Fluid mounts the secret at; anything else
+	// (a ThinRuntime passes them among the options) is ignored.
+	EncryptOptions encryptOptions `json:"encryptOptions"`
+}
+
+// encryptOptions decodes a JSON object of strings and ignores any other
+// value.
+type encryptOptions map[string]string
+
+func (e *encryptOptions) UnmarshalJSON(b []byte) error {
+	var m map[string]string
+	if json.Unmarshal(b, &m) == nil {
+		*e = m
+	}
+	return nil
 }
 
 // ParseThinConfig decodes config.json; name is the file's name in errors.
@@ -58,13 +79,18 @@ func ParseThinConfig(name string, data []byte) (*ThinConfig, error) {
 	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("%s: not the JSON of a Fluid ThinRuntime config: %w", name, err)
 	}
+	c.normalize()
 	return &c, nil
 }
 
 // ReadThinConfig reads config.json from file, or when file is "", from
-// ConfigPath and then LegacyConfigPath.
+// $FLUID_RUNTIME_CONFIG_PATH (a CacheRuntime's runtime.json), ConfigPath
+// and then LegacyConfigPath.
 func ReadThinConfig(file string) (*ThinConfig, string, error) {
 	candidates := []string{ConfigPath, LegacyConfigPath}
+	if env := os.Getenv(RuntimeConfigEnv); env != "" && file == "" {
+		file = env
+	}
 	if file != "" {
 		candidates = []string{file}
 	}
