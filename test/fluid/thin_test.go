@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/granarytest"
 	"github.com/granary-cache/granary/internal/s3test"
 )
 
@@ -36,11 +36,8 @@ func setup(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	granary = filepath.Join(dir, "granary")
-	build := exec.Command("go", "build", "-o", granary, "../../cmd/granary")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build granary: %v\n%s", err, out)
+	if granary, err = granarytest.Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()
@@ -67,14 +64,7 @@ func needFUSE(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr(t *testing.T) string { return granarytest.FreeAddr(t) }
 
 // proc is a granary process the test started; stop ends it by its PID.
 type proc struct {

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/granary-cache/granary/api/v1alpha1"
+	"github.com/granary-cache/granary/internal/granarytest"
 	"github.com/granary-cache/granary/internal/kubetest"
 	"github.com/granary-cache/granary/internal/operator"
 	"github.com/granary-cache/granary/internal/promtest"
@@ -53,12 +54,7 @@ func granaryBinary(t *testing.T) string {
 			buildErr = err
 			return
 		}
-		built = filepath.Join(dir, "granary")
-		cmd := exec.Command("go", "build", "-o", built, "../../cmd/granary")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("build granary: %v\n%s", err, out)
-		}
+		built, buildErr = granarytest.Build(dir)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
@@ -94,14 +90,7 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr(t *testing.T) string { return granarytest.FreeAddr(t) }
 
 // startProcess runs a command until the test ends, its output in a file
 // shown if the test fails.

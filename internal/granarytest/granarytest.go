@@ -1,0 +1,35 @@
+// Package granarytest helps tests that run granary as processes: it builds
+// the binary and finds free loopback addresses.
+package granarytest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// Build builds the pure-Go granary binary (CGO_ENABLED=0, as released) into
+// dir and returns its path. It can run in TestMain, before any test.
+func Build(dir string) (string, error) {
+	bin := filepath.Join(dir, "granary")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/granary-cache/granary/cmd/granary")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build granary: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// FreeAddr returns a loopback address whose port was free a moment ago.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
