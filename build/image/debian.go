@@ -27,16 +27,19 @@ package main
 //     /lib/x86_64-linux-gnu/libcephfs.so.2 where the package says
 //     /usr/lib/x86_64-linux-gnu/libcephfs.so.2. The package's installed
 //     version comes from `dpkg-query -W`.
-//  4. Those exact versions are fetched with `apt-get download
-//     PKG:ARCH=VERSION` into a cache directory (a .deb already there, or in
-//     /var/cache/apt/archives, is used as it is) and unpacked with
-//     `dpkg-deb -x`.
-//  5. Each path is copied from the unpacked package to the same path in the
-//     image. A symlink is copied as a symlink and its target is added too,
-//     from whichever package owns it, so libfoo.so.1 -> libfoo.so.1.2.3
-//     chains (and /lib64/ld-linux-x86-64.so.2) stay whole. Every regular
-//     file is compared with the installed one: what the image gets is what
-//     the loader resolved in step 1.
+//  4. Each package's file list (`dpkg-query -L`) and dpkg's own checksums
+//     of its files (the md5sums control file, `dpkg-query --control-path`)
+//     are read. Nothing is downloaded: the image takes the files installed
+//     on this machine, which are the ones the loader resolved in step 1,
+//     and the Debian archive may no longer serve the installed version (a
+//     point release or a security update replaces it).
+//  5. Each path is copied to the same path in the image. A symlink is
+//     copied as a symlink and its target is added too, from whichever
+//     package owns it, so libfoo.so.1 -> libfoo.so.1.2.3 chains (and
+//     /lib64/ld-linux-x86-64.so.2) stay whole. Every regular file must
+//     match dpkg's checksum for it: a file modified, diverted or replaced
+//     after installation is refused, so the image holds exactly what the
+//     package shipped.
 //  6. For every package used, its copyright file (/usr/share/doc/PKG/,
 //     following the doc directory's symlink to another package where
 //     Debian has one) and its control fields as /var/lib/dpkg/status.d/PKG,
@@ -48,7 +51,8 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
+	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -56,19 +60,19 @@ import (
 	"os"
 	"os/exec"
 	"path"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 )
 
-// debPkg is one Debian package the image takes files from.
+// debPkg is one installed Debian package the image takes files from.
 type debPkg struct {
 	name    string // as dpkg prints it: libc6:amd64, or ceph-common
 	version string
 	arch    string
-	deb     string // the .deb
-	root    string // where it is unpacked
+	files   map[string]bool   // the paths it ships, as dpkg lists them
+	md5     map[string]string // dpkg's checksums of its regular files, by path
+	control []byte            // its control fields
 }
 
 // bare is the package name without its architecture qualifier.
@@ -76,20 +80,19 @@ func (p *debPkg) bare() string { name, _, _ := strings.Cut(p.name, ":"); return 
 
 // debian collects the cephfs image's library layer.
 type debian struct {
-	interp   string // the build machine's loader, the binary's PT_INTERP
-	cacheDir string
-	log      io.Writer
-	tree     *tree
-	pkgs     map[string]*debPkg // by name
-	owners   map[string][]string
-	added    map[string]bool
+	interp string // the build machine's loader, the binary's PT_INTERP
+	log    io.Writer
+	tree   *tree
+	pkgs   map[string]*debPkg // by name
+	owners map[string][]string
+	added  map[string]bool
 }
 
 // debianClosure returns the tree of the libraries (and plugins) binary
 // needs at run time and the packages they came from; see the top of this
 // file.
-func debianClosure(binary string, info binaryInfo, pluginDirs []string, cacheDir string, log io.Writer) (*tree, []*debPkg, error) {
-	for _, tool := range []string{"dpkg-query", "dpkg-deb", "apt-get"} {
+func debianClosure(binary string, info binaryInfo, pluginDirs []string, log io.Writer) (*tree, []*debPkg, error) {
+	for _, tool := range []string{"dpkg-query"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, nil, fmt.Errorf("the cephfs image is built from Debian packages and needs %s: %w", tool, err)
 		}
@@ -97,10 +100,7 @@ func debianClosure(binary string, info binaryInfo, pluginDirs []string, cacheDir
 	if _, err := os.Stat(info.interp); err != nil {
 		return nil, nil, fmt.Errorf("the binary's loader %s is not on this machine (%w): build the cephfs image on the Debian machine (and architecture) it was built on", info.interp, err)
 	}
-	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		return nil, nil, err
-	}
-	d := &debian{interp: info.interp, cacheDir: cacheDir, log: log, tree: newTree(),
+	d := &debian{interp: info.interp, log: log, tree: newTree(),
 		pkgs: map[string]*debPkg{}, owners: map[string][]string{}, added: map[string]bool{}}
 
 	// 1: what the binary loads at start.
@@ -139,7 +139,7 @@ func debianClosure(binary string, info binaryInfo, pluginDirs []string, cacheDir
 	}
 	libs = uniq(libs)
 
-	// 3-5: the owners of the libraries, fetched, and the files copied.
+	// 3-5: the owners of the libraries, read, and the files copied.
 	if err := d.lookupOwners(append(append([]string{}, libs...), plugins...)); err != nil {
 		return nil, nil, err
 	}
@@ -148,8 +148,10 @@ func debianClosure(binary string, info binaryInfo, pluginDirs []string, cacheDir
 		owners = append(owners, names...)
 	}
 	sort.Strings(owners)
-	if err := d.fetch(owners); err != nil {
-		return nil, nil, err
+	for _, name := range uniq(owners) {
+		if _, err := d.pkg(name); err != nil {
+			return nil, nil, err
+		}
 	}
 	for _, l := range libs {
 		if err := d.addPath(l); err != nil {
@@ -330,7 +332,7 @@ func (d *debian) owner(p string) (*debPkg, string, error) {
 			if err != nil {
 				return nil, "", err
 			}
-			if _, err := os.Lstat(filepath.Join(pkg.root, a)); err == nil {
+			if pkg.files[a] {
 				return pkg, a, nil
 			}
 		}
@@ -338,100 +340,92 @@ func (d *debian) owner(p string) (*debPkg, string, error) {
 	return nil, "", fmt.Errorf("%s is needed at run time but belongs to no installed Debian package (dpkg-query -S %s)", p, strings.Join(aliases(p), " "))
 }
 
-// pkg returns the installed package name, fetched and unpacked.
+// pkg returns the installed package name with its file list, checksums
+// and control fields, read from dpkg's database once.
 func (d *debian) pkg(name string) (*debPkg, error) {
-	if err := d.fetch([]string{name}); err != nil {
-		return nil, err
+	if p, ok := d.pkgs[name]; ok {
+		return p, nil
 	}
-	return d.pkgs[name], nil
+	out, err := exec.Command("dpkg-query", "-W", "-f", "${binary:Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n", name).Output()
+	if err != nil {
+		return nil, fmt.Errorf("dpkg-query -W %s: %w", name, err)
+	}
+	f := strings.Split(strings.TrimSpace(string(out)), "\t")
+	if len(f) != 4 || strings.TrimSpace(f[3]) != "ii" {
+		return nil, fmt.Errorf("package %s is not installed properly (dpkg-query says %q)", name, strings.TrimSpace(string(out)))
+	}
+	p := &debPkg{name: name, version: f[1], arch: f[2], files: map[string]bool{}, md5: map[string]string{}}
+	list, err := exec.Command("dpkg-query", "-L", name).Output()
+	if err != nil {
+		return nil, fmt.Errorf("dpkg-query -L %s: %w", name, err)
+	}
+	for _, l := range strings.Split(string(list), "\n") {
+		// "diverted by"/"package diverts others to" lines are not paths.
+		if strings.HasPrefix(l, "/") && l != "/." {
+			p.files[l] = true
+		}
+	}
+	sumsPath, err := exec.Command("dpkg-query", "--control-path", name, "md5sums").Output()
+	if err != nil {
+		return nil, fmt.Errorf("dpkg-query --control-path %s md5sums: %w", name, err)
+	}
+	if sp := strings.TrimSpace(string(sumsPath)); sp != "" {
+		sums, err := os.ReadFile(sp)
+		if err != nil {
+			return nil, fmt.Errorf("the checksums of %s: %w", name, err)
+		}
+		if p.md5, err = parseMD5Sums(sums); err != nil {
+			return nil, fmt.Errorf("the checksums of %s (%s): %w", name, sp, err)
+		}
+	}
+	status, err := exec.Command("dpkg-query", "-s", name).Output()
+	if err != nil {
+		return nil, fmt.Errorf("dpkg-query -s %s: %w", name, err)
+	}
+	p.control = controlFields(status)
+	d.pkgs[name] = p
+	return p, nil
 }
 
-// fetch makes sure the installed versions of the packages names are
-// downloaded (with one apt-get call for all that are not yet) and unpacked.
-func (d *debian) fetch(names []string) error {
-	var todo []*debPkg
-	var specs []string
-	for _, name := range uniq(names) {
-		if _, ok := d.pkgs[name]; ok {
+// parseMD5Sums reads a package's md5sums control file: "HEX  PATH" lines,
+// paths relative to /.
+func parseMD5Sums(b []byte) (map[string]string, error) {
+	sums := map[string]string{}
+	for i, line := range strings.Split(string(b), "\n") {
+		if line == "" {
 			continue
 		}
-		out, err := exec.Command("dpkg-query", "-W", "-f", "${binary:Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n", name).Output()
-		if err != nil {
-			return fmt.Errorf("dpkg-query -W %s: %w", name, err)
+		sum, p, ok := strings.Cut(line, "  ")
+		if !ok || len(sum) != 2*md5.Size || strings.Trim(sum, "0123456789abcdef") != "" || p == "" {
+			return nil, fmt.Errorf("line %d is not \"MD5  PATH\": %q", i+1, line)
 		}
-		f := strings.Split(strings.TrimSpace(string(out)), "\t")
-		if len(f) != 4 || strings.TrimSpace(f[3]) != "ii" {
-			return fmt.Errorf("package %s is not installed properly (dpkg-query says %q)", name, strings.TrimSpace(string(out)))
-		}
-		p := &debPkg{name: name, version: f[1], arch: f[2]}
-		// apt names a .deb NAME_VERSION_ARCH.deb, the epoch's colon escaped.
-		file := fmt.Sprintf("%s_%s_%s.deb", p.bare(), strings.ReplaceAll(p.version, ":", "%3a"), p.arch)
-		p.deb = filepath.Join(d.cacheDir, file)
-		if _, err := os.Stat(p.deb); err != nil {
-			if _, err := os.Stat(filepath.Join("/var/cache/apt/archives", file)); err == nil {
-				p.deb = filepath.Join("/var/cache/apt/archives", file)
-			} else {
-				spec := p.bare() + ":" + p.arch + "=" + p.version
-				if p.arch == "all" {
-					spec = p.bare() + "=" + p.version
-				}
-				specs = append(specs, spec)
-			}
-		}
-		todo = append(todo, p)
+		sums["/"+strings.TrimPrefix(p, "/")] = sum
 	}
-	if len(specs) > 0 {
-		fmt.Fprintf(d.log, "apt-get download %s\n", strings.Join(specs, " "))
-		cmd := exec.Command("apt-get", append([]string{"download", "-q"}, specs...)...)
-		cmd.Dir = d.cacheDir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("apt-get download %s: %v: %s", strings.Join(specs, " "), err, strings.TrimSpace(string(out)))
-		}
-	}
-	for _, p := range todo {
-		if _, err := os.Stat(p.deb); err != nil {
-			return fmt.Errorf("apt-get download did not write %s", p.deb)
-		}
-		if err := d.unpack(p); err != nil {
-			return err
-		}
-		d.pkgs[p.name] = p
-	}
-	return nil
+	return sums, nil
 }
 
-// unpack unpacks p's .deb once into the cache, after checking it is the
-// package and version asked for.
-func (d *debian) unpack(p *debPkg) error {
-	out, err := exec.Command("dpkg-deb", "-f", p.deb, "Package", "Version", "Architecture").Output()
-	if err != nil {
-		return fmt.Errorf("dpkg-deb -f %s: %w", p.deb, err)
-	}
-	want := fmt.Sprintf("Package: %s\nVersion: %s\nArchitecture: %s\n", p.bare(), p.version, p.arch)
-	if string(out) != want {
-		return fmt.Errorf("%s is not %s %s %s: it says\n%s", p.deb, p.bare(), p.version, p.arch, out)
-	}
-	p.root = filepath.Join(d.cacheDir, "unpacked", strings.TrimSuffix(filepath.Base(p.deb), ".deb"))
-	marker := filepath.Join(p.root, ".unpacked")
-	if _, err := os.Stat(marker); err == nil {
-		return nil
-	}
-	tmp := p.root + ".tmp"
-	if err := os.MkdirAll(filepath.Dir(tmp), 0o755); err != nil {
-		return err
-	}
-	for _, dir := range []string{p.root, tmp} {
-		if err := os.RemoveAll(dir); err != nil {
-			return err
+// controlFields is a package's status entry without what only this
+// machine's dpkg database knows (its Status, its conffiles' checksums).
+func controlFields(status []byte) []byte {
+	var out bytes.Buffer
+	skip := false
+	for _, line := range strings.SplitAfter(string(status), "\n") {
+		if line == "" || line == "\n" {
+			continue
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			if !skip {
+				out.WriteString(line)
+			}
+			continue
+		}
+		field, _, _ := strings.Cut(line, ":")
+		skip = field == "Status" || field == "Conffiles"
+		if !skip {
+			out.WriteString(line)
 		}
 	}
-	if out, err := exec.Command("dpkg-deb", "-x", p.deb, tmp).CombinedOutput(); err != nil {
-		return fmt.Errorf("dpkg-deb -x %s: %v: %s", p.deb, err, strings.TrimSpace(string(out)))
-	}
-	if err := os.WriteFile(filepath.Join(tmp, ".unpacked"), nil, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p.root)
+	return out.Bytes()
 }
 
 // addPath adds the file p of the build machine (by any alias) to the image,
@@ -450,7 +444,7 @@ func (d *debian) addFromPkg(pkg *debPkg, p string) error {
 		return nil
 	}
 	d.added[p] = true
-	src := filepath.Join(pkg.root, p)
+	src := p // the installed file
 	fi, err := os.Lstat(src)
 	if err != nil {
 		return fmt.Errorf("%s: %w", pkg.name, err)
@@ -468,12 +462,12 @@ func (d *debian) addFromPkg(pkg *debPkg, p string) error {
 		if !path.IsAbs(abs) {
 			abs = path.Join(path.Dir(p), target)
 		}
-		if _, err := os.Lstat(filepath.Join(pkg.root, abs)); err == nil {
+		if pkg.files[abs] {
 			return d.addFromPkg(pkg, abs)
 		}
 		return d.addPath(abs)
 	case fi.Mode().IsRegular():
-		if err := sameAsInstalled(src, p); err != nil {
+		if err := pkg.verify(p); err != nil {
 			return fmt.Errorf("%s from %s %s: %w", p, pkg.bare(), pkg.version, err)
 		}
 		return d.tree.copyFile(p, fi.Mode()&(fs.ModePerm|fs.ModeSticky|fs.ModeSetuid|fs.ModeSetgid), src)
@@ -483,8 +477,8 @@ func (d *debian) addFromPkg(pkg *debPkg, p string) error {
 	return fmt.Errorf("%s in %s is neither a file, a directory nor a symlink", p, pkg.name)
 }
 
-// addDir adds everything under the directory dir of the build machine, as
-// the packages that own it ship it.
+// addDir adds everything under the directory dir of the build machine
+// that the packages owning it ship.
 func (d *debian) addDir(dir string) error {
 	n := 0
 	for _, a := range aliases(dir) {
@@ -493,28 +487,23 @@ func (d *debian) addDir(dir string) error {
 			if err != nil {
 				return err
 			}
-			root := filepath.Join(pkg.root, a)
-			err = filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-				if err != nil {
-					if p == root && errors.Is(err, fs.ErrNotExist) {
-						return nil // a package that owns only a parent
-					}
-					return err
+			var under []string
+			for f := range pkg.files {
+				if strings.HasPrefix(f, a+"/") {
+					under = append(under, f)
 				}
-				rel, err := filepath.Rel(pkg.root, p)
-				if err != nil {
-					return err
-				}
+			}
+			sort.Strings(under)
+			for _, f := range under {
 				n++
-				return d.addFromPkg(pkg, "/"+filepath.ToSlash(rel))
-			})
-			if err != nil {
-				return err
+				if err := d.addFromPkg(pkg, f); err != nil {
+					return err
+				}
 			}
 		}
 	}
 	if n == 0 {
-		return fmt.Errorf("no Debian package ships %s", dir)
+		return fmt.Errorf("no Debian package ships anything under %s", dir)
 	}
 	return nil
 }
@@ -538,14 +527,14 @@ func (d *debian) ensureInterp() error {
 // addMetadata adds pkg's copyright file and control fields.
 func (d *debian) addMetadata(pkg *debPkg) error {
 	doc := "/usr/share/doc/" + pkg.bare()
-	fi, err := os.Lstat(filepath.Join(pkg.root, doc))
+	fi, err := os.Lstat(doc)
 	switch {
-	case err != nil:
+	case err != nil || !pkg.files[doc]:
 		fmt.Fprintf(d.log, "warning: %s has no %s\n", pkg.name, doc)
 	case fi.Mode()&fs.ModeSymlink != 0:
 		// Packages built from one source share a doc directory:
 		// libstdc++6's is a symlink into gcc-12-base's.
-		target, err := os.Readlink(filepath.Join(pkg.root, doc))
+		target, err := os.Readlink(doc)
 		if err != nil {
 			return err
 		}
@@ -563,43 +552,28 @@ func (d *debian) addMetadata(pkg *debPkg) error {
 			return err
 		}
 	}
-	control, err := exec.Command("dpkg-deb", "-f", pkg.deb).Output()
-	if err != nil {
-		return fmt.Errorf("dpkg-deb -f %s: %w", pkg.deb, err)
-	}
-	return d.tree.file("/var/lib/dpkg/status.d/"+pkg.bare(), 0o644, control)
+	return d.tree.file("/var/lib/dpkg/status.d/"+pkg.bare(), 0o644, pkg.control)
 }
 
-// sameAsInstalled checks that the unpacked file src is the build machine's
-// file p.
-func sameAsInstalled(src, p string) error {
-	a, err := fileSum(src)
+// verify checks the installed file p against dpkg's checksum for it.
+func (p *debPkg) verify(file string) error {
+	want, ok := p.md5[file]
+	if !ok {
+		return fmt.Errorf("dpkg has no checksum for it: cannot tell it is what %s %s shipped", p.bare(), p.version)
+	}
+	f, err := os.Open(file)
 	if err != nil {
 		return err
 	}
-	b, err := fileSum(p)
-	if err != nil {
-		return fmt.Errorf("not installed on this machine: %w", err)
+	defer f.Close()
+	h := md5.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("read: %w", err)
 	}
-	if a != b {
-		return fmt.Errorf("differs from the installed %s (a modified or diverted file?)", p)
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return fmt.Errorf("differs from what the package shipped (md5 %s, dpkg says %s): a modified or replaced file?", got, want)
 	}
 	return nil
-}
-
-func fileSum(p string) ([sha256.Size]byte, error) {
-	var sum [sha256.Size]byte
-	f, err := os.Open(p)
-	if err != nil {
-		return sum, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return sum, err
-	}
-	copy(sum[:], h.Sum(nil))
-	return sum, nil
 }
 
 func uniq(xs []string) []string {

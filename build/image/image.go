@@ -29,18 +29,17 @@ const (
 
 // config is what one image is built from.
 type config struct {
-	variant  string   // static or cephfs
-	binary   string   // the granary binary
-	out      string   // the OCI layout directory to write
-	version  string   // "" asks the binary
-	tag      string   // org.opencontainers.image.ref.name in index.json; "" derives it
-	caCerts  string   // the CA bundle to ship
-	debCache string   // where Debian packages are downloaded and unpacked
-	plugins  []string // Ceph plugin directories (under libceph-common's) for cephfs
-	created  time.Time
-	force    bool // replace an existing layout in out
-	log      io.Writer
-	workDir  string // for the layer files; "" is a temporary directory
+	variant string   // static or cephfs
+	binary  string   // the granary binary
+	out     string   // the OCI layout directory to write
+	version string   // "" asks the binary
+	tag     string   // org.opencontainers.image.ref.name in index.json; "" derives it
+	caCerts string   // the CA bundle to ship
+	plugins []string // Ceph plugin directories (under libceph-common's) for cephfs
+	created time.Time
+	force   bool // replace an existing layout in out
+	log     io.Writer
+	workDir string // for the layer files; "" is a temporary directory
 }
 
 // result describes a written image.
@@ -126,7 +125,7 @@ func build(c config) (*result, error) {
 	}
 	// Layer 2 (cephfs): libcephfs and its closure, from Debian's packages.
 	if c.variant == "cephfs" {
-		libs, pkgs, err := debianClosure(c.binary, info, c.plugins, c.debCache, c.log)
+		libs, pkgs, err := debianClosure(c.binary, info, c.plugins, c.log)
 		if err != nil {
 			return nil, err
 		}

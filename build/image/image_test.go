@@ -161,12 +161,6 @@ func granaryBinary(t *testing.T, variant string) string {
 	})
 }
 
-// debCache keeps the downloaded Debian packages between runs, beside the
-// test tools (.cache is ignored by git).
-func debCache(t *testing.T) string {
-	return filepath.Join(repoRoot(t), ".cache", "image-debs")
-}
-
 // builtImage is an image written, read back and unpacked.
 type builtImage struct {
 	variant  string
@@ -185,12 +179,11 @@ func image(t *testing.T, variant string) *builtImage {
 		needCephFSBuild(t)
 	}
 	bin := granaryBinary(t, variant)
-	cache := debCache(t)
 	return once(t, "image "+variant, func() (*builtImage, error) {
 		b := &builtImage{variant: variant, layout: filepath.Join(shared, "layout-"+variant), rootfs: filepath.Join(shared, "rootfs-"+variant)}
 		var out bytes.Buffer
 		start := time.Now()
-		res, err := buildWith(&out, "-variant", variant, "-binary", bin, "-out", b.layout, "-deb-cache", cache)
+		res, err := buildWith(&out, "-variant", variant, "-binary", bin, "-out", b.layout)
 		b.output = out.String()
 		if err != nil {
 			return nil, fmt.Errorf("%v\n%s", err, b.output)
@@ -787,7 +780,7 @@ func TestBadInput(t *testing.T) {
 		}
 		os.Remove(filepath.Join(src, "libgranarygone.so.1"))
 		var log bytes.Buffer
-		_, err := run([]string{"-variant", "cephfs", "-binary", filepath.Join(src, "prog"), "-version", "v0", "-out", out(), "-deb-cache", debCache(t)}, &log, &log)
+		_, err := run([]string{"-variant", "cephfs", "-binary", filepath.Join(src, "prog"), "-version", "v0", "-out", out()}, &log, &log)
 		if err == nil || !strings.Contains(err.Error(), "library not found") || !strings.Contains(err.Error(), "libgranarygone.so.1") {
 			t.Errorf("a binary needing a missing library: error %v, want one naming libgranarygone.so.1", err)
 		}

@@ -48,7 +48,6 @@ func run(args []string, stdout, stderr io.Writer) (*result, error) {
 	fs.StringVar(&c.version, "version", "", "the version for the labels and the tag (default: what BINARY version --json says)")
 	fs.StringVar(&c.tag, "tag", "", "org.opencontainers.image.ref.name of the image in index.json (default: the version, with -cephfs for that variant)")
 	fs.StringVar(&c.caCerts, "ca-certs", caPath, "the CA bundle to ship (Debian's ca-certificates package writes it)")
-	fs.StringVar(&c.debCache, "deb-cache", defaultDebCache(), "where Debian packages are downloaded and unpacked (cephfs)")
 	fs.StringVar(&plugins, "ceph-plugins", "compressor,crypto", "Ceph plugin directories to ship, under libceph-common's directory (cephfs; \"\" for none)")
 	fs.StringVar(&epoch, "epoch", os.Getenv("SOURCE_DATE_EPOCH"), "the time of the image and of every file, in seconds since 1970 (default $SOURCE_DATE_EPOCH, else 0)")
 	if err := fs.Parse(args); err != nil {
@@ -91,13 +90,6 @@ func run(args []string, stdout, stderr io.Writer) (*result, error) {
 	}
 	fmt.Fprintf(stdout, "  total           %s compressed, %s unpacked\n", size(res.Compressed()), size(res.Unpacked()))
 	return res, nil
-}
-
-func defaultDebCache() string {
-	if dir, err := os.UserCacheDir(); err == nil {
-		return filepath.Join(dir, "granary-image", "debs")
-	}
-	return filepath.Join(os.TempDir(), "granary-image-debs")
 }
 
 // size prints n bytes in MB (10^6) with the exact count.
