@@ -11,12 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
-	"gonum.org/v1/plot/vg/vgimg"
-
+	"github.com/granary-cache/granary/internal/bench/chart"
 	"github.com/granary-cache/granary/internal/ufs"
 )
 
@@ -244,71 +239,46 @@ func (r *Report) WriteTable(w io.Writer) error {
 // WritePNG draws throughput per epoch per target beside the latency
 // percentiles (p50, p95, p99 of every epoch, by target).
 func (r *Report) WritePNG(path string) error {
-	tp := plot.New()
-	tp.Title.Text = fmt.Sprintf("%s: throughput per epoch", r.Profile)
-	tp.X.Label.Text = "epoch"
-	tp.Y.Label.Text = "MB/s"
-	tp.Y.Min = 0
-	lp := plot.New()
-	lp.Title.Text = "read latency (ms)"
-	lp.Y.Label.Text = "ms"
-	bar := 0
-	const width = vg.Length(6)
+	epochs := r.Epochs
+	for _, t := range r.Targets {
+		for _, e := range t.Epochs {
+			epochs = max(epochs, e.Epoch)
+		}
+	}
+	names := make([]string, epochs)
+	for i := range names {
+		names[i] = fmt.Sprint(i + 1)
+	}
+	byEpoch := func(t TargetReport, get func(Epoch) float64) []float64 {
+		v := make([]float64, epochs)
+		for i := range v {
+			v[i] = math.NaN()
+		}
+		for _, e := range t.Epochs {
+			if e.Epoch >= 1 && e.Epoch <= epochs {
+				v[e.Epoch-1] = get(e)
+			}
+		}
+		return v
+	}
+	tp := chart.Chart{Title: fmt.Sprintf("%s: throughput per epoch", r.Profile), XLabel: "epoch", YLabel: "MB/s", Categories: names}
+	lp := chart.Chart{Title: "read latency (ms)", XLabel: "epoch", YLabel: "ms", Categories: names, Bars: true}
 	for i, t := range r.Targets {
-		pts := make(plotter.XYs, len(t.Epochs))
-		for j, e := range t.Epochs {
-			pts[j] = plotter.XY{X: float64(e.Epoch), Y: e.MBps}
-		}
-		line, marks, err := plotter.NewLinePoints(pts)
-		if err != nil {
-			return err
-		}
 		c := palette(i)
-		line.Color, marks.Color = c, c
-		tp.Add(line, marks)
-		tp.Legend.Add(t.Name, line, marks)
+		tp.Series = append(tp.Series, chart.Series{Name: t.Name, Color: c, Values: byEpoch(t, func(e Epoch) float64 { return e.MBps })})
 		for k, q := range []struct {
 			name string
 			get  func(Percentiles) float64
 		}{{"p50", func(p Percentiles) float64 { return p.P50 }}, {"p95", func(p Percentiles) float64 { return p.P95 }}, {"p99", func(p Percentiles) float64 { return p.P99 }}} {
-			vals := make(plotter.Values, len(t.Epochs))
-			for j, e := range t.Epochs {
-				vals[j] = q.get(e.Latency)
-			}
-			bars, err := plotter.NewBarChart(vals, width)
-			if err != nil {
-				return err
-			}
-			bars.Color = shade(c, k)
-			bars.LineStyle.Width = 0
-			bars.Offset = (vg.Length(bar) - vg.Length(3*len(r.Targets)-1)/2) * (width + 1) // centred on the epoch
-			bar++
-			lp.Add(bars)
-			lp.Legend.Add(t.Name+" "+q.name, bars)
+			lp.Series = append(lp.Series, chart.Series{Name: t.Name + " " + q.name, Color: shade(c, k),
+				Values: byEpoch(t, func(e Epoch) float64 { return q.get(e.Latency) })})
 		}
 	}
-	tp.Legend.Top = true
-	tp.Add(plotter.NewGrid())
-	lp.X.Label.Text = "epoch"
-	lp.Legend.Top = true
-	epochs := make([]string, r.Epochs)
-	for i := range epochs {
-		epochs[i] = fmt.Sprint(i + 1)
-	}
-	lp.NominalX(epochs...)
-
-	img := vgimg.New(14*vg.Inch, 5*vg.Inch)
-	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Inch / 4, PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 8}
-	plots := [][]*plot.Plot{{tp, lp}}
-	canvases := plot.Align(plots, tiles, dc)
-	tp.Draw(canvases[0][0])
-	lp.Draw(canvases[0][1])
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+	if err := chart.WritePNG(f, 1344, 480, tp, lp); err != nil {
 		f.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/granary-cache/granary/internal/membership"
 	"github.com/granary-cache/granary/internal/meta"
 	"github.com/granary-cache/granary/internal/placement"
+	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -60,8 +61,9 @@ type Client struct {
 	datasets map[string]config.Dataset
 	metas    map[string]*meta.Cache
 
-	http  *http.Client
-	local *localBlocks
+	http   *http.Client
+	blocks transport.Reader // block reads from remote workers
+	local  *localBlocks
 
 	fallbacks    map[string]*fallback // by dataset
 	fallbackOnce sync.Once
@@ -93,24 +95,30 @@ func NewWithMembership(cfg *config.Config, src membership.Source) *Client {
 	if connect <= 0 {
 		connect = time.Duration(config.DefaultConnect)
 	}
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxIdleConnsPerHost = 256
-	transport.MaxIdleConns = 1024
-	transport.DialContext = (&net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}).DialContext
-	transport.TLSClientConfig = cfg.Auth.TLS.ClientConfig()
-	transport.TLSHandshakeTimeout = connect + time.Second
+	ht := http.DefaultTransport.(*http.Transport).Clone()
+	ht.MaxIdleConnsPerHost = 256
+	ht.MaxIdleConns = 1024
+	ht.DialContext = (&net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}).DialContext
+	ht.TLSClientConfig = cfg.Auth.TLS.ClientConfig()
+	ht.TLSHandshakeTimeout = connect + time.Second
 	c := &Client{
 		cfg: cfg, members: src, token: cfg.Auth.Token, timeout: time.Duration(cfg.Client.Timeout), host: cfg.Client.Host,
 		scheme:   "http",
 		layout:   cache.Layout{BlockSize: int64(cfg.Worker.BlockSize), PageSize: int64(cfg.Worker.PageSize)},
 		datasets: map[string]config.Dataset{}, metas: map[string]*meta.Cache{},
-		http:      &http.Client{Transport: transport},
+		http:      &http.Client{Transport: ht},
 		local:     newLocalBlocks(512),
 		fallbacks: map[string]*fallback{},
 		seed:      rand.Uint64(),
 	}
 	if cfg.Auth.TLS.Enabled() {
 		c.scheme = "https"
+	}
+	topts := transport.Options{Token: cfg.Auth.Token, TLS: cfg.Auth.TLS.ClientConfig(), ConnectTimeout: connect}
+	if cfg.Client.Protocol == config.ProtocolHTTP {
+		c.blocks = transport.NewHTTP(topts)
+	} else {
+		c.blocks = transport.NewFramed(topts)
 	}
 	c.reach = &membership.Reach{
 		ProbeAfter: time.Duration(cfg.Client.ProbeAfter), ProbeTimeout: connect,
@@ -131,6 +139,7 @@ func NewWithMembership(cfg *config.Config, src membership.Source) *Client {
 func (c *Client) Close() error {
 	c.reach.Close()
 	c.http.CloseIdleConnections()
+	c.blocks.Close()
 	c.sockets.closeAll()
 	c.local.closeAll()
 	if c.ufs != nil {

@@ -181,15 +181,10 @@ func (f *File) readBlock(ctx context.Context, idx, off int64, buf []byte) error 
 	return err
 }
 
+// readRemote reads a block range from worker m over the network.
 func (c *Client) readRemote(ctx context.Context, m placement.Member, ref wire.BlockRef, off int64, buf []byte) error {
-	hdr := http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", off, off+int64(len(buf))-1)}}
-	resp, err := c.get(ctx, m, wire.PathBlock, ref.Query(), hdr, "read", ref.Dataset, ref.Path)
-	if err != nil {
+	if _, err := c.blocks.Read(ctx, m.Addr, wire.ReadRequest{Block: ref, Offset: off, Length: int64(len(buf))}, buf); err != nil {
 		return err
-	}
-	defer resp.Body.Close()
-	if _, err := io.ReadFull(resp.Body, buf); err != nil {
-		return fmt.Errorf("%w: block %d of /%s/%s cut short: %v", wire.ErrWorker, ref.Index, ref.Dataset, ref.Path, err)
 	}
 	c.remote.Add(1)
 	return nil

@@ -159,7 +159,18 @@ type Client struct {
 	// ShortCircuit lets a client read block files of workers on its own
 	// host directly (default true).
 	ShortCircuit *bool `yaml:"short_circuit"`
+	// Protocol is how block reads travel to workers: "framed" (the
+	// default: the block protocol, persistent connections with reads
+	// multiplexed, falling back to HTTP for a worker that speaks only
+	// HTTP) or "http" (one HTTP range request per read).
+	Protocol string `yaml:"protocol"`
 }
+
+// Block read protocols (client.protocol).
+const (
+	ProtocolFramed = "framed"
+	ProtocolHTTP   = "http"
+)
 
 // ShortCircuitOn reports whether short-circuit reads are enabled.
 func (c Client) ShortCircuitOn() bool { return c.ShortCircuit == nil || *c.ShortCircuit }
@@ -356,6 +367,13 @@ func (c *Config) checkCluster(at func(string) *yaml.Node) []problem {
 	}
 	if cl.FallbackReadsPerSecond == 0 {
 		cl.FallbackReadsPerSecond = DefaultFallbackRate
+	}
+	switch cl.Protocol {
+	case "":
+		cl.Protocol = ProtocolFramed
+	case ProtocolFramed, ProtocolHTTP:
+	default:
+		bad("client.protocol", "%q is not one of %s, %s", cl.Protocol, ProtocolFramed, ProtocolHTTP)
 	}
 	return ps
 }

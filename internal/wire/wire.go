@@ -127,6 +127,15 @@ type BlockRef struct {
 	Index     int64
 }
 
+// Len is the block's length: the block size, or less for the last block
+// of the file (0 past its end).
+func (b BlockRef) Len() int64 {
+	if b.BlockSize <= 0 {
+		return 0
+	}
+	return max(0, min(b.BlockSize, b.Size-b.Index*b.BlockSize))
+}
+
 // Query encodes a block reference.
 func (b BlockRef) Query() url.Values {
 	return url.Values{"ds": {b.Dataset}, "path": {b.Path}, "ver": {b.Version},
@@ -172,13 +181,20 @@ var statusOfClass = map[ufs.Class]int{
 	ufs.ClassFatal:          http.StatusBadGateway,
 }
 
+// StatusOf is the HTTP status of err's class (200 for nil).
+func StatusOf(err error) int {
+	if err == nil {
+		return http.StatusOK
+	}
+	if status := statusOfClass[ufs.ClassOf(err)]; status != 0 {
+		return status
+	}
+	return http.StatusInternalServerError
+}
+
 // WriteError sends err with the status of its class.
 func WriteError(w http.ResponseWriter, err error) {
-	cls := ufs.ClassOf(err)
-	status := statusOfClass[cls]
-	if status == 0 {
-		status = http.StatusInternalServerError
-	}
+	status := StatusOf(err)
 	// A UFS error travels without its operation and path: the client knows
 	// those and puts them back.
 	msg := err.Error()
@@ -188,7 +204,7 @@ func WriteError(w http.ResponseWriter, err error) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(Error{Message: msg, Class: cls.String()})
+	json.NewEncoder(w).Encode(Error{Message: msg, Class: ufs.ClassOf(err).String()})
 }
 
 // ErrWorker marks an error of the worker itself (unreachable, overloaded,
@@ -222,6 +238,9 @@ func ReadError(op, dataset, path string, resp *http.Response) error {
 	}
 	return &answered{fmt.Errorf("%w: %s /%s/%s: %s", ErrWorker, op, dataset, path, e.Message)}
 }
+
+// MarkAnswered marks err as an error a worker answered with (Answered).
+func MarkAnswered(err error) error { return &answered{err} }
 
 // answered wraps an error a worker answered with.
 type answered struct{ err error }

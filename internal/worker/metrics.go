@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/granary-cache/granary/internal/wire"
 )
 
 type metrics struct {
@@ -94,6 +96,13 @@ func (s *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 		return rf.ReadFrom(r)
 	}
 	return io.Copy(s.ResponseWriter, r)
+}
+
+// observeFramed counts a read of the block protocol as instrument counts
+// an HTTP request: the status is the one HTTP would have answered.
+func (w *Worker) observeFramed(_ wire.ReadRequest, err error, took time.Duration) {
+	w.m.latency.WithLabelValues("block_framed").Observe(took.Seconds())
+	w.m.requests.WithLabelValues("block_framed", strconv.Itoa(wire.StatusOf(err))).Inc()
 }
 
 func (w *Worker) instrument(op string, h http.HandlerFunc) http.HandlerFunc {

@@ -1,11 +1,11 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 
 	"github.com/granary-cache/granary/internal/cache"
 	"github.com/granary-cache/granary/internal/placement"
@@ -71,26 +71,12 @@ func (w *Worker) readOwner(ctx context.Context, req blockReq, r ufs.Range) (io.R
 // readBlockFrom reads bytes [off, off+n) of a block from worker m.
 func (w *Worker) readBlockFrom(ctx context.Context, m placement.Member, ref wire.BlockRef, off, n int64) (io.ReadCloser, error) {
 	gctx, done := w.reach.Guard(ctx, m.ID, m.Addr)
-	req, err := http.NewRequestWithContext(gctx, http.MethodGet, w.peerURL(m.Addr, wire.PathBlock)+"?"+ref.Query().Encode(), nil)
-	if err != nil {
-		done()
+	defer done()
+	buf := make([]byte, n)
+	if _, err := w.peerBlocks.Read(gctx, m.Addr, wire.ReadRequest{Block: ref, Offset: off, Length: n}, buf); err != nil {
 		return nil, err
 	}
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
-	if w.token != "" {
-		req.Header.Set("Authorization", "Bearer "+w.token)
-	}
-	resp, err := w.peerHTTP.Do(req)
-	if err != nil {
-		done()
-		return nil, fmt.Errorf("%w: %v", wire.ErrWorker, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		defer done()
-		defer resp.Body.Close()
-		return nil, wire.ReadError("read", ref.Dataset, ref.Path, resp)
-	}
-	return guardedBody{resp.Body, done}, nil
+	return io.NopCloser(bytes.NewReader(buf)), nil
 }
 
 // createBlock makes room for a block this request will fill: a near copy

@@ -38,6 +38,7 @@ import (
 	"github.com/granary-cache/granary/internal/flight"
 	"github.com/granary-cache/granary/internal/membership"
 	"github.com/granary-cache/granary/internal/meta"
+	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -68,6 +69,8 @@ type Worker struct {
 	advertised string                          // the data address peers and clients dial
 	reach      *membership.Reach
 	peerHTTP   *http.Client
+	peerBlocks transport.Reader // block reads from other workers (near copies)
+	frames     *transport.Server
 	started    time.Time
 
 	data, admin, unix net.Listener
@@ -120,6 +123,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 		OnDown: func(id string, err error) { w.log.Warn("peer marked down", "peer", id, "err", err) },
 	}
 	w.peerHTTP = newPeerHTTP(cfg)
+	w.peerBlocks = transport.NewFramed(transport.Options{Token: cfg.Auth.Token, TLS: cfg.Auth.TLS.ClientConfig(),
+		ConnectTimeout: time.Duration(cfg.Client.ConnectTimeout)})
+	w.frames = &transport.Server{Handler: w, Authorize: w.authorizeConn, Log: w.log, Observe: w.observeFramed}
 	w.registerMembershipHealth()
 	w.bgCtx, w.bgCancel = context.WithCancel(context.Background())
 	w.pagePool.New = func() any { b := make([]byte, w.layout.PageSize); return &b }
@@ -216,13 +222,17 @@ func (w *Worker) Serve(ctx context.Context) error {
 	servers := []struct {
 		l net.Listener
 		h http.Handler
-	}{{w.data, api}, {w.unix, local}, {w.admin, w.adminMux()}}
+	}{{transport.Listen(w.data, w.frames), api}, {w.unix, local}, {w.admin, w.adminMux()}}
 	errs := make(chan error, len(servers))
 	for _, s := range servers {
 		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute,
 			ErrorLog: slog.NewLogLogger(w.log.Handler(), slog.LevelDebug)}
-		if s.l == w.unix {
+		switch s.l {
+		case w.unix:
 			srv.ConnContext = peerContext
+		case w.admin:
+		default:
+			srv.ConnContext = tlsContext // Request.TLS is not set through the split listener
 		}
 		w.servers = append(w.servers, srv)
 		w.wg.Go(func() {
@@ -249,6 +259,7 @@ func (w *Worker) Serve(ctx context.Context) error {
 	for _, srv := range w.servers {
 		srv.Shutdown(shutdown)
 	}
+	w.frames.Close()
 	w.wg.Wait()
 	return errors.Join(err, w.Close())
 }
@@ -259,6 +270,7 @@ func (w *Worker) Close() error {
 	w.bg.Wait()
 	errs := []error{w.closeMembership()}
 	w.reach.Close()
+	w.peerBlocks.Close()
 	for _, l := range []net.Listener{w.data, w.admin, w.unix} {
 		if l != nil {
 			l.Close()
@@ -280,7 +292,7 @@ func (w *Worker) apiMux(local bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+wire.PathStat, w.instrument("stat", w.handleStat))
 	mux.HandleFunc("GET "+wire.PathList, w.instrument("list", w.handleList))
-	mux.HandleFunc("GET "+wire.PathBlock, w.instrument("block", w.handleBlock))
+	mux.HandleFunc("GET "+wire.PathBlock, w.instrument("block", transport.HTTPHandler(w).ServeHTTP))
 	mux.HandleFunc("POST "+wire.PathRefresh, w.instrument("refresh", w.handleRefresh))
 	mux.HandleFunc("GET "+wire.PathUFSRead, w.instrument("ufs_read", w.handleUFSRead))
 	mux.HandleFunc("GET "+wire.PathStatus, w.handleStatus)
@@ -325,7 +337,11 @@ func (w *Worker) authenticate(next http.Handler, local bool) http.Handler {
 	}
 	want := []byte("Bearer " + w.token)
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		certOK := needCert && r.TLS != nil && len(r.TLS.VerifiedChains) > 0
+		state := r.TLS
+		if state == nil {
+			state, _ = r.Context().Value(tlsKey{}).(*tls.ConnectionState)
+		}
+		certOK := needCert && state != nil && len(state.VerifiedChains) > 0
 		tokenOK := w.token != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) == 1
 		if certOK || tokenOK {
 			next.ServeHTTP(rw, r)
@@ -341,6 +357,36 @@ func (w *Worker) authenticate(next http.Handler, local bool) http.Handler {
 			http.Error(rw, "a client certificate of the cluster's CA or the token is required", http.StatusUnauthorized)
 		}
 	})
+}
+
+// authorizeConn checks a framed connection at its hello, as authenticate
+// checks each HTTP request of the data endpoint: a verified client
+// certificate or the token.
+func (w *Worker) authorizeConn(token string, state *tls.ConnectionState) error {
+	needCert := w.cfg.Auth.TLS.Enabled()
+	if w.token == "" && !needCert {
+		return nil
+	}
+	certOK := needCert && state != nil && len(state.VerifiedChains) > 0
+	tokenOK := w.token != "" && subtle.ConstantTimeCompare([]byte(token), []byte(w.token)) == 1
+	if certOK || tokenOK {
+		return nil
+	}
+	w.m.unauthorized.Inc()
+	if !needCert {
+		return errors.New("missing or wrong token")
+	}
+	return errors.New("a client certificate of the cluster's CA or the token is required")
+}
+
+type tlsKey struct{}
+
+// tlsContext keeps a data connection's TLS state for authenticate.
+func tlsContext(ctx context.Context, c net.Conn) context.Context {
+	if st := transport.TLSState(c); st != nil {
+		return context.WithValue(ctx, tlsKey{}, st)
+	}
+	return ctx
 }
 
 // dataset finds a dataset this worker serves and cleans the path; a path

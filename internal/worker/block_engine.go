@@ -2,13 +2,9 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +12,7 @@ import (
 	"github.com/granary-cache/granary/internal/cache"
 	"github.com/granary-cache/granary/internal/dataset"
 	"github.com/granary-cache/granary/internal/placement"
+	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -57,80 +54,40 @@ func (l *loaded) source(p int) string {
 	return l.tier
 }
 
-// handleBlock serves a byte range of one block: from its file on a tier
-// when cached, after fetching missing pages from the UFS. Every stored page
-// is checked against its CRC32C as it is sent.
-func (w *Worker) handleBlock(rw http.ResponseWriter, r *http.Request) {
-	req, ok := w.parseBlockRequest(rw, r)
-	if !ok {
-		return
-	}
-	off, n, partial, err := parseRange(r.Header.Get("Range"), req.blen)
+// ServeRead serves bytes of one block (transport.Handler, for both
+// protocols): from its file on a tier when cached, after fetching missing
+// pages from the UFS. Every stored page is checked against its CRC32C as
+// it is sent, save those checked since the file last changed, which go
+// from the file to the socket by sendfile.
+func (w *Worker) ServeRead(ctx context.Context, r wire.ReadRequest, out transport.RangeWriter) error {
+	req, err := w.blockRequest(r.Block)
 	if err != nil {
-		http.Error(rw, err.Error(), http.StatusRequestedRangeNotSatisfiable)
-		return
+		return err
 	}
-	if n == 0 {
-		rw.Header().Set("Content-Length", "0")
-		return
+	if r.Offset < 0 || r.Length < 0 || r.Offset+r.Length > req.blen {
+		return &ufs.Error{Op: "read", Dataset: req.ds.Name(), Path: req.key.Path, Class: ufs.ClassInvalid,
+			Err: fmt.Errorf("bytes %d+%d outside block %d of %d bytes", r.Offset, r.Length, req.key.Index, req.blen)}
+	}
+	if r.Length == 0 {
+		return nil
 	}
 	ps := w.layout.PageSize
+	off, n := r.Offset, r.Length
 	req.first, req.last = int(off/ps), int((off+n-1)/ps)
-	ctx := r.Context()
 	l, err := w.load(ctx, req)
 	if err != nil {
-		wire.WriteError(rw, err)
-		return
+		return err
 	}
 	defer l.close()
 	bufp := w.pagePool.Get().(*[]byte)
 	defer w.pagePool.Put(bufp)
-	// The first page is read and checked before the status goes out (unless
-	// it is trusted), so that a failure there reaches the client as an
-	// error, not a cut body.
-	var first []byte
-	if _, inMem := l.mem[req.first]; inMem || l.fetched[req.first] || !w.store.Trusted(l.file, req.first) {
-		if first, err = w.page(ctx, l, req, req.first, *bufp); err != nil {
-			wire.WriteError(rw, fmt.Errorf("serve %s: %w", req.key, err))
-			return
-		}
-	}
-
-	h := rw.Header()
-	h.Set("Content-Length", strconv.FormatInt(n, 10))
-	h.Set("Content-Type", "application/octet-stream")
-	source := l.tier
-	if len(l.fetched) > 0 {
-		source = "ufs"
-	}
-	h.Set(wire.HeaderSource, source)
-	if partial {
-		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, off+n-1, req.blen))
-		rw.WriteHeader(http.StatusPartialContent)
-	}
-	if err := w.send(ctx, rw, l, req, off, n, first, *bufp); err != nil {
-		w.log.Debug("block send failed", "block", req.key.String(), "err", err)
-		return
+	if err := w.send(ctx, out, l, req, off, n, *bufp); err != nil {
+		return fmt.Errorf("serve %s: %w", req.key, err)
 	}
 	if l.b != nil && req.last+1 < w.layout.Pages(req.blen) && (req.first == 0 || w.store.Present(l.b, req.first-1)) {
 		w.readAhead(req, l.b)
 	}
-}
-
-// parseBlockRequest reads and checks the block a request names, answering
-// the error itself when there is one.
-func (w *Worker) parseBlockRequest(rw http.ResponseWriter, r *http.Request) (blockReq, bool) {
-	ref, err := wire.ParseBlockRef(r.URL.Query())
-	if err != nil {
-		wire.WriteError(rw, ufs.NewError("read", ref.Path, ufs.ClassInvalid, err))
-		return blockReq{}, false
-	}
-	req, err := w.blockRequest(ref)
-	if err != nil {
-		wire.WriteError(rw, err)
-		return blockReq{}, false
-	}
-	return req, true
+	return nil
 }
 
 // blockRequest checks a block reference against the dataset and layout.
@@ -163,45 +120,53 @@ func (w *Worker) blockRequest(ref wire.BlockRef) (blockReq, error) {
 // one tier.
 const maxBlockSize = 64 << 30
 
-// send writes bytes [off, off+n) of the block, page by page, starting with
-// the first page's bytes when they are in hand (nil when the first page is
-// trusted). A stored page is sent straight from its file (sendfile) when it
-// was checked since the file last changed (cache.Store.Trusted); otherwise
-// it is read into buf, checked against its CRC32C, and written from there.
-func (w *Worker) send(ctx context.Context, rw io.Writer, l *loaded, req blockReq, off, n int64, data, buf []byte) error {
+// send writes bytes [off, off+n) of the block, page by page. A stored
+// page checked since the file last changed (cache.Store.Trusted) goes from
+// its file (sendfile, runs of such pages in one call); any other is read
+// into buf, checked against its CRC32C, and written from there — before it
+// is written, so that a page failing its check is an error the reader gets
+// instead of bad bytes.
+func (w *Worker) send(ctx context.Context, out transport.RangeWriter, l *loaded, req blockReq, off, n int64, buf []byte) error {
 	ps := w.layout.PageSize
 	end := off + n
+	var run struct{ start, stop int64 } // trusted bytes not yet sent
+	flush := func() error {
+		if run.stop > run.start {
+			if err := out.WriteFile(l.file.File, run.start, run.stop-run.start, wire.SourceOf(l.tier)); err != nil {
+				return err
+			}
+			w.m.bytes.WithLabelValues(l.tier).Add(float64(run.stop - run.start))
+		}
+		run.start, run.stop = 0, 0
+		return nil
+	}
 	for p := req.first; p <= req.last; p++ {
 		base := int64(p) * ps
 		start, stop := max(off, base), min(end, base+w.layout.PageLen(req.blen, p))
-		if p > req.first || data == nil {
-			data = nil
-			if _, inMem := l.mem[p]; inMem || l.fetched[p] || !w.store.Trusted(l.file, p) {
-				var err error
-				if data, err = w.page(ctx, l, req, p, buf); err != nil {
+		if _, inMem := l.mem[p]; !inMem && !l.fetched[p] && w.store.Trusted(l.file, p) {
+			if run.stop != start {
+				if err := flush(); err != nil {
 					return err
 				}
+				run.start = start
 			}
+			run.stop = stop
+			continue
 		}
-		if data != nil {
-			if _, err := rw.Write(data[start-base : stop-base]); err != nil {
-				return err
-			}
-		} else if err := sendFile(rw, l.file.File, start, stop-start); err != nil {
+		if err := flush(); err != nil {
 			return err
 		}
-		w.m.bytes.WithLabelValues(l.source(p)).Add(float64(stop - start))
+		data, err := w.page(ctx, l, req, p, buf)
+		if err != nil {
+			return err
+		}
+		src := l.source(p)
+		if err := out.Write(data[start-base:stop-base], wire.SourceOf(src)); err != nil {
+			return err
+		}
+		w.m.bytes.WithLabelValues(src).Add(float64(stop - start))
 	}
-	return nil
-}
-
-// sendFile copies n bytes of f at off to w: a sendfile when w is a socket.
-func sendFile(w io.Writer, f *os.File, off, n int64) error {
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return err
-	}
-	_, err := io.Copy(w, io.LimitReader(f, n))
-	return err
+	return flush()
 }
 
 // page returns the bytes of page p of a loaded block: held in memory, or
@@ -415,48 +380,6 @@ func (w *Worker) readAhead(req blockReq, b *cache.Block) {
 	}
 }
 
-// handleLocal, on the unix socket only, makes a whole block cached and says
-// where its file is, so that a client on this host can read it directly
-// (short-circuit) or hand it to the kernel (FUSE passthrough). Unless the
-// client says it checks every page against the CRCs itself (verify=0),
-// every page of the block not checked since its file last changed (every
-// page with verify=all) is checked first, and one that fails is fetched
-// again: the kernel reads a passthrough file without any check. A block
-// that cannot be cached is refused; the client then reads it over HTTP.
-func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
-	req, ok := w.parseBlockRequest(rw, r)
-	if !ok {
-		return
-	}
-	req.first, req.last = 0, w.layout.Pages(req.blen)-1
-	if r.URL.Query().Get(wire.QueryNear) == "1" {
-		req.near = w.nearOwners(req)
-	}
-	ctx := r.Context()
-	l, err := w.load(ctx, req)
-	if errors.Is(err, errNoRoom) {
-		http.Error(rw, err.Error(), http.StatusConflict)
-		return
-	}
-	if err != nil {
-		wire.WriteError(rw, err)
-		return
-	}
-	defer l.close()
-	if verify := r.URL.Query().Get(wire.QueryVerify); l.file != nil && verify != wire.VerifyNone {
-		if err := w.verifyBlock(ctx, l, req, verify == wire.VerifyAll); err != nil {
-			wire.WriteError(rw, fmt.Errorf("check %s: %w", req.key, err))
-			return
-		}
-	}
-	if l.file == nil || len(l.mem) > 0 {
-		http.Error(rw, "block cannot be cached on this worker now", http.StatusConflict)
-		return
-	}
-	rw.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(rw).Encode(wire.LocalBlock{File: l.file.Path, Length: req.blen, PageSize: w.layout.PageSize, CRCs: w.store.PageCRCs(l.b)})
-}
-
 // verifyBlock checks every page of a loaded block — but, unless all is
 // set, those checked since the file last changed — fetching again the ones
 // that fail.
@@ -475,27 +398,4 @@ func (w *Worker) verifyBlock(ctx context.Context, l *loaded, req blockReq, all b
 		}
 	}
 	return nil
-}
-
-// parseRange parses a single "bytes=a-b" range of a block of size bytes.
-func parseRange(h string, size int64) (off, n int64, partial bool, err error) {
-	if h == "" {
-		return 0, size, false, nil
-	}
-	spec, ok := strings.CutPrefix(h, "bytes=")
-	a, b, ok2 := strings.Cut(spec, "-")
-	if !ok || !ok2 || strings.Contains(spec, ",") {
-		return 0, 0, false, fmt.Errorf("unsupported range %q", h)
-	}
-	if off, err = strconv.ParseInt(a, 10, 64); err != nil || off < 0 || off >= max(size, 1) {
-		return 0, 0, false, fmt.Errorf("range %q outside a block of %d bytes", h, size)
-	}
-	last := size - 1
-	if b != "" {
-		if last, err = strconv.ParseInt(b, 10, 64); err != nil || last < off {
-			return 0, 0, false, fmt.Errorf("bad range %q", h)
-		}
-		last = min(last, size-1)
-	}
-	return off, last - off + 1, true, nil
 }

@@ -1,0 +1,456 @@
+package transport
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/granary-cache/granary/internal/wire"
+)
+
+// Framed reads over the framed block protocol, falling back to HTTP for a
+// worker that answers the hello in HTTP.
+type Framed struct {
+	opts     Options
+	fallback *HTTP
+
+	mu     sync.Mutex
+	peers  map[string]*peer
+	closed bool
+}
+
+// NewFramed returns a Reader on the framed protocol.
+func NewFramed(opts Options) *Framed {
+	if opts.Conns <= 0 {
+		opts.Conns = 2
+	}
+	return &Framed{opts: opts, fallback: NewHTTP(opts), peers: map[string]*peer{}}
+}
+
+// peer is one worker's connections.
+type peer struct {
+	addr      string
+	mu        sync.Mutex
+	conns     []*cliConn // Conns slots, nil until dialled
+	next      int
+	httpUntil time.Time // the worker speaks HTTP only: use it until then
+}
+
+// httpRecheck is how long a worker found to speak HTTP only is read over
+// HTTP before the framed protocol is tried again (it may be upgraded).
+const httpRecheck = time.Minute
+
+var errNotFramed = errors.New("the worker does not speak the block protocol")
+
+func (t *Framed) peer(addr string) (*peer, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, fmt.Errorf("%w: the reader is closed", wire.ErrWorker)
+	}
+	p := t.peers[addr]
+	if p == nil {
+		p = &peer{addr: addr, conns: make([]*cliConn, t.opts.Conns)}
+		t.peers[addr] = p
+	}
+	return p, nil
+}
+
+// conn returns a live connection to p, dialling one when its slot is
+// empty or broken; nil (and no error) when p speaks HTTP only.
+func (t *Framed) conn(ctx context.Context, p *peer) (*cliConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Now().Before(p.httpUntil) {
+		return nil, nil
+	}
+	i := p.next % len(p.conns)
+	p.next++
+	if c := p.conns[i]; c != nil && !c.broken() {
+		return c, nil
+	}
+	c, err := t.dial(ctx, p.addr)
+	if errors.Is(err, errNotFramed) {
+		p.httpUntil = time.Now().Add(httpRecheck)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	p.conns[i] = c
+	return c, nil
+}
+
+// dial opens a connection and says hello.
+func (t *Framed) dial(ctx context.Context, addr string) (*cliConn, error) {
+	timeout := t.opts.connectTimeout()
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	d := net.Dialer{KeepAlive: 30 * time.Second}
+	nc, err := d.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", wire.ErrWorker, err)
+	}
+	if t.opts.TLS != nil {
+		cfg := t.opts.TLS
+		if cfg.ServerName == "" {
+			cfg = cfg.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(addr)
+		}
+		tc := tls.Client(nc, cfg)
+		if err := tc.HandshakeContext(dctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("%w: TLS with %s: %v", wire.ErrWorker, addr, err)
+		}
+		nc = tc
+	}
+	hello, err := wire.AppendHello(nil, t.opts.Token)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	nc.SetDeadline(time.Now().Add(timeout))
+	br := bufio.NewReaderSize(nc, 64<<10)
+	if _, err := nc.Write(hello); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("%w: hello to %s: %v", wire.ErrWorker, addr, err)
+	}
+	if magic, err := br.Peek(len(wire.FrameMagic)); err == nil && string(magic) != wire.FrameMagic {
+		nc.Close()
+		return nil, errNotFramed
+	}
+	if err := wire.ReadHelloAnswer(br); err != nil {
+		nc.Close()
+		if errors.Is(err, wire.ErrRefused) {
+			return nil, wire.MarkAnswered(fmt.Errorf("%w: %s: %v", wire.ErrWorker, addr, err))
+		}
+		return nil, fmt.Errorf("%w: hello from %s: %v", wire.ErrWorker, addr, err)
+	}
+	nc.SetDeadline(time.Time{})
+	c := &cliConn{addr: addr, nc: nc, br: br, bw: bufio.NewWriterSize(nc, 16<<10), calls: map[uint64]*call{}}
+	c.cond = sync.NewCond(&c.mu)
+	go c.readLoop()
+	return c, nil
+}
+
+// Read implements Reader.
+func (t *Framed) Read(ctx context.Context, addr string, r wire.ReadRequest, buf []byte) (wire.Source, error) {
+	r.Length = int64(len(buf))
+	cl := &call{reads: []wire.ReadRequest{r}, bufs: [][]byte{buf}}
+	if err := t.do(ctx, addr, cl, wire.KindRead); err != nil {
+		return wire.SourceUnknown, err
+	}
+	if fb := cl.fellBack; fb {
+		return t.fallback.Read(ctx, addr, r, buf)
+	}
+	return cl.srcs[0], cl.errs[0]
+}
+
+// ReadBatch implements Reader.
+func (t *Framed) ReadBatch(ctx context.Context, addr string, reads []wire.ReadRequest, bufs [][]byte) []error {
+	rs := make([]wire.ReadRequest, len(reads))
+	for i, r := range reads {
+		r.Length = int64(len(bufs[i]))
+		rs[i] = r
+	}
+	errs := make([]error, len(reads))
+	for start := 0; start < len(rs); start += wire.MaxBatch {
+		end := min(start+wire.MaxBatch, len(rs))
+		cl := &call{reads: rs[start:end], bufs: bufs[start:end]}
+		if err := t.do(ctx, addr, cl, wire.KindBatch); err != nil {
+			for i := start; i < end; i++ {
+				errs[i] = err
+			}
+			continue
+		}
+		if cl.fellBack {
+			copy(errs[start:end], t.fallback.ReadBatch(ctx, addr, rs[start:end], bufs[start:end]))
+			continue
+		}
+		copy(errs[start:end], cl.errs)
+	}
+	return errs
+}
+
+// do sends cl and waits for its answers. An error is one of the whole
+// call (no connection, the connection lost); the items' own are in cl.errs.
+func (t *Framed) do(ctx context.Context, addr string, cl *call, kind byte) error {
+	p, err := t.peer(addr)
+	if err != nil {
+		return err
+	}
+	c, err := t.conn(ctx, p)
+	if err != nil {
+		return err
+	}
+	if c == nil {
+		cl.fellBack = true
+		return nil
+	}
+	return c.roundTrip(ctx, cl, kind)
+}
+
+// Close implements Reader.
+func (t *Framed) Close() error {
+	t.mu.Lock()
+	t.closed = true
+	peers := t.peers
+	t.peers = map[string]*peer{}
+	t.mu.Unlock()
+	for _, p := range peers {
+		p.mu.Lock()
+		for _, c := range p.conns {
+			if c != nil {
+				c.fail(net.ErrClosed)
+			}
+		}
+		p.mu.Unlock()
+	}
+	return t.fallback.Close()
+}
+
+// call is one request (a read or a batch) in flight.
+type call struct {
+	reads    []wire.ReadRequest
+	bufs     [][]byte
+	got      []int // bytes received per item
+	ended    []bool
+	srcs     []wire.Source
+	errs     []error
+	left     int // items not yet answered
+	done     chan struct{}
+	fellBack bool // the worker speaks HTTP only
+}
+
+// cliConn is one framed connection on the reader's side. Its read loop
+// puts the bytes of each data frame straight into the buffer of the call
+// it answers.
+type cliConn struct {
+	addr string
+	nc   net.Conn
+	br   *bufio.Reader
+
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	writers atomic.Int32
+
+	mu     sync.Mutex
+	cond   *sync.Cond // signalled when the read loop leaves a call's buffer
+	calls  map[uint64]*call
+	active *call // the call whose buffer the read loop is filling
+	nextID uint64
+	err    error // set when the connection failed
+}
+
+func (c *cliConn) broken() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err != nil
+}
+
+// roundTrip sends cl and waits for every item's answer, or for ctx.
+func (c *cliConn) roundTrip(ctx context.Context, cl *call, kind byte) error {
+	n := len(cl.reads)
+	cl.got, cl.ended, cl.srcs, cl.errs = make([]int, n), make([]bool, n), make([]wire.Source, n), make([]error, n)
+	cl.left, cl.done = n, make(chan struct{})
+	var body []byte
+	var err error
+	if kind == wire.KindBatch {
+		body, err = wire.AppendBatch(make([]byte, wire.FrameHeaderLen, 256), cl.reads)
+	} else {
+		body, err = cl.reads[0].Append(make([]byte, wire.FrameHeaderLen, wire.FrameHeaderLen+cl.reads[0].EncodedLen()))
+	}
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return c.err
+	}
+	c.nextID++
+	id := c.nextID
+	c.calls[id] = cl
+	c.mu.Unlock()
+	wire.FrameHeader{Len: uint32(len(body) - wire.FrameHeaderLen), Kind: kind, ID: id}.Put(body)
+	if err := c.send(body); err != nil {
+		c.fail(err)
+		<-cl.done
+		return c.failure()
+	}
+	select {
+	case <-cl.done:
+		return c.outcome(cl)
+	case <-ctx.Done():
+	}
+	// Given up: forget the call, and make sure the read loop is not
+	// writing into its buffers when this returns.
+	c.mu.Lock()
+	if _, ok := c.calls[id]; !ok {
+		c.mu.Unlock()
+		<-cl.done // answered (or failed) meanwhile
+		return c.outcome(cl)
+	}
+	delete(c.calls, id)
+	if c.active == cl {
+		// In the middle of a frame for it: the connection cannot skip the
+		// rest without reading it, and ctx may have ended because the
+		// worker stalled. Close it.
+		c.mu.Unlock()
+		c.fail(fmt.Errorf("%w: a read was given up mid-frame", wire.ErrWorker))
+		c.mu.Lock()
+		for c.active == cl {
+			c.cond.Wait()
+		}
+	}
+	c.mu.Unlock()
+	var cancel [wire.FrameHeaderLen]byte
+	wire.FrameHeader{Kind: wire.KindCancel, ID: id}.Put(cancel[:])
+	c.send(cancel[:])
+	return ctx.Err()
+}
+
+// send writes one frame; the last writer waiting flushes.
+func (c *cliConn) send(frame []byte) error {
+	c.writers.Add(1)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	last := c.writers.Add(-1) == 0
+	if _, err := c.bw.Write(frame); err != nil {
+		return err
+	}
+	if last {
+		return c.bw.Flush()
+	}
+	return nil
+}
+
+// failure is why the connection failed.
+func (c *cliConn) failure() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// outcome is the error of a call whose done is closed: nil when every item
+// was answered, else the connection's failure.
+func (c *cliConn) outcome(cl *call) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cl.left > 0 {
+		return c.err
+	}
+	return nil
+}
+
+// fail closes the connection and ends every call in flight with err (the
+// first failure wins): none was answered.
+func (c *cliConn) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		if !errors.Is(err, wire.ErrWorker) {
+			err = fmt.Errorf("%w: connection to %s: %v", wire.ErrWorker, c.addr, err)
+		}
+		c.err = err
+	}
+	c.mu.Unlock()
+	c.nc.Close() // the read loop, if mid-frame, stops at once
+	c.mu.Lock()
+	for c.active != nil {
+		c.cond.Wait()
+	}
+	calls := c.calls
+	c.calls = map[uint64]*call{}
+	c.mu.Unlock()
+	for _, cl := range calls {
+		close(cl.done)
+	}
+}
+
+// readLoop reads the worker's frames until the connection fails.
+func (c *cliConn) readLoop() {
+	var hdr [wire.FrameHeaderLen]byte
+	for {
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			c.fail(err)
+			return
+		}
+		h, err := wire.ParseFrameHeader(hdr[:])
+		if err == nil {
+			err = c.frame(h)
+		}
+		if err != nil {
+			c.fail(err)
+			return
+		}
+	}
+}
+
+// frame handles one frame whose header was read.
+func (c *cliConn) frame(h wire.FrameHeader) error {
+	c.mu.Lock()
+	cl := c.calls[h.ID]
+	if cl == nil || int(h.Item) >= len(cl.reads) || cl.ended[h.Item] {
+		c.mu.Unlock()
+		// A call given up (or an item already failed): skip its bytes.
+		_, err := io.CopyN(io.Discard, c.br, int64(h.Len))
+		return err
+	}
+	c.active = cl
+	c.mu.Unlock()
+	err := c.fill(cl, h)
+	c.mu.Lock()
+	c.active = nil
+	c.cond.Broadcast()
+	if err == nil && (h.Kind == wire.KindError || h.Flags&wire.FlagLast != 0) {
+		cl.ended[h.Item] = true
+		cl.left--
+		if cl.left == 0 && c.calls[h.ID] == cl {
+			delete(c.calls, h.ID)
+			close(cl.done)
+		}
+	}
+	c.mu.Unlock()
+	return err
+}
+
+// fill reads a frame's body into its call.
+func (c *cliConn) fill(cl *call, h wire.FrameHeader) error {
+	i := h.Item
+	r := cl.reads[i]
+	switch h.Kind {
+	case wire.KindData:
+		buf := cl.bufs[i]
+		got := cl.got[i]
+		if got+int(h.Len) > len(buf) {
+			return fmt.Errorf("%w: %s sent %d bytes for a read of %d", wire.ErrWorker, c.addr, got+int(h.Len), len(buf))
+		}
+		if _, err := io.ReadFull(c.br, buf[got:got+int(h.Len)]); err != nil {
+			return err
+		}
+		cl.got[i] += int(h.Len)
+		cl.srcs[i] = h.Source()
+		if h.Flags&wire.FlagLast != 0 && cl.got[i] != len(buf) {
+			cl.errs[i] = wire.MarkAnswered(fmt.Errorf("%w: block %d of /%s/%s: %d of %d bytes", wire.ErrWorker, r.Block.Index, r.Block.Dataset, r.Block.Path, cl.got[i], len(buf)))
+		}
+	case wire.KindError:
+		if h.Len > 64<<10 {
+			return fmt.Errorf("%w: %s sent an error frame of %d bytes", wire.ErrWorker, c.addr, h.Len)
+		}
+		body := make([]byte, h.Len)
+		if _, err := io.ReadFull(c.br, body); err != nil {
+			return err
+		}
+		cl.errs[i] = wire.ParseError("read", r.Block.Dataset, r.Block.Path, body)
+	default:
+		return fmt.Errorf("%w: %s sent a frame of kind %#x", wire.ErrWorker, c.addr, h.Kind)
+	}
+	return nil
+}

@@ -1,0 +1,140 @@
+package transport
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/granary-cache/granary/internal/wire"
+)
+
+// Listen splits the connections of ln by their first bytes: those of the
+// block protocol (wire.FrameMagic) go to srv, the others come out of the
+// listener it returns, for an http.Server. On a TLS listener the split is
+// made inside TLS, after the handshake. Closing the returned listener
+// closes ln.
+func Listen(ln net.Listener, srv *Server) net.Listener {
+	l := &splitListener{ln: ln, srv: srv, conns: make(chan net.Conn), done: make(chan struct{})}
+	l.wg.Go(l.acceptLoop)
+	return l
+}
+
+type splitListener struct {
+	ln    net.Listener
+	srv   *Server
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+	err   error // why the listener stopped, set once before done closes
+	wg    sync.WaitGroup
+}
+
+// sniffTimeout bounds how long a new connection may take to send its first
+// bytes (a TLS handshake included).
+const sniffTimeout = 10 * time.Second
+
+func (l *splitListener) acceptLoop() {
+	var delay time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Out of file descriptors and the like: wait and go on,
+				// as http.Server does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				select {
+				case <-time.After(delay):
+					continue
+				case <-l.done:
+				}
+			}
+			l.closeWith(err)
+			return
+		}
+		delay = 0
+		go l.sniff(c)
+	}
+}
+
+func (l *splitListener) sniff(c net.Conn) {
+	c.SetReadDeadline(time.Now().Add(sniffTimeout))
+	br := bufio.NewReaderSize(c, 4096)
+	magic, err := br.Peek(len(wire.FrameMagic))
+	if err != nil {
+		c.Close()
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	if string(magic) == wire.FrameMagic {
+		l.srv.ServeConn(c, br)
+		return
+	}
+	select {
+	case l.conns <- &sniffedConn{Conn: c, r: br}:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *splitListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		if l.err != nil && !errors.Is(l.err, net.ErrClosed) {
+			return nil, l.err
+		}
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *splitListener) Close() error { return l.closeWith(net.ErrClosed) }
+
+// closeWith stops the listener; why is what Accept returns from then on.
+func (l *splitListener) closeWith(why error) error {
+	var err error
+	l.once.Do(func() {
+		l.err = why // before done is closed: Accept reads it after
+		close(l.done)
+		err = l.ln.Close()
+	})
+	return err
+}
+
+func (l *splitListener) Addr() net.Addr { return l.ln.Addr() }
+
+// sniffedConn is a connection whose first bytes were read to sniff it.
+type sniffedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *sniffedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// ReadFrom keeps sendfile: net/http sends a file through the connection's
+// ReadFrom when it has one.
+func (c *sniffedConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{c.Conn}, r)
+}
+
+// TLSState is the TLS state of a connection Listen returned (for an
+// http.Server's ConnContext: the server sets Request.TLS only for a
+// *tls.Conn); nil without TLS.
+func TLSState(c net.Conn) *tls.ConnectionState {
+	if sc, ok := c.(*sniffedConn); ok {
+		c = sc.Conn
+	}
+	if tc, ok := c.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		return &st
+	}
+	return nil
+}

@@ -1,0 +1,75 @@
+// Package transport carries block reads between a reader (a client, or a
+// worker copying from an owner) and a worker, over either protocol a worker
+// speaks on its data port: HTTP range requests, and the framed block
+// protocol of package wire (persistent connections, several reads in flight
+// on each, a batch of reads in one request, hits sent from the block file by
+// sendfile). Readers use the framed protocol and fall back to HTTP for a
+// worker that answers in HTTP (one older than the protocol).
+//
+// The worker side is Handler, the block engine, which knows nothing of
+// either protocol: it writes a range's bytes to a RangeWriter. Server
+// serves it on framed connections, HTTPHandler on HTTP, and Listen splits a
+// listener's connections between the two by their first bytes.
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"os"
+	"time"
+
+	"github.com/granary-cache/granary/internal/wire"
+)
+
+// Reader reads block ranges from workers. Implementations are safe for
+// concurrent use.
+type Reader interface {
+	// Read fills buf with the range r of a block from the worker at addr
+	// (r.Length is len(buf)) and says where the bytes came from. Errors
+	// keep their class: a UFS error (ufs.Error) is final, one that wraps
+	// wire.ErrWorker or no answer at all means trying the next owner, and
+	// wire.Answered tells an error the worker answered from one of the
+	// connection.
+	Read(ctx context.Context, addr string, r wire.ReadRequest, buf []byte) (wire.Source, error)
+	// ReadBatch reads several ranges from one worker in one request;
+	// bufs[i] receives reads[i], and the error of each is at its index
+	// (all nil on success).
+	ReadBatch(ctx context.Context, addr string, reads []wire.ReadRequest, bufs [][]byte) []error
+	// Close closes the connections.
+	Close() error
+}
+
+// Options configure a Reader.
+type Options struct {
+	Token          string        // sent once per connection (framed) or per request (HTTP)
+	TLS            *tls.Config   // nil: plain TCP
+	ConnectTimeout time.Duration // default 5 s
+	// Conns is how many framed connections a reader keeps to each worker
+	// (default 2): reads in flight share them.
+	Conns int
+}
+
+func (o Options) connectTimeout() time.Duration {
+	if o.ConnectTimeout > 0 {
+		return o.ConnectTimeout
+	}
+	return 5 * time.Second
+}
+
+// Handler serves block ranges: the worker's block engine.
+type Handler interface {
+	// ServeRead writes the r.Length bytes of range r to w, in order, or
+	// returns an error. An error before the first write reaches the reader
+	// whole; one after it (a page failing its check halfway) makes the
+	// reader drop what it got.
+	ServeRead(ctx context.Context, r wire.ReadRequest, w RangeWriter) error
+}
+
+// RangeWriter receives the bytes of one range, in order.
+type RangeWriter interface {
+	// Write sends bytes in hand.
+	Write(p []byte, src wire.Source) error
+	// WriteFile sends n bytes of f at off: by sendfile where the
+	// connection allows it. f's offset is moved.
+	WriteFile(f *os.File, off, n int64, src wire.Source) error
+}

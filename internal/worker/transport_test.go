@@ -1,0 +1,114 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/transport"
+	"github.com/granary-cache/granary/internal/transport/transporttest"
+	"github.com/granary-cache/granary/internal/wire"
+)
+
+// TestTransportConformance runs the transport suite against a real worker
+// (a POSIX UFS, a memory tier, a token) over both protocols.
+func TestTransportConformance(t *testing.T) {
+	for _, proto := range []struct {
+		name string
+		new  func(transport.Options) transport.Reader
+	}{
+		{"framed", func(o transport.Options) transport.Reader { return transport.NewFramed(o) }},
+		{"http", func(o transport.Options) transport.Reader { return transport.NewHTTP(o) }},
+	} {
+		t.Run(proto.name, func(t *testing.T) {
+			tg := startTokenWorker(t)
+			transporttest.Run(t, tg, transporttest.Readers{
+				Good: func() transport.Reader { return proto.new(transport.Options{Token: tg.token}) },
+				Bad:  func() transport.Reader { return proto.new(transport.Options{Token: "not-the-token"}) },
+			})
+		})
+	}
+}
+
+// workerTarget is a worker as a transporttest.Target.
+type workerTarget struct {
+	w      *Worker
+	ufsDir string
+	token  string
+	stop   func()
+}
+
+func startTokenWorker(t *testing.T) *workerTarget {
+	dir := t.TempDir()
+	ufsDir, stateDir := filepath.Join(dir, "ufs"), filepath.Join(dir, "state")
+	os.MkdirAll(ufsDir, 0o755)
+	tokenFile := filepath.Join(dir, "token")
+	os.WriteFile(tokenFile, []byte("s3cret-token\n"), 0o600)
+	doc := fmt.Sprintf(`datasets:
+  - {name: d, ufs: "file://%s"}
+auth: {token_file: %q}
+worker:
+  id: w1
+  listen: 127.0.0.1:0
+  admin: 127.0.0.1:0
+  state_dir: %q
+  block_size: 4MiB
+  page_size: 1MiB
+  tiers:
+    - {name: MEM, path: %q, quota: 1GiB}
+`, ufsDir, tokenFile, stateDir, filepath.Join(stateDir, "mem"))
+	cfg, err := config.Parse("worker.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Serve(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("worker: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return &workerTarget{w: w, ufsDir: ufsDir, token: cfg.Auth.Token, stop: stop}
+}
+
+func (tg *workerTarget) Addr() string    { return tg.w.Addr() }
+func (tg *workerTarget) Dataset() string { return "d" }
+func (tg *workerTarget) Stop(testing.TB) { tg.stop() }
+
+func (tg *workerTarget) Put(t testing.TB, name string, data []byte) wire.BlockRef {
+	t.Helper()
+	p := filepath.Join(tg.ufsDir, name)
+	if err := os.WriteFile(p+".tmp", data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(p+".tmp", p); err != nil {
+		t.Fatal(err)
+	}
+	ds, _ := tg.w.datasets.Get("d")
+	fi, err := ds.FS.Stat(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return wire.BlockRef{Dataset: "d", Path: name, Version: fi.Version, Size: fi.Size, BlockSize: int64(tg.w.cfg.Worker.BlockSize)}
+}
+
+func (tg *workerTarget) Remove(t testing.TB, name string) {
+	if err := os.Remove(filepath.Join(tg.ufsDir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
