@@ -41,10 +41,11 @@ type DatasetSpec struct {
 	// Pin keeps the dataset's cached blocks from being evicted.
 	// +optional
 	Pin bool `json:"pin,omitempty"`
-	// OpenMode is how mounts open files: passthrough (the default) or
-	// zero-message (fastest for many small files).
+	// OpenMode is how mounts open files: auto (the default: chosen from
+	// the sizes of the files a mount first lists), passthrough (fastest
+	// for large files) or zero-message (fastest for many small files).
 	// +optional
-	// +kubebuilder:validation:Enum=passthrough;zero-message
+	// +kubebuilder:validation:Enum=auto;passthrough;zero-message
 	OpenMode string `json:"openMode,omitempty"`
 	// NearCache lets a reader's own worker keep copies of what it reads
 	// from others.

@@ -171,9 +171,13 @@ func (g *globals) serveMount(ctx context.Context, mountpoint string, f mountFlag
 type mountStatus struct {
 	Mount  mount.Stats  `json:"mount"`
 	Client client.Stats `json:"client"`
+	// OpenModes are the open modes the mount chose for its datasets, and
+	// why (open_mode auto decides at mount time).
+	OpenModes map[string]mount.OpenChoice `json:"open_modes,omitempty"`
 }
 
 func serveMountAdmin(addr string, m *mount.Mount, c *client.Client) (string, func(), error) {
+	openModes := openModesFromEnv()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", nil, fmt.Errorf("--admin: %w", err)
@@ -195,7 +199,7 @@ func serveMountAdmin(addr string, m *mount.Mount, c *client.Client) (string, fun
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /v1/status", func(rw http.ResponseWriter, _ *http.Request) {
 		rw.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(rw).Encode(mountStatus{Mount: m.Stats(), Client: c.Stats()})
+		json.NewEncoder(rw).Encode(mountStatus{Mount: m.Stats(), Client: c.Stats(), OpenModes: openModes})
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l)

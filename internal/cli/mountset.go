@@ -2,11 +2,18 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
+	"maps"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
+	"time"
 
+	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/mount"
 )
@@ -114,6 +121,38 @@ func superviseMounts(ctx context.Context, mountpoint string, f mountFlags, own [
 // mount` processes started from the executable self, reading configPath and
 // the dataset definitions defs.
 func (g *globals) mountNamespace(ctx context.Context, cfg *config.Config, root, mountpoint string, f mountFlags, self, configPath string, defs []string) error {
+	choices := map[string]mount.OpenChoice{}
+	if !f.zeroMessageOpens {
+		var c *client.Client
+		defer func() {
+			if c != nil {
+				c.Close()
+			}
+		}()
+		choices = chooseOpenModes(cfg, root, func(ds string) (client.FileSizes, error) {
+			if c == nil {
+				var err error
+				if c, err = client.New(cfg); err != nil {
+					return client.FileSizes{}, err
+				}
+			}
+			sctx, cancel := context.WithTimeout(ctx, sampleTimeout)
+			defer cancel()
+			return c.SampleSizes(sctx, ds, sampleDirs, sampleFiles)
+		})
+		for _, name := range slices.Sorted(maps.Keys(choices)) {
+			slog.Info("open mode", "dataset", name, "mode", choices[name].Mode, "why", choices[name].Reason)
+		}
+		resolved := *cfg
+		resolved.Datasets = slices.Clone(cfg.Datasets)
+		for i, ds := range resolved.Datasets {
+			if ch, ok := choices[ds.Name]; ok {
+				resolved.Datasets[i].OpenMode = ch.Mode
+			}
+		}
+		cfg = &resolved
+	}
+	env := openModesEnv(choices)
 	var own []string
 	f.zeroMessageOpens, own = openModes(cfg, root, f)
 	return superviseMounts(ctx, mountpoint, f, own, func(mp, ds string, f mountFlags) *exec.Cmd {
@@ -122,8 +161,66 @@ func (g *globals) mountNamespace(ctx context.Context, cfg *config.Config, root, 
 		}
 		c := exec.Command(self, g.mountArgs(configPath, defs, mp, ds, f)...)
 		c.Stdout, c.Stderr = g.stdout, g.stderr
+		c.Env = append(os.Environ(), env)
 		return c
 	})
+}
+
+// How much of a dataset open_mode auto looks at: the first listings, within
+// a bound of time (workers may still be starting).
+const (
+	sampleDirs    = 64
+	sampleFiles   = 2000
+	sampleTimeout = 20 * time.Second
+)
+
+// chooseOpenModes decides the open mode of each dataset of the mount (root
+// alone when set): the configured one, or for open_mode auto the one
+// mount.ChooseOpenMode picks from sample. A dataset that cannot be listed
+// gets passthrough, and says why.
+func chooseOpenModes(cfg *config.Config, root string, sample func(ds string) (client.FileSizes, error)) map[string]mount.OpenChoice {
+	out := map[string]mount.OpenChoice{}
+	for _, ds := range cfg.Datasets {
+		if root != "" && ds.Name != root {
+			continue
+		}
+		if ds.OpenMode != config.OpenAuto && ds.OpenMode != "" {
+			out[ds.Name] = mount.OpenChoice{Mode: ds.OpenMode, Reason: "set in the configuration"}
+			continue
+		}
+		sizes, err := sample(ds.Name)
+		if err != nil {
+			out[ds.Name] = mount.OpenChoice{Mode: config.OpenPassthrough, Reason: fmt.Sprintf("auto, but the dataset could not be listed (%v): passthrough", err)}
+			continue
+		}
+		ch := mount.ChooseOpenMode(sizes, int64(ds.BlockSize))
+		ch.Reason = "auto: " + ch.Reason
+		out[ds.Name] = ch
+	}
+	return out
+}
+
+// openModesEnv hands the choices to the mount's servers, for their status.
+func openModesEnv(choices map[string]mount.OpenChoice) string {
+	b, _ := json.Marshal(choices)
+	return openModesVar + "=" + string(b)
+}
+
+// openModesVar is the environment variable that carries the open modes
+// chosen to a mount's servers.
+const openModesVar = "GRANARY_OPEN_MODES"
+
+// openModesFromEnv reads what openModesEnv wrote; nil when absent.
+func openModesFromEnv() map[string]mount.OpenChoice {
+	v := os.Getenv(openModesVar)
+	if v == "" {
+		return nil
+	}
+	var m map[string]mount.OpenChoice
+	if json.Unmarshal([]byte(v), &m) != nil {
+		return nil
+	}
+	return m
 }
 
 // mountArgs are the arguments of `granary mount` for a server of

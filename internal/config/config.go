@@ -54,13 +54,15 @@ type Dataset struct {
 	// worker.block_size). A file of one block can be read with FUSE
 	// passthrough, so datasets of large shards want large blocks.
 	BlockSize Size `yaml:"block_size"`
-	// OpenMode says how a FUSE mount opens the dataset's files:
-	// "passthrough" (the default: a file that is one block cached on the
-	// mount's host is read by the kernel from the block file) or
-	// "zero-message" (opens cost no round trip to granary: the fastest for
-	// many small files, without passthrough). A mount of several datasets
-	// serves those whose mode differs from the rest on a mount of their own
-	// at their directory.
+	// OpenMode says how a FUSE mount opens the dataset's files: "auto"
+	// (the default: decided at mount time from the sizes of the files of
+	// the first listings, see mount.ChooseOpenMode), "passthrough" (a file
+	// that is one block cached on the mount's host is read by the kernel
+	// from the block file: the fastest for large files) or "zero-message"
+	// (opens cost no round trip to granary: the fastest for many small
+	// files, without passthrough). A mount of several datasets serves those
+	// whose mode differs from the rest on a mount of their own at their
+	// directory.
 	OpenMode string `yaml:"open_mode"`
 	// NearCache lets the worker on a reader's own machine keep a copy of
 	// the blocks its clients read from other owners, when it has room (they
@@ -92,6 +94,7 @@ const (
 
 // Dataset open modes of a FUSE mount.
 const (
+	OpenAuto        = "auto"
 	OpenPassthrough = "passthrough"
 	OpenZeroMessage = "zero-message"
 )
@@ -249,16 +252,16 @@ func (ds *Dataset) check(f string, at func(string) *yaml.Node) []problem {
 	}
 	// oneOf checks a field that takes one of two words, the first its
 	// default.
-	oneOf := func(field string, v *string, def, other string) {
-		switch *v {
-		case "":
+	oneOf := func(field string, v *string, def string, others ...string) {
+		if *v == "" {
 			*v = def
-		case def, other:
-		default:
-			bad(f+"."+field, "expected %q or %q, found %q", def, other, *v)
+		}
+		all := append([]string{def}, others...)
+		if !slices.Contains(all, *v) {
+			bad(f+"."+field, "expected %s, found %q", quoteList(all), *v)
 		}
 	}
-	oneOf("open_mode", &ds.OpenMode, OpenPassthrough, OpenZeroMessage)
+	oneOf("open_mode", &ds.OpenMode, OpenAuto, OpenPassthrough, OpenZeroMessage)
 	oneOf("fallback", &ds.Fallback, FallbackUFS, FallbackNone)
 	if l.MetadataOpsPerSecond < 0 {
 		bad(f+".ufs_limits.metadata_ops_per_second", "must not be negative (0 means no limit)")
@@ -406,4 +409,16 @@ func (c *Config) Add(ds Dataset) error {
 	}
 	c.Datasets = append(c.Datasets, ds)
 	return nil
+}
+
+// quoteList writes "a", "b" or "c".
+func quoteList(xs []string) string {
+	q := make([]string, len(xs))
+	for i, x := range xs {
+		q[i] = strconv.Quote(x)
+	}
+	if len(q) == 1 {
+		return q[0]
+	}
+	return strings.Join(q[:len(q)-1], ", ") + " or " + q[len(q)-1]
 }

@@ -111,7 +111,7 @@ func TestParseErrors(t *testing.T) {
 		{"wrong type list", "datasets:\n  name: a\n", []string{"bad.yaml:2: datasets: expected a list"}},
 		{"wrong type map", "datasets:\n  - name: a\n    ufs: file:///x\n    ufs_limits: 5\n", []string{"bad.yaml:4: datasets[0].ufs_limits: expected a mapping"}},
 		{"bad size", "datasets:\n  - name: a\n    ufs: file:///x\n    ufs_limits:\n      bytes_per_second: fast\n", []string{"bad.yaml:5: datasets[0].ufs_limits.bytes_per_second: expected a size"}},
-		{"bad open mode", "datasets:\n  - name: a\n    ufs: file:///x\n    open_mode: mmap\n", []string{"bad.yaml:4: datasets[0].open_mode:", `"passthrough" or "zero-message"`, `"mmap"`}},
+		{"bad open mode", "datasets:\n  - name: a\n    ufs: file:///x\n    open_mode: mmap\n", []string{"bad.yaml:4: datasets[0].open_mode:", `"auto", "passthrough" or "zero-message"`, `"mmap"`}},
 		{"bad protocol", "datasets:\n  - name: a\n    ufs: file:///x\nclient:\n  protocol: grpc\n", []string{"bad.yaml:5: client.protocol:", `"grpc" is not one of framed, http`}},
 		{"bad sync", "datasets:\n  - name: a\n    ufs: file:///x\n    metadata_sync: sometimes\n", []string{"bad.yaml:4: datasets[0].metadata_sync:", `"never"`}},
 		{"missing name", "datasets:\n  - ufs: file:///x\n", []string{"bad.yaml:2: datasets[0]: missing name"}},

@@ -147,7 +147,10 @@ func startServer(dev, state *os.File, init []byte, generation int, o SuperviseOp
 		// below a mount point first).
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	}
-	cmd.Env = append(os.Environ(), envGeneration+"="+strconv.Itoa(generation))
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	cmd.Env = append(cmd.Env, envGeneration+"="+strconv.Itoa(generation))
 	err = cmd.Start()
 	theirs.Close()
 	if err != nil {

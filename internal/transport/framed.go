@@ -29,7 +29,7 @@ type Framed struct {
 // NewFramed returns a Reader on the framed protocol.
 func NewFramed(opts Options) *Framed {
 	if opts.Conns <= 0 {
-		opts.Conns = 2
+		opts.Conns = 32
 	}
 	return &Framed{opts: opts, fallback: NewHTTP(opts), peers: map[string]*peer{}}
 }
@@ -38,9 +38,8 @@ func NewFramed(opts Options) *Framed {
 type peer struct {
 	addr      string
 	mu        sync.Mutex
-	conns     []*cliConn // Conns slots, nil until dialled
-	next      int
-	httpUntil time.Time // the worker speaks HTTP only: use it until then
+	conns     []*cliConn // live connections, at most Conns
+	httpUntil time.Time  // the worker speaks HTTP only: use it until then
 }
 
 // httpRecheck is how long a worker found to speak HTTP only is read over
@@ -57,24 +56,37 @@ func (t *Framed) peer(addr string) (*peer, error) {
 	}
 	p := t.peers[addr]
 	if p == nil {
-		p = &peer{addr: addr, conns: make([]*cliConn, t.opts.Conns)}
+		p = &peer{addr: addr}
 		t.peers[addr] = p
 	}
 	return p, nil
 }
 
-// conn returns a live connection to p, dialling one when its slot is
-// empty or broken; nil (and no error) when p speaks HTTP only.
+// conn returns a connection to p for one more call: an idle one, else a
+// new one while under Conns, else the least busy. Nil (and no error) when
+// p speaks HTTP only.
 func (t *Framed) conn(ctx context.Context, p *peer) (*cliConn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if time.Now().Before(p.httpUntil) {
 		return nil, nil
 	}
-	i := p.next % len(p.conns)
-	p.next++
-	if c := p.conns[i]; c != nil && !c.broken() {
-		return c, nil
+	var best *cliConn
+	live := p.conns[:0]
+	for _, c := range p.conns {
+		if c.broken() {
+			continue
+		}
+		live = append(live, c)
+		if best == nil || c.inflight.Load() < best.inflight.Load() {
+			best = c
+		}
+	}
+	clear(p.conns[len(live):])
+	p.conns = live
+	if best != nil && (best.inflight.Load() == 0 || len(p.conns) >= t.opts.Conns) {
+		best.inflight.Add(1)
+		return best, nil
 	}
 	c, err := t.dial(ctx, p.addr)
 	if errors.Is(err, errNotFramed) {
@@ -82,9 +94,14 @@ func (t *Framed) conn(ctx context.Context, p *peer) (*cliConn, error) {
 		return nil, nil
 	}
 	if err != nil {
+		if best != nil { // a busy connection is better than none
+			best.inflight.Add(1)
+			return best, nil
+		}
 		return nil, err
 	}
-	p.conns[i] = c
+	p.conns = append(p.conns, c)
+	c.inflight.Add(1)
 	return c, nil
 }
 
@@ -194,6 +211,7 @@ func (t *Framed) do(ctx context.Context, addr string, cl *call, kind byte) error
 		cl.fellBack = true
 		return nil
 	}
+	defer c.inflight.Add(-1)
 	return c.roundTrip(ctx, cl, kind)
 }
 
@@ -237,9 +255,10 @@ type cliConn struct {
 	nc   net.Conn
 	br   *bufio.Reader
 
-	wmu     sync.Mutex
-	bw      *bufio.Writer
-	writers atomic.Int32
+	wmu      sync.Mutex
+	bw       *bufio.Writer
+	writers  atomic.Int32
+	inflight atomic.Int32 // calls using the connection
 
 	mu     sync.Mutex
 	cond   *sync.Cond // signalled when the read loop leaves a call's buffer

@@ -44,8 +44,10 @@ type Options struct {
 	Token          string        // sent once per connection (framed) or per request (HTTP)
 	TLS            *tls.Config   // nil: plain TCP
 	ConnectTimeout time.Duration // default 5 s
-	// Conns is how many framed connections a reader keeps to each worker
-	// (default 2): reads in flight share them.
+	// Conns bounds the framed connections a reader opens to one worker
+	// (default 32). A read takes an idle connection, else a new one while
+	// under the bound, else shares the least busy: a connection carrying
+	// one response at a time streams it without waiting behind others.
 	Conns int
 }
 

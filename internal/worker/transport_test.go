@@ -43,7 +43,7 @@ type workerTarget struct {
 	stop   func()
 }
 
-func startTokenWorker(t *testing.T) *workerTarget {
+func startTokenWorker(t testing.TB) *workerTarget {
 	dir := t.TempDir()
 	ufsDir, stateDir := filepath.Join(dir, "ufs"), filepath.Join(dir, "state")
 	os.MkdirAll(ufsDir, 0o755)

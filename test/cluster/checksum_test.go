@@ -42,7 +42,7 @@ func testChecksumTier(t *testing.T, tier string) {
 		t.Fatal(err)
 	}
 	sub := strings.ToLower(tier)
-	c := startCluster(t, clusterOpts{workers: 3, datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\"}\n", dir),
+	c := startCluster(t, clusterOpts{workers: 3, datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\", open_mode: passthrough}\n", dir),
 		tiers: func(_ int, d string) string {
 			// Only the tier under test, so that the block lands there; the
 			// line after the tiers ends the list and turns the scrub off, so

@@ -168,10 +168,11 @@ func TestMount(t *testing.T) {
 	os.WriteFile(outside, []byte("not in the dataset"), 0o644)
 	os.Symlink(outside, filepath.Join(dir, "link-out"))
 	// "wide" is the same tree in blocks of 8 MiB: its 5 MiB file is one block.
-	datasets := fmt.Sprintf("  - {name: local, ufs: \"file://%s\"}\n  - {name: wide, ufs: \"file://%s\", block_size: 8MiB}\n", dir, dir)
+	// Both in passthrough, whatever open_mode auto would pick for this tree.
+	datasets := fmt.Sprintf("  - {name: local, ufs: \"file://%s\", open_mode: passthrough}\n  - {name: wide, ufs: \"file://%s\", block_size: 8MiB, open_mode: passthrough}\n", dir, dir)
 	if s3srv != nil {
 		tr.writeBucket(t, s3srv, "mount")
-		datasets += fmt.Sprintf("  - name: s3\n    ufs: s3://mount\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
+		datasets += fmt.Sprintf("  - name: s3\n    ufs: s3://mount\n    open_mode: passthrough\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
 			s3srv.Endpoint, s3test.AccessKey, s3test.SecretKey)
 	}
 	c := startCluster(t, clusterOpts{workers: 2, datasets: datasets})

@@ -107,7 +107,7 @@ func benchTree(b *testing.B) (string, []string, []string) {
 // passthrough-eligible.
 func benchMount(b *testing.B, dir string, args ...string) (*cluster, *mountProc) {
 	c := startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
-		datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\", block_size: 1GiB}\n", dir),
+		datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\", block_size: 1GiB, open_mode: passthrough}\n", dir),
 		tiers: func(_ int, d string) string {
 			return fmt.Sprintf("    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", d)
 		}})

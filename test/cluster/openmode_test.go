@@ -2,10 +2,13 @@ package cluster
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -47,7 +50,7 @@ func TestMountOpenModes(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := startCluster(t, clusterOpts{workers: 2, datasets: fmt.Sprintf(
-		"  - {name: imgs, ufs: \"file://%s\", open_mode: zero-message}\n  - {name: big, ufs: \"file://%s\"}\n", small, big)})
+		"  - {name: imgs, ufs: \"file://%s\", open_mode: zero-message}\n  - {name: big, ufs: \"file://%s\", open_mode: passthrough}\n", small, big)})
 	m := c.mount(t)
 	own := filepath.Join(m.dir, "imgs")
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
@@ -87,5 +90,64 @@ func TestMountOpenModes(t *testing.T) {
 		if strings.HasPrefix(mp, m.dir) {
 			t.Errorf("still mounted after granary umount: %s", mp)
 		}
+	}
+}
+
+// TestMountOpenModeAuto: with open_mode unset (auto), a dataset of small
+// files gets zero-message opens on a mount of its own and one of large
+// files passthrough, and the mount's status says which and why.
+func TestMountOpenModeAuto(t *testing.T) {
+	needFUSE(t)
+	small, big := t.TempDir(), t.TempDir()
+	for i := range 30 {
+		if err := os.WriteFile(filepath.Join(small, fmt.Sprintf("img%02d.jpg", i)), bytes.Repeat([]byte{byte(i)}, 90<<10+i), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 { // large, and each one block of the test layout
+		if err := os.WriteFile(filepath.Join(big, fmt.Sprintf("shard%d.tar", i)), bytes.Repeat([]byte{byte(i)}, 900<<10), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := startCluster(t, clusterOpts{workers: 2, datasets: fmt.Sprintf(
+		"  - {name: imgs, ufs: \"file://%s\"}\n  - {name: big, ufs: \"file://%s\"}\n", small, big)})
+	m := c.mount(t)
+	own := filepath.Join(m.dir, "imgs")
+	for deadline := time.Now().Add(20 * time.Second); !slices.Contains(granaryMountPoints(t), own); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("auto gave the small files no zero-message mount of their own at %s:\n%s", own, m.log)
+		}
+	}
+	resp, err := http.Get("http://" + m.admin + "/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st struct {
+		OpenModes map[string]struct{ Mode, Reason string } `json:"open_modes"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	for ds, want := range map[string]string{"imgs": "zero-message", "big": "passthrough"} {
+		got := st.OpenModes[ds]
+		if got.Mode != want || !strings.HasPrefix(got.Reason, "auto: ") || !strings.Contains(got.Reason, "median size") {
+			t.Errorf("%s: %+v; want %s, decided by auto from the median size", ds, got, want)
+		}
+	}
+	t.Logf("open modes: %+v", st.OpenModes)
+	// Both read right, the shards by passthrough where the kernel has it.
+	before := m.stats(t)
+	for i := range 3 {
+		got, err := os.ReadFile(filepath.Join(m.dir, "big", fmt.Sprintf("shard%d.tar", i)))
+		if err != nil || !bytes.Equal(got, bytes.Repeat([]byte{byte(i)}, 900<<10)) {
+			t.Fatalf("shard %d: %d bytes, %v", i, len(got), err)
+		}
+	}
+	if got, err := os.ReadFile(filepath.Join(own, "img07.jpg")); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{7}, 90<<10+7)) {
+		t.Fatalf("img07: %d bytes, %v", len(got), err)
+	}
+	if after := m.stats(t); before.Mount.PassthroughSupported && after.Mount.PassthroughOpens == before.Mount.PassthroughOpens {
+		t.Errorf("the shards were not opened by passthrough")
 	}
 }

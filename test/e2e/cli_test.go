@@ -341,7 +341,7 @@ func TestUpCheck(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(state, "w1", "ssd")); err != nil {
 		t.Errorf("the SSD tier is gone from the state directory: %v", err)
 	}
-	if cfg, err := os.ReadFile(filepath.Join(state, "granary.yaml")); err != nil || !strings.Contains(string(cfg), "open_mode: passthrough") {
+	if cfg, err := os.ReadFile(filepath.Join(state, "granary.yaml")); err != nil || !strings.Contains(string(cfg), "open_mode: auto") {
 		t.Errorf("the client configuration up wrote: %v\n%s", err, cfg)
 	}
 }

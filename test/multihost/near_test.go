@@ -11,7 +11,7 @@ import (
 // passthrough of the local block files); a dataset that does not fit still
 // reads right, from its owners.
 func TestNearCopies(t *testing.T) {
-	near := fmt.Sprintf("  - {name: near, ufs: \"file://%s\", near_cache: true}\n  - {name: far, ufs: \"file://%s\"}\n", dataDir, dataDir)
+	near := fmt.Sprintf("  - {name: near, ufs: \"file://%s\", near_cache: true, open_mode: passthrough}\n  - {name: far, ufs: \"file://%s\", open_mode: passthrough}\n", dataDir, dataDir)
 	for _, tc := range []struct {
 		name  string
 		quota string

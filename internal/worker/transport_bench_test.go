@@ -1,0 +1,296 @@
+//go:build unix
+
+package worker
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/granary-cache/granary/internal/transport"
+	"github.com/granary-cache/granary/internal/wire"
+)
+
+// Shape of BenchmarkRemoteHits.
+const (
+	hitFiles    = 256       // files of the working set, a block each
+	hitSize     = 128 << 10 // bytes of each file, read whole
+	hitReaders  = 16        // concurrent readers
+	hitRequests = 20000     // requests per phase
+	hitRounds   = 3         // rounds of the three phases
+)
+
+// BenchmarkRemoteHits reads warm 128 KiB blocks (256 files of 128 KiB, each
+// its own block, in a memory tier) from a real worker over loopback with 16
+// concurrent readers, over the framed protocol and over HTTP, against a raw
+// loopback TCP request/response loop (an 8-byte request, a 128 KiB answer
+// from memory) as the baseline.
+//
+// Each phase makes a fixed number of requests, whatever b.N: run it with
+// -benchtime 1x. The three phases run in rounds, in a rotated order, and
+// the median of the rounds is reported. The worker runs in this process,
+// so the CPU figures (getrusage of the process, user+sys) count the
+// client's CPU as well as the worker's: hence "proc" in their names.
+func BenchmarkRemoteHits(b *testing.B) {
+	tg := startTokenWorker(b)
+	addr := tg.Addr()
+	refs := make([]wire.BlockRef, hitFiles)
+	datas := make([][]byte, hitFiles)
+	for i := range refs {
+		d := make([]byte, hitSize)
+		for j := range d {
+			d[j] = byte(i*31 + j*7)
+		}
+		datas[i] = d
+		refs[i] = tg.Put(b, fmt.Sprintf("hit-%03d.bin", i), d)
+	}
+	framed := transport.NewFramed(transport.Options{Token: tg.token})
+	b.Cleanup(func() { framed.Close() })
+	httpRd := transport.NewHTTP(transport.Options{Token: tg.token})
+	b.Cleanup(func() { httpRd.Close() })
+	raw := startRawServer(b, hitSize)
+
+	// Warm: a first read of each file caches it; then both protocols must
+	// see it as a memory hit, with the right bytes.
+	ctx := context.Background()
+	buf := make([]byte, hitSize)
+	read := func(rd transport.Reader, i int) wire.Source {
+		clear(buf)
+		src, err := rd.Read(ctx, addr, wire.ReadRequest{Block: refs[i], Length: hitSize}, buf)
+		if err != nil {
+			b.Fatalf("read %d: %v", i, err)
+		}
+		if !bytes.Equal(buf, datas[i]) {
+			b.Fatalf("read %d: wrong bytes", i)
+		}
+		return src
+	}
+	for i := range refs {
+		read(framed, i)
+	}
+	for i := range refs {
+		for _, rd := range []transport.Reader{framed, httpRd} {
+			if src := read(rd, i); src != wire.SourceMem {
+				b.Fatalf("read %d of a warm block: source %v, want mem", i, src)
+			}
+		}
+	}
+
+	hits := func(rd transport.Reader) func() error {
+		return func() error {
+			return concurrently(hitReaders, hitRequests, func() func(int) error {
+				buf := make([]byte, hitSize)
+				return func(n int) error {
+					i := n % hitFiles
+					_, err := rd.Read(ctx, addr, wire.ReadRequest{Block: refs[i], Length: hitSize}, buf)
+					if err == nil && buf[hitSize-1] != datas[i][hitSize-1] {
+						err = fmt.Errorf("read %d: wrong bytes", i)
+					}
+					return err
+				}
+			})
+		}
+	}
+	phases := []struct {
+		name string
+		run  func() error
+	}{
+		{"framed", hits(framed)},
+		{"http", hits(httpRd)},
+		{"raw", func() error { return raw.fetch(hitReaders, hitRequests) }},
+	}
+	rates := make([][]float64, len(phases)) // req/s of each round
+	cpus := make([][]float64, len(phases))  // process CPU s per GB of each round
+	gb := float64(hitRequests) * hitSize / 1e9
+	b.ResetTimer()
+	for round := range hitRounds {
+		for k := range phases {
+			p := (round + k) % len(phases)
+			runtime.GC() // the garbage of a phase is not the next one's to collect
+			cpu0, t0 := procCPU(), time.Now()
+			if err := phases[p].run(); err != nil {
+				b.Fatalf("%s, round %d: %v", phases[p].name, round, err)
+			}
+			d, cpu := time.Since(t0), procCPU()-cpu0
+			rates[p] = append(rates[p], hitRequests/d.Seconds())
+			cpus[p] = append(cpus[p], cpu.Seconds()/gb)
+		}
+	}
+	b.StopTimer()
+	const fr, ht, rw = 0, 1, 2
+	ratio := func(x, y int) float64 {
+		r := make([]float64, hitRounds)
+		for i := range r {
+			r[i] = rates[x][i] / rates[y][i]
+		}
+		return median(r)
+	}
+	for p, ph := range phases {
+		b.ReportMetric(median(rates[p]), ph.name+"_req/s")
+		b.ReportMetric(median(cpus[p]), "proc_cpu_s_per_GB_"+ph.name)
+	}
+	b.ReportMetric(ratio(fr, rw), "framed/raw")
+	b.ReportMetric(ratio(ht, rw), "http/raw")
+	b.ReportMetric(ratio(fr, ht), "framed/http")
+}
+
+// concurrently makes count calls spread over workers goroutines, each call
+// given its number; newWorker builds each goroutine's function (and its
+// buffer). It returns the first error, after every goroutine ended.
+func concurrently(workers, count int, newWorker func() func(int) error) error {
+	var next atomic.Int64
+	var first error
+	var once sync.Once
+	var wg sync.WaitGroup
+	for range workers {
+		fn := newWorker()
+		wg.Go(func() {
+			for {
+				n := int(next.Add(1) - 1)
+				if n >= count {
+					return
+				}
+				if err := fn(n); err != nil {
+					once.Do(func() { first = err })
+					next.Store(int64(count)) // the others stop too
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+// procCPU is the user+system CPU time of this process so far.
+func procCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// rawServer is the baseline: a loopback TCP server that answers each 8-byte
+// request (a length, big endian, at most its buffer) with that many bytes
+// from memory.
+type rawServer struct {
+	l    net.Listener
+	size int
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// startRawServer starts a raw server answering up to size bytes a request;
+// it stops, its connections closed, at the end of the test.
+func startRawServer(tb testing.TB, size int) *rawServer {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := &rawServer{l: l, size: size, conns: map[net.Conn]struct{}{}}
+	s.wg.Go(s.accept)
+	tb.Cleanup(func() {
+		l.Close()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.Close()
+		}
+		s.conns = nil
+		s.mu.Unlock()
+		s.wg.Wait()
+	})
+	return s
+}
+
+func (s *rawServer) accept() {
+	data := make([]byte, s.size)
+	for {
+		c, err := s.l.Accept()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		if s.conns == nil { // stopping
+			s.mu.Unlock()
+			c.Close()
+			return
+		}
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Go(func() {
+			defer func() {
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+				c.Close()
+			}()
+			var hdr [8]byte
+			for {
+				if _, err := io.ReadFull(c, hdr[:]); err != nil {
+					return
+				}
+				n := binary.BigEndian.Uint64(hdr[:])
+				if n > uint64(len(data)) {
+					return
+				}
+				if _, err := c.Write(data[:n]); err != nil {
+					return
+				}
+			}
+		})
+	}
+}
+
+// fetch makes count requests of the server's size over conns connections,
+// one goroutine each.
+func (s *rawServer) fetch(conns, count int) error {
+	cs := make([]net.Conn, 0, conns)
+	defer func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	}()
+	for range conns {
+		c, err := net.Dial("tcp", s.l.Addr().String())
+		if err != nil {
+			return err
+		}
+		cs = append(cs, c)
+	}
+	var k atomic.Int32
+	return concurrently(conns, count, func() func(int) error {
+		c := cs[k.Add(1)-1]
+		buf := make([]byte, s.size)
+		var hdr [8]byte
+		binary.BigEndian.PutUint64(hdr[:], uint64(s.size))
+		return func(int) error {
+			if _, err := c.Write(hdr[:]); err != nil {
+				return err
+			}
+			_, err := io.ReadFull(c, buf)
+			return err
+		}
+	})
+}
