@@ -23,6 +23,7 @@ type metrics struct {
 	peerReads    prometheus.Counter
 	members      *prometheus.GaugeVec
 	nearPages    prometheus.Counter
+	framedReads  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -58,11 +59,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		nearPages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "granary_worker_near_pages_total", Help: "Pages copied from their owner into a near copy for the clients of this host.",
 		}),
+		framedReads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "granary_worker_framed_reads_total", Help: "Block reads served on the framed block protocol (also counted in granary_worker_requests_total as op block).",
+		}),
 		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "granary_membership_members", Help: "Workers of the cluster as this worker sees them, by state (live, not live, leaving).",
 		}, []string{"state"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.bytes, m.pages, m.merged, m.unauthorized, m.readahead, m.uncached, m.peerReads, m.members, m.nearPages)
+	reg.MustRegister(m.requests, m.latency, m.bytes, m.pages, m.merged, m.unauthorized, m.readahead, m.uncached, m.peerReads, m.members, m.nearPages, m.framedReads)
 	for _, s := range []string{"mem", "ssd", "hdd", "ufs"} {
 		m.bytes.WithLabelValues(s)
 	}
@@ -99,10 +103,12 @@ func (s *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 }
 
 // observeFramed counts a read of the block protocol as instrument counts
-// an HTTP request: the status is the one HTTP would have answered.
+// the same read over HTTP (op block, the status HTTP would have answered),
+// and in a counter of its own.
 func (w *Worker) observeFramed(_ wire.ReadRequest, err error, took time.Duration) {
-	w.m.latency.WithLabelValues("block_framed").Observe(took.Seconds())
-	w.m.requests.WithLabelValues("block_framed", strconv.Itoa(wire.StatusOf(err))).Inc()
+	w.m.latency.WithLabelValues("block").Observe(took.Seconds())
+	w.m.requests.WithLabelValues("block", strconv.Itoa(wire.StatusOf(err))).Inc()
+	w.m.framedReads.Inc()
 }
 
 func (w *Worker) instrument(op string, h http.HandlerFunc) http.HandlerFunc {
