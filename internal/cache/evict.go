@@ -99,6 +99,7 @@ func (s *Store) demote(b *Block, dst *tier) demotion {
 	src.lru.Remove(b.elem)
 	src.used -= b.Length
 	src.live -= int64(len(recs))
+	closeFiles(s.detachLocked(b)) // its handle is of the old file
 	b.tier = dst
 	b.elem = dst.lru.PushFront(b)
 	dst.live += int64(len(recs))

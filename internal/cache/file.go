@@ -18,6 +18,23 @@ type File struct {
 	Block *Block
 	Path  string
 	stamp stamp // the file's state when opened
+
+	s      *Store
+	h      *handle // a shared File's (OpenShared), nil once closed
+	shared bool
+}
+
+// Close closes the file, or for a shared one lets go of its handle.
+func (f *File) Close() error {
+	if !f.shared {
+		return f.File.Close()
+	}
+	if f.h == nil {
+		return nil // closed already
+	}
+	h := f.h
+	f.h = nil
+	return f.s.release(h)
 }
 
 // Open opens b's file for reading. ErrGone means it was evicted or moved

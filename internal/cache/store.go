@@ -84,6 +84,7 @@ type Block struct {
 	elem    *list.Element
 	stamp   stamp // the file state the checked pages were checked in
 	near    bool  // a near copy: evicted first (see near.go)
+	handle  *handle // its file, open for shared readers (see handle.go)
 }
 
 type tier struct {
@@ -119,6 +120,9 @@ type Store struct {
 	repair func(context.Context, *Block, int)
 	// pageBufs holds page-sized buffers for checks.
 	pageBufs sync.Pool
+	// idle are the shared handles no reader holds, least recently used
+	// first (see handle.go).
+	idle list.List
 }
 
 // Open opens the tiers, replays their journals and checks the result against
@@ -270,6 +274,7 @@ func (s *Store) Close() error {
 		close(s.stop)
 		s.cancel()
 		s.loops.Wait()
+		s.closeIdle()
 		err = s.closeJournals()
 	})
 	return err
@@ -482,6 +487,7 @@ func (s *Store) drop(b *Block, reason string) {
 }
 
 func (s *Store) forgetLocked(b *Block) {
+	closeFiles(s.detachLocked(b))
 	b.tier.live -= int64(len(b.records()))
 	b.removed = true
 	b.tier.lru.Remove(b.elem)

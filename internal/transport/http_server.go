@@ -2,7 +2,6 @@ package transport
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -75,15 +74,12 @@ func (w *httpWriter) Write(p []byte, src wire.Source) error {
 	return err
 }
 
-// WriteFile sends by sendfile: net/http's ResponseWriter has a ReadFrom
-// that uses the connection's.
+// WriteFile copies at an offset (the file may be shared by other
+// requests, so its own offset is not used, and net/http sends by sendfile
+// only from the offset).
 func (w *httpWriter) WriteFile(f *os.File, off, n int64, src wire.Source) error {
 	w.start(src)
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return err
-	}
-	_, err := io.Copy(w.rw, io.LimitReader(f, n))
-	return err
+	return copyAt(w.rw, f, off, n)
 }
 
 // parseRange parses a single "bytes=a-b" range of a block of size bytes.

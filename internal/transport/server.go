@@ -350,14 +350,5 @@ func (c *srvConn) write(hdr, body []byte, f *os.File, off, n int64) error {
 	if err := c.bw.Flush(); err != nil {
 		return err
 	}
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return fmt.Errorf("read block file: %w", err)
-	}
-	// *net.TCPConn's ReadFrom sends a LimitedReader of an *os.File by
-	// sendfile(2); a TLS connection copies.
-	k, err := io.Copy(c.nc, io.LimitReader(f, n))
-	if err == nil && k < n {
-		err = fmt.Errorf("read block file: %d of %d bytes", k, n)
-	}
-	return err
+	return sendFileAt(c.nc, f, off, n)
 }

@@ -72,6 +72,7 @@ type RangeWriter interface {
 	// Write sends bytes in hand.
 	Write(p []byte, src wire.Source) error
 	// WriteFile sends n bytes of f at off: by sendfile where the
-	// connection allows it. f's offset is moved.
+	// connection allows it. f's own offset is neither used nor moved: the
+	// file may be shared by concurrent requests.
 	WriteFile(f *os.File, off, n int64, src wire.Source) error
 }

@@ -219,7 +219,7 @@ func (w *Worker) refetch(ctx context.Context, l *loaded, req blockReq, p int) er
 		l.fetched[p] = true
 		return nil
 	}
-	f, err := w.store.Open(l.b)
+	f, err := w.store.OpenShared(l.b)
 	if err != nil {
 		return err
 	}
@@ -250,7 +250,7 @@ func (w *Worker) load(ctx context.Context, req blockReq) (*loaded, error) {
 		if l.b == nil || len(l.mem) == req.last-req.first+1 {
 			return l, nil // everything is in memory
 		}
-		f, err := w.store.Open(l.b)
+		f, err := w.store.OpenShared(l.b)
 		if err == nil {
 			l.tier = strings.ToLower(w.store.TierOf(l.b))
 			l.file = f
