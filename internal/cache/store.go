@@ -82,8 +82,8 @@ type Block struct {
 	moving  bool // being demoted: no new pages
 	removed bool
 	elem    *list.Element
-	stamp   stamp // the file state the checked pages were checked in
-	near    bool  // a near copy: evicted first (see near.go)
+	stamp   stamp   // the file state the checked pages were checked in
+	near    bool    // a near copy: evicted first (see near.go)
 	handle  *handle // its file, open for shared readers (see handle.go)
 }
 
