@@ -18,6 +18,7 @@ import (
 
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/mount"
+	"github.com/granary-cache/granary/internal/prefetch"
 )
 
 type mountFlags struct {
@@ -26,6 +27,8 @@ type mountFlags struct {
 	noPassthrough, allowOther bool
 	zeroMessageOpens          bool
 	debug                     bool
+	noPrefetch                bool
+	prefetchIdle              time.Duration
 }
 
 func (f *mountFlags) register(cmd *cobra.Command, prefix string) {
@@ -37,6 +40,8 @@ func (f *mountFlags) register(cmd *cobra.Command, prefix string) {
 	fl.BoolVar(&f.allowOther, prefix+"allow-other", false, "let other users read the mount")
 	fl.BoolVar(&f.zeroMessageOpens, prefix+"zero-message-opens", false, "open files without a FUSE round trip (fastest warm small files; rules out passthrough)")
 	fl.BoolVar(&f.debug, prefix+"fuse-debug", false, "log every FUSE request")
+	fl.BoolVar(&f.noPrefetch, prefix+"no-prefetch", false, "do not fetch a dataset ahead of the job reading it")
+	fl.DurationVar(&f.prefetchIdle, prefix+"prefetch-idle", 30*time.Second, "stop a dataset's prefetch after this long without a read of it")
 }
 
 // args renders the flags for a mount server started by `granary up`.
@@ -56,6 +61,12 @@ func (f *mountFlags) args() []string {
 	}
 	if f.allowOther {
 		a = append(a, "--allow-other")
+	}
+	if f.noPrefetch {
+		a = append(a, "--no-prefetch")
+	}
+	if f.prefetchIdle != 30*time.Second && f.prefetchIdle > 0 {
+		a = append(a, "--prefetch-idle", f.prefetchIdle.String())
 	}
 	if f.zeroMessageOpens {
 		a = append(a, "--zero-message-opens")
@@ -137,6 +148,12 @@ func (g *globals) serveMount(ctx context.Context, mountpoint string, f mountFlag
 		return err
 	}
 	defer c.Close()
+	var pf *prefetch.Prefetcher
+	if !f.noPrefetch {
+		pf = prefetch.New(c, prefetch.Options{Idle: f.prefetchIdle, Log: slog.Default()})
+		defer pf.Close() // after the mount is gone (deferred calls run last first)
+		c.SetReadHook(pf.Touch)
+	}
 	m, err := mount.Serve(mountpoint, mount.Options{Client: c, Config: cfg, Dataset: root,
 		EntryTimeout: f.entryTimeout, AttrTimeout: f.attrTimeout, NoPassthrough: f.noPassthrough,
 		ZeroMessageOpens: f.zeroMessageOpens, Debug: f.debug, Log: slog.Default()})
@@ -144,7 +161,7 @@ func (g *globals) serveMount(ctx context.Context, mountpoint string, f mountFlag
 		return err
 	}
 	if f.admin != "" {
-		addr, stop, err := serveMountAdmin(f.admin, m, c)
+		addr, stop, err := serveMountAdmin(f.admin, m, c, pf)
 		if err != nil {
 			mount.Unmount(mountpoint)
 			return err
@@ -174,9 +191,11 @@ type mountStatus struct {
 	// OpenModes are the open modes the mount chose for its datasets, and
 	// why (open_mode auto decides at mount time).
 	OpenModes map[string]mount.OpenChoice `json:"open_modes,omitempty"`
+	// Prefetch is each dataset's prefetch (none with --no-prefetch).
+	Prefetch map[string]prefetch.Status `json:"prefetch,omitempty"`
 }
 
-func serveMountAdmin(addr string, m *mount.Mount, c *client.Client) (string, func(), error) {
+func serveMountAdmin(addr string, m *mount.Mount, c *client.Client, pf *prefetch.Prefetcher) (string, func(), error) {
 	openModes := openModesFromEnv()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -193,13 +212,21 @@ func serveMountAdmin(addr string, m *mount.Mount, c *client.Client) (string, fun
 	gauge("granary_mount_daemon_read_bytes_total", "Bytes of READ requests served by the granary process.", func(s mount.Stats) int64 { return s.DaemonReadBytes })
 	gauge("granary_mount_errors_total", "Requests that failed with an error other than ENOENT.", func(s mount.Stats) int64 { return s.Errors })
 	reg.MustRegister(c.Collector())
+	if pf != nil {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "granary_mount_prefetch_bytes_total",
+			Help: "Bytes the mount's prefetches had the workers load ahead of the jobs reading."}, func() float64 { return float64(pf.LoadedBytes()) }))
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /v1/status", func(rw http.ResponseWriter, _ *http.Request) {
 		rw.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(rw).Encode(mountStatus{Mount: m.Stats(), Client: c.Stats(), OpenModes: openModes})
+		st := mountStatus{Mount: m.Stats(), Client: c.Stats(), OpenModes: openModes}
+		if pf != nil {
+			st.Prefetch = pf.Status()
+		}
+		json.NewEncoder(rw).Encode(st)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l)

@@ -72,6 +72,8 @@ type Client struct {
 
 	near nearState
 
+	readHook atomic.Pointer[func(dataset string)] // see SetReadHook
+
 	remote, short, retries, nearReads atomic.Int64
 }
 
@@ -133,6 +135,17 @@ func NewWithMembership(cfg *config.Config, src membership.Source) *Client {
 		c.fallbacks[ds.Name] = newFallback(cfg.Client.FallbackReadsPerSecond)
 	}
 	return c
+}
+
+// SetReadHook has every Open and read of a dataset's file call fn with
+// the dataset's name (a prefetcher's Touch). fn must be cheap.
+func (c *Client) SetReadHook(fn func(dataset string)) { c.readHook.Store(&fn) }
+
+// touched calls the read hook.
+func (c *Client) touched(dataset string) {
+	if fn := c.readHook.Load(); fn != nil {
+		(*fn)(dataset)
+	}
 }
 
 // Close releases connections and open block files.

@@ -82,6 +82,7 @@ func (c *Client) Open(ctx context.Context, p string) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.touched(ds.Name)
 	fi, err := c.metas[ds.Name].Stat(ctx, source{c, ds}, rel)
 	if err != nil {
 		return nil, err
@@ -120,6 +121,7 @@ func (f *File) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 	if off >= f.info.Size {
 		return 0, io.EOF
 	}
+	f.c.touched(f.ds.Name)
 	n := min(int64(len(p)), f.info.Size-off)
 	bs := f.blockSize()
 	first, last := off/bs, (off+n-1)/bs

@@ -157,6 +157,10 @@ func (w *Worker) handleLoad(rw http.ResponseWriter, r *http.Request) {
 			case <-ctx.Done():
 				return
 			}
+			if ctx.Err() != nil { // both were ready: the cancel wins
+				<-w.loads.slots
+				return
+			}
 			wg.Go(func() {
 				defer func() { <-w.loads.slots }()
 				ev := w.loadBlock(r, h.Dataset, it)
