@@ -29,13 +29,12 @@ func HTTPHandler(h Handler) http.Handler {
 			return
 		}
 		hw := &httpWriter{rw: rw, n: n, partial: partial, off: off, blen: blen}
-		if n == 0 {
-			hw.start(wire.SourceUnknown)
-			return
-		}
 		err = h.ServeRead(r.Context(), wire.ReadRequest{Block: ref, Offset: off, Length: n}, hw)
-		if err != nil && !hw.started {
+		switch {
+		case err != nil && !hw.started:
 			wire.WriteError(rw, err)
+		case err == nil && !hw.started: // an empty range of a valid block
+			hw.start(wire.SourceUnknown)
 		}
 		// After the first bytes, an error leaves the body short of its
 		// Content-Length: the reader sees it cut.

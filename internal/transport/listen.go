@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -62,14 +63,21 @@ func (l *splitListener) acceptLoop() {
 }
 
 func (l *splitListener) sniff(c net.Conn) {
-	c.SetReadDeadline(time.Now().Add(sniffTimeout))
+	c.SetDeadline(time.Now().Add(sniffTimeout))
+	if tc, ok := c.(*tls.Conn); ok {
+		if err := tc.Handshake(); err != nil {
+			refusePlainHTTP(err)
+			c.Close()
+			return
+		}
+	}
 	br := bufio.NewReaderSize(c, 4096)
 	magic, err := br.Peek(len(wire.FrameMagic))
 	if err != nil {
 		c.Close()
 		return
 	}
-	c.SetReadDeadline(time.Time{})
+	c.SetDeadline(time.Time{})
 	if string(magic) == wire.FrameMagic {
 		l.srv.ServeConn(c, br)
 		return
@@ -107,6 +115,22 @@ func (l *splitListener) closeWith(why error) error {
 }
 
 func (l *splitListener) Addr() net.Addr { return l.ln.Addr() }
+
+// refusePlainHTTP answers a client that spoke plain HTTP to the TLS port
+// with a 400 that says so, rather than a connection closed without a word.
+func refusePlainHTTP(err error) {
+	var re tls.RecordHeaderError
+	if !errors.As(err, &re) || re.Conn == nil {
+		return
+	}
+	switch string(re.RecordHeader[:4]) {
+	case "GET ", "HEAD", "POST", "PUT ", "DELE", "OPTI", "PATC", "GRNB":
+		msg := "this granary worker speaks TLS only (auth.tls): the client must use TLS too, with a certificate of the cluster's CA\n"
+		re.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		io.WriteString(re.Conn, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: "+strconv.Itoa(len(msg))+"\r\n\r\n"+msg)
+	}
+	re.Conn.Close()
+}
 
 // sniffedConn is a connection whose first bytes were read to sniff it.
 type sniffedConn struct {

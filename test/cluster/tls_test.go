@@ -289,14 +289,14 @@ func TestTLSRefused(t *testing.T) {
 	}
 
 	t.Run("raw", func(t *testing.T) {
-		// Plain HTTP to the TLS port: Go's server answers 400 and closes.
+		// Plain HTTP to the TLS port: the worker answers 400 and closes.
 		resp, err := http.Get("http://" + w.addr + stat)
 		if err != nil {
 			t.Fatalf("plain HTTP: %v", err)
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "HTTPS") {
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "speaks TLS only") {
 			t.Errorf("plain HTTP: HTTP %d %q; want 400 from the TLS listener", resp.StatusCode, body)
 		}
 		for _, c := range []struct {
@@ -348,7 +348,7 @@ func TestTLSRefused(t *testing.T) {
 	t.Run("client", func(t *testing.T) {
 		// A granary client without auth.tls: plain HTTP to TLS ports.
 		cases := []struct{ name, auth, want string }{
-			{"no auth.tls", "", "Client sent an HTTP request to an HTTPS server"},
+			{"no auth.tls", "", "speaks TLS only"},
 			{"another CA", tlstest.AuthYAML(strangerCert, strangerKey, other.WriteCA(t, tc.certs)), "certificate signed by unknown authority"},
 			{"wrong server_name", tc.auth("elsewhere.granary.test"), "elsewhere.granary.test"},
 		}
@@ -374,7 +374,7 @@ func TestTLSRefused(t *testing.T) {
 		}
 		// granary status says so too, and fails.
 		out, err := exec.Command(granary, "status", "--config", tc.writeClientConfig(t, "")).CombinedOutput()
-		if err == nil || !strings.Contains(string(out), "HTTPS server") || !strings.Contains(string(out), "did not answer") {
+		if err == nil || !strings.Contains(string(out), "speaks TLS only") || !strings.Contains(string(out), "did not answer") {
 			t.Errorf("granary status without auth.tls: %v\n%s", err, out)
 		}
 	})
