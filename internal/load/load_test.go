@@ -1,7 +1,6 @@
 package load
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/granarytest"
 	"github.com/granary-cache/granary/internal/localcluster"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -38,20 +38,7 @@ func testClient(t *testing.T) *client.Client {
 		t.Fatal(err)
 	}
 	cfg.Datasets = append(cfg.Datasets, ds)
-	cl, err := localcluster.Start(localcluster.Options{Config: cfg, Workers: 2, StateDir: t.TempDir(), MemDir: t.TempDir(), MemQuota: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cl.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	c, err := client.New(cl.Client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return granarytest.InProcess(t, localcluster.Options{Config: cfg, Workers: 2, MemQuota: 64 << 20})
 }
 
 func TestExpand(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/granarytest"
 	"github.com/granary-cache/granary/internal/localcluster"
 	"github.com/granary-cache/granary/internal/ufs"
 )
@@ -42,19 +43,7 @@ func newEnv(t *testing.T, files, size int, memQuota int64, limits string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := localcluster.Start(localcluster.Options{Config: cfg, Workers: 2, StateDir: t.TempDir(), MemDir: t.TempDir(), MemQuota: memQuota,
-		Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cl.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if e.c, err = client.New(cl.Client); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.c.Close() })
+	e.c = granarytest.InProcess(t, localcluster.Options{Config: cfg, Workers: 2, MemQuota: memQuota, Log: slog.New(slog.DiscardHandler)})
 	return e
 }
 

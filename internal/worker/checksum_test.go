@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,6 +52,15 @@ worker:
 %s  tiers:
     - {name: MEM, path: %q, quota: 1GiB}
 `, ufsDir, stateDir, blockSize, pageSize, extra, filepath.Join(stateDir, "mem"))
+	w, stop := serveWorker(tb, doc)
+	tb.Cleanup(stop)
+	return &testWorker{Worker: w, ufsDir: ufsDir, stateDir: stateDir}
+}
+
+// serveWorker parses a worker's configuration, starts it and returns it
+// with the function that stops it (once, however often called).
+func serveWorker(tb testing.TB, doc string) (*Worker, func()) {
+	tb.Helper()
 	cfg, err := config.Parse("worker.yaml", []byte(doc))
 	if err != nil {
 		tb.Fatal(err)
@@ -62,13 +72,15 @@ worker:
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Serve(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("worker: %v", err)
-		}
-	})
-	return &testWorker{Worker: w, ufsDir: ufsDir, stateDir: stateDir}
+	var once sync.Once
+	return w, func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				tb.Errorf("worker: %v", err)
+			}
+		})
+	}
 }
 
 // writeFile puts a file of random bytes in the dataset.

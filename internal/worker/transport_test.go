@@ -3,13 +3,10 @@ package worker
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
-	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/transport/transporttest"
 	"github.com/granary-cache/granary/internal/wire"
@@ -62,28 +59,9 @@ worker:
   tiers:
     - {name: MEM, path: %q, quota: 1GiB}
 `, ufsDir, tokenFile, stateDir, filepath.Join(stateDir, "mem"))
-	cfg, err := config.Parse("worker.yaml", []byte(doc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := New(cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Serve(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("worker: %v", err)
-			}
-		})
-	}
+	w, stop := serveWorker(t, doc)
 	t.Cleanup(stop)
-	return &workerTarget{w: w, ufsDir: ufsDir, token: cfg.Auth.Token, stop: stop}
+	return &workerTarget{w: w, ufsDir: ufsDir, token: "s3cret-token", stop: stop}
 }
 
 func (tg *workerTarget) Addr() string    { return tg.w.Addr() }
