@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/tlstest"
+	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/transport/transporttest"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
