@@ -27,7 +27,7 @@ type mountFlags struct {
 	noPassthrough, allowOther bool
 	zeroMessageOpens          bool
 	debug                     bool
-	noPrefetch                bool
+	prefetch                  bool
 	prefetchIdle              time.Duration
 }
 
@@ -40,7 +40,7 @@ func (f *mountFlags) register(cmd *cobra.Command, prefix string) {
 	fl.BoolVar(&f.allowOther, prefix+"allow-other", false, "let other users read the mount")
 	fl.BoolVar(&f.zeroMessageOpens, prefix+"zero-message-opens", false, "open files without a FUSE round trip (fastest warm small files; rules out passthrough)")
 	fl.BoolVar(&f.debug, prefix+"fuse-debug", false, "log every FUSE request")
-	fl.BoolVar(&f.noPrefetch, prefix+"no-prefetch", false, "do not fetch a dataset ahead of the job reading it")
+	fl.BoolVar(&f.prefetch, prefix+"prefetch", false, "fetch a dataset ahead of the job reading it, when it fits in the cache's room")
 	fl.DurationVar(&f.prefetchIdle, prefix+"prefetch-idle", 30*time.Second, "stop a dataset's prefetch after this long without a read of it")
 }
 
@@ -62,8 +62,8 @@ func (f *mountFlags) args() []string {
 	if f.allowOther {
 		a = append(a, "--allow-other")
 	}
-	if f.noPrefetch {
-		a = append(a, "--no-prefetch")
+	if f.prefetch {
+		a = append(a, "--prefetch")
 	}
 	if f.prefetchIdle != 30*time.Second && f.prefetchIdle > 0 {
 		a = append(a, "--prefetch-idle", f.prefetchIdle.String())
@@ -149,7 +149,7 @@ func (g *globals) serveMount(ctx context.Context, mountpoint string, f mountFlag
 	}
 	defer c.Close()
 	var pf *prefetch.Prefetcher
-	if !f.noPrefetch {
+	if f.prefetch {
 		pf = prefetch.New(c, prefetch.Options{Idle: f.prefetchIdle, Log: slog.Default()})
 		defer pf.Close() // after the mount is gone (deferred calls run last first)
 		c.SetReadHook(pf.Touch)
@@ -191,7 +191,7 @@ type mountStatus struct {
 	// OpenModes are the open modes the mount chose for its datasets, and
 	// why (open_mode auto decides at mount time).
 	OpenModes map[string]mount.OpenChoice `json:"open_modes,omitempty"`
-	// Prefetch is each dataset's prefetch (none with --no-prefetch).
+	// Prefetch is each dataset's prefetch (with --prefetch).
 	Prefetch map[string]prefetch.Status `json:"prefetch,omitempty"`
 }
 

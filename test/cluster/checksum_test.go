@@ -117,7 +117,7 @@ func testChecksumTier(t *testing.T, tier string) {
 	})
 	t.Run("passthrough", func(t *testing.T) {
 		needFUSE(t)
-		m := c.mount(t, "--no-prefetch") // exact counts of reads below
+		m := c.mount(t)
 		before := m.stats(t)
 		if !before.Mount.PassthroughSupported {
 			t.Skip("the kernel offers no FUSE passthrough")
@@ -136,7 +136,7 @@ func testChecksumTier(t *testing.T, tier string) {
 	})
 	t.Run("zero-message", func(t *testing.T) {
 		needFUSE(t)
-		m := c.mount(t, "--zero-message-opens", "--no-prefetch")
+		m := c.mount(t, "--zero-message-opens")
 		check(t, func(t *testing.T) []byte {
 			got, err := os.ReadFile(filepath.Join(m.dir, "d", "shard.bin"))
 			if err != nil {

@@ -176,7 +176,7 @@ func TestMount(t *testing.T) {
 			s3srv.Endpoint, s3test.AccessKey, s3test.SecretKey)
 	}
 	c := startCluster(t, clusterOpts{workers: 2, datasets: datasets})
-	m := c.mount(t, "--no-prefetch") // exact counts of daemon reads below: the job alone
+	m := c.mount(t)
 	for _, ds := range []string{"local", "s3"} {
 		if ds == "s3" && s3srv == nil {
 			continue

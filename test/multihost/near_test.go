@@ -20,7 +20,7 @@ func TestNearCopies(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(t, worldOpts{workers: 3, datasets: near, memQuota: tc.quota})
 			// The mount runs on w1's machine.
-			m := w.mountOn(w.workers["w1"].host, "--no-prefetch") // near copies alone
+			m := w.mountOn(w.workers["w1"].host)
 			for _, ds := range []string{"near", "far"} {
 				readEpoch(t, m.dir, ds, 16, 1, 0, nil).check(t, ds+": first epoch")
 				before := m.stats(t)

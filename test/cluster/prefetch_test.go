@@ -1,0 +1,66 @@
+package cluster
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestMountPrefetch: with --prefetch, the first read of a dataset through
+// the mount has the workers cache the whole dataset, and the mount's status
+// follows it to done; the next epoch reads the UFS no more.
+func TestMountPrefetch(t *testing.T) {
+	needFUSE(t)
+	dir := t.TempDir()
+	want := map[string][]byte{}
+	for i := range 48 {
+		name := fmt.Sprintf("c%d/f%02d.bin", i%3, i)
+		want[name] = bytes.Repeat([]byte{byte(i)}, 30<<10+i)
+		os.MkdirAll(filepath.Join(dir, filepath.Dir(name)), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, name), want[name], 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := startCluster(t, clusterOpts{workers: 2, datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\"}\n", dir)})
+	m := c.mount(t, "--prefetch")
+	if got, err := os.ReadFile(filepath.Join(m.dir, "d", "c0", "f00.bin")); err != nil || !bytes.Equal(got, want["c0/f00.bin"]) {
+		t.Fatalf("the first read: %v", err)
+	}
+	var st struct {
+		Prefetch map[string]struct {
+			State, Reason string
+			Progress      struct{ Files int64 }
+		} `json:"prefetch"`
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		resp, err := http.Get("http://" + m.admin + "/v1/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if st.Prefetch["d"].State == "done" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the prefetch did not finish: %+v\n%s", st.Prefetch, m.log)
+		}
+	}
+	if p := st.Prefetch["d"]; p.Progress.Files != 48 {
+		t.Errorf("prefetch: %+v; want the 48 files", p)
+	}
+	reads := c.metric("granary_ufs_operations_total", `dataset="d"`, `op="read"`)
+	for name, data := range want {
+		if got, err := os.ReadFile(filepath.Join(m.dir, "d", name)); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if after := c.metric("granary_ufs_operations_total", `dataset="d"`, `op="read"`); after != reads {
+		t.Errorf("the epoch after the prefetch made %v UFS reads; want 0", after-reads)
+	}
+}
