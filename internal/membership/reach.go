@@ -147,13 +147,15 @@ func (r *Reach) MarkDown(id, addr string, err error) {
 	if p.down.Swap(true) {
 		return
 	}
+	// Told before the requests in flight are cancelled, so that whoever
+	// they return to finds the mark made and reported.
+	if r.OnDown != nil {
+		r.OnDown(id, err)
+	}
 	p.mu.Lock()
 	p.kill()
 	p.alive, p.kill = context.WithCancel(context.Background())
 	p.mu.Unlock()
-	if r.OnDown != nil {
-		r.OnDown(id, err)
-	}
 	// Under r.mu, so that Close (which closes r.closed under it too) never
 	// waits on a group that is still growing.
 	r.mu.Lock()
