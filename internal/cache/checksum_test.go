@@ -191,7 +191,10 @@ func TestScrub(t *testing.T) {
 	if s.TierOf(bMem) != "MEM" || s.TierOf(bSSD) != "SSD" {
 		t.Fatalf("blocks on %s and %s; want MEM and SSD", s.TierOf(bMem), s.TierOf(bSSD))
 	}
-	waitFor(t, "the scrub to find both flipped pages", func() bool { return !s.Present(bMem, 2) && !s.Present(bSSD, 1) })
+	// A page is dropped, then its repair asked for: wait for both.
+	waitFor(t, "the scrub to find both flipped pages", func() bool {
+		return !s.Present(bMem, 2) && !s.Present(bSSD, 1) && len(rep.of(kMem)) > 0 && len(rep.of(kSSD)) > 0
+	})
 	elapsed := time.Since(start)
 	if elapsed < 600*time.Millisecond {
 		// The SSD block comes after the MEM one: its page 1 is the 6th read.
