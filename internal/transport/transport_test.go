@@ -152,18 +152,12 @@ func (m *memTarget) Remove(_ testing.TB, name string) {
 
 // TestConformance runs the suite in process, on both protocols.
 func TestConformance(t *testing.T) {
-	for _, proto := range []struct {
-		name string
-		new  func(transport.Options) transport.Reader
-	}{
-		{"framed", func(o transport.Options) transport.Reader { return transport.NewFramed(o) }},
-		{"http", func(o transport.Options) transport.Reader { return transport.NewHTTP(o) }},
-	} {
-		t.Run(proto.name, func(t *testing.T) {
+	for _, proto := range transporttest.Protocols {
+		t.Run(proto.Name, func(t *testing.T) {
 			tg := startMem(t, nil)
 			transporttest.Run(t, tg, transporttest.Readers{
-				Good: func() transport.Reader { return proto.new(transport.Options{Token: testToken}) },
-				Bad:  func() transport.Reader { return proto.new(transport.Options{Token: "nope"}) },
+				Good: func() transport.Reader { return proto.New(transport.Options{Token: testToken}) },
+				Bad:  func() transport.Reader { return proto.New(transport.Options{Token: "nope"}) },
 			})
 		})
 	}
@@ -181,18 +175,12 @@ func TestConformanceTLS(t *testing.T) {
 	}
 	server := &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert}
 	client := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: ca.Pool()}
-	for _, proto := range []struct {
-		name string
-		new  func(transport.Options) transport.Reader
-	}{
-		{"framed", func(o transport.Options) transport.Reader { return transport.NewFramed(o) }},
-		{"http", func(o transport.Options) transport.Reader { return transport.NewHTTP(o) }},
-	} {
-		t.Run(proto.name, func(t *testing.T) {
+	for _, proto := range transporttest.Protocols {
+		t.Run(proto.Name, func(t *testing.T) {
 			tg := startMem(t, server)
 			transporttest.Run(t, tg, transporttest.Readers{
-				Good: func() transport.Reader { return proto.new(transport.Options{Token: testToken, TLS: client}) },
-				Bad:  func() transport.Reader { return proto.new(transport.Options{Token: "nope", TLS: client}) },
+				Good: func() transport.Reader { return proto.New(transport.Options{Token: testToken, TLS: client}) },
+				Bad:  func() transport.Reader { return proto.New(transport.Options{Token: "nope", TLS: client}) },
 			})
 		})
 	}

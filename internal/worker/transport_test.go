@@ -15,18 +15,12 @@ import (
 // TestTransportConformance runs the transport suite against a real worker
 // (a POSIX UFS, a memory tier, a token) over both protocols.
 func TestTransportConformance(t *testing.T) {
-	for _, proto := range []struct {
-		name string
-		new  func(transport.Options) transport.Reader
-	}{
-		{"framed", func(o transport.Options) transport.Reader { return transport.NewFramed(o) }},
-		{"http", func(o transport.Options) transport.Reader { return transport.NewHTTP(o) }},
-	} {
-		t.Run(proto.name, func(t *testing.T) {
+	for _, proto := range transporttest.Protocols {
+		t.Run(proto.Name, func(t *testing.T) {
 			tg := startTokenWorker(t)
 			transporttest.Run(t, tg, transporttest.Readers{
-				Good: func() transport.Reader { return proto.new(transport.Options{Token: tg.token}) },
-				Bad:  func() transport.Reader { return proto.new(transport.Options{Token: "not-the-token"}) },
+				Good: func() transport.Reader { return proto.New(transport.Options{Token: tg.token}) },
+				Bad:  func() transport.Reader { return proto.New(transport.Options{Token: "not-the-token"}) },
 			})
 		})
 	}

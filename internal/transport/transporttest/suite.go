@@ -281,3 +281,16 @@ func cancelMidRead(t *testing.T, tg Target, rd transport.Reader) {
 		}
 	}
 }
+
+// Protocol is a way to build a Reader, for tests that run every case on
+// each protocol.
+type Protocol struct {
+	Name string
+	New  func(transport.Options) transport.Reader
+}
+
+// Protocols are the framed protocol and HTTP.
+var Protocols = []Protocol{
+	{"framed", func(o transport.Options) transport.Reader { return transport.NewFramed(o) }},
+	{"http", func(o transport.Options) transport.Reader { return transport.NewHTTP(o) }},
+}
