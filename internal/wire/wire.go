@@ -1,11 +1,11 @@
-// Package wire is the HTTP protocol between clients and workers, in one place
-// so that both sides agree: paths, query parameters, the JSON of attributes
-// and errors, and how error classes travel as status codes.
-//
-// Data is plain HTTP range reads of one block, so a hit is a read of the
-// block file (each page checked against its CRC32C) written to the socket;
-// metadata is small JSON, listings are streamed as one JSON object per line
-// so that a huge directory never sits whole in a buffer.
+// Package wire is every message between clients and workers, in one place
+// so that both sides agree. Block reads travel on the framed block protocol
+// (frame.go, its bytes tabled there) or, for readers and workers older than
+// it, as HTTP range reads of one block. Metadata, status, loads and admin
+// are HTTP: paths, query parameters, the JSON of attributes and errors, and
+// how error classes travel as status codes; listings are streamed as one
+// JSON object per line so that a huge directory never sits whole in a
+// buffer.
 package wire
 
 import (
