@@ -295,8 +295,10 @@ func TestCephFSMDSPausedMidEpoch(t *testing.T) {
 	w := cephtest.FuseMount(t, dir)
 	tr := writeCephTree(t, filepath.Join(w, root), 2, 12) // class000 and class001
 	cephtest.Unmount(t, w)
+	// An open mode set: auto would list the dataset at mount time, and the
+	// uncached files below must be ones no listing has reached.
 	c := startCluster(t, clusterOpts{workers: 2, datasets: fmt.Sprintf(
-		"  - name: cf\n    ufs: cephfs://cephfs/%s\n    metadata_sync: never\n    options: {conf: %q, op_timeout: 2s}\n", root, cephtest.Conf(dir))})
+		"  - name: cf\n    ufs: cephfs://cephfs/%s\n    metadata_sync: never\n    open_mode: passthrough\n    options: {conf: %q, op_timeout: 2s}\n", root, cephtest.Conf(dir))})
 	m := c.mount(t)
 	mnt := filepath.Join(m.dir, "cf")
 	read := func(name string) error {
