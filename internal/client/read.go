@@ -507,8 +507,7 @@ func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 		info, err := c.askLocal(rctx, hc, ref, wire.VerifyChanged, near)
 		cancel()
 		if err != nil && near && ctx.Err() == nil {
-			// (An open the kernel interrupted, and will send again, is no
-			// refusal.)
+			// (A caller that gave up is no refusal.)
 			c.nearRefused(f.ds.Name, err)
 		}
 		if err != nil || info.Length != f.info.Size {

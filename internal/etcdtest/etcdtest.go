@@ -15,18 +15,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/granary-cache/granary/internal/netnstest"
+	"github.com/granary-cache/granary/internal/testport"
 )
 
 // Binary returns the path of etcd, or an error saying how to get it.
@@ -310,11 +309,4 @@ func (s *Server) Log() string {
 	return log
 }
 
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port), nil
-}
+func freeAddr() (string, error) { return testport.Addr("127.0.0.1") }

@@ -4,11 +4,12 @@ package granarytest
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/granary-cache/granary/internal/testport"
 )
 
 // Build builds the pure-Go granary binary (CGO_ENABLED=0, as released) into
@@ -26,10 +27,9 @@ func Build(dir string) (string, error) {
 // FreeAddr returns a loopback address whose port was free a moment ago.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := testport.Addr("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return a
 }

@@ -280,7 +280,13 @@ func (f *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fu
 		return fuse.Status(m.failed("open", nsPath(n), err))
 	}
 	allowed := m.passthrough.Load() && m.fixed[n.ds]
-	id, passthrough := f.nodes.openMode(in.NodeId, allowed, func() (int32, bool) { return f.registerBacking(ctx, r) })
+	// The registration is not cut short when the kernel interrupts the
+	// open: a signal the process handles (Go's preemption SIGURG, a timer)
+	// leaves the open waiting for its answer, and an open answered without
+	// passthrough would make this inode's every read a daemon READ until
+	// the kernel forgets it. LocalFile bounds the wait by itself.
+	regCtx := context.WithoutCancel(ctx)
+	id, passthrough := f.nodes.openMode(in.NodeId, allowed, func() (int32, bool) { return f.registerBacking(regCtx, r) })
 	if passthrough {
 		m.ptOpens.Add(1)
 		out.Fh, out.BackingID, out.OpenFlags = fhPassthrough, id, fuse.FOPEN_PASSTHROUGH

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/granarytest"
 	"github.com/granary-cache/granary/internal/promtest"
 	"github.com/granary-cache/granary/internal/s3test"
 	"github.com/granary-cache/granary/internal/wire"
@@ -182,14 +182,7 @@ func defaultTiers(_ int, dir string) string {
 	return fmt.Sprintf("    - {name: MEM, path: %s/mem, quota: 64MiB}\n    - {name: SSD, path: %s/ssd, quota: 256MiB}\n", dir, dir)
 }
 
-func freeAddr(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr(t testing.TB) string { return granarytest.FreeAddr(t) }
 
 // startCluster writes a config per worker and starts them all.
 func startCluster(t testing.TB, o clusterOpts) *cluster {

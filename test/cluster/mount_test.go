@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -170,6 +171,7 @@ func TestMount(t *testing.T) {
 	// "wide" is the same tree in blocks of 8 MiB: its 5 MiB file is one block.
 	// Both in passthrough, whatever open_mode auto would pick for this tree.
 	datasets := fmt.Sprintf("  - {name: local, ufs: \"file://%s\", open_mode: passthrough}\n  - {name: wide, ufs: \"file://%s\", block_size: 8MiB, open_mode: passthrough}\n", dir, dir)
+	datasets += fmt.Sprintf("  - {name: signalled, ufs: \"file://%s\", open_mode: passthrough}\n", dir)
 	if s3srv != nil {
 		tr.writeBucket(t, s3srv, "mount")
 		datasets += fmt.Sprintf("  - name: s3\n    ufs: s3://mount\n    open_mode: passthrough\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
@@ -234,6 +236,7 @@ func TestMount(t *testing.T) {
 			}
 		})
 	}
+	checkInterruptedOpens(t, m, filepath.Join(m.dir, "signalled"), tr)
 	// A dataset's own block size decides what is passthrough-eligible.
 	dropCaches(t)
 	before := m.stats(t)
@@ -336,6 +339,59 @@ func checkOddReads(t *testing.T, root string, tr *tree) {
 	syscall.Munmap(data)
 	if got, err := os.ReadFile(filepath.Join(root, "edge/empty")); err != nil || len(got) != 0 {
 		t.Errorf("the empty file: %d bytes, %v", len(got), err)
+	}
+}
+
+// checkInterruptedOpens opens cold single-block files while a stream of
+// signals the process handles (SIGURG, Go's own preemption signal) hits the
+// opening thread, so the kernel interrupts the FUSE OPEN: each must still
+// come back as a passthrough open, with no READ for the daemon.
+func checkInterruptedOpens(t *testing.T, m *mountProc, root string, tr *tree) {
+	var names []string
+	for name, data := range tr.files {
+		if len(data) > 0 && len(data) <= blockSize && len(names) < 40 {
+			names = append(names, name)
+		}
+	}
+	before := m.stats(t)
+	if !before.Mount.PassthroughSupported {
+		t.Log("the kernel offers no FUSE passthrough: interrupted opens not checked")
+		return
+	}
+	for _, name := range names {
+		tid := make(chan int, 1)
+		opened := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			tid <- syscall.Gettid()
+			got, err := os.ReadFile(filepath.Join(root, name))
+			if err == nil && !bytes.Equal(got, tr.files[name]) {
+				err = fmt.Errorf("%d bytes, not the file's", len(got))
+			}
+			opened <- err
+		}()
+		thread := <-tid
+	signal:
+		for range 100000 { // bounded: a cold open takes milliseconds
+			select {
+			case err := <-opened:
+				if err != nil {
+					t.Errorf("%s opened under signals: %v", name, err)
+				}
+				break signal
+			default:
+				syscall.Tgkill(os.Getpid(), thread, syscall.SIGURG)
+				time.Sleep(50 * time.Microsecond)
+			}
+		}
+	}
+	after := m.stats(t)
+	if reads := after.Mount.DaemonReads - before.Mount.DaemonReads; reads != 0 {
+		t.Errorf("%d files opened while signals interrupted their opens: %d daemon READs; want 0 (passthrough)", len(names), reads)
+	}
+	if opens := after.Mount.PassthroughOpens - before.Mount.PassthroughOpens; opens != int64(len(names)) {
+		t.Errorf("%d files opened while signals interrupted their opens: %d passthrough opens", len(names), opens)
 	}
 }
 

@@ -40,6 +40,7 @@ import (
 
 	"github.com/granary-cache/granary/api/v1alpha1"
 	"github.com/granary-cache/granary/internal/kubetest"
+	"github.com/granary-cache/granary/internal/testport"
 )
 
 const (
@@ -581,12 +582,11 @@ spec:
 // freePort is a TCP port nothing listens on now (the operator's process
 // shares this machine's network).
 func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", ":0")
+	p, err := testport.Port("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // rootfsBuild is the static granary binary being built, in the background,
