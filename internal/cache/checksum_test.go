@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/granary-cache/granary/internal/block"
 	"os"
 	"sync"
 	"testing"
@@ -142,7 +143,7 @@ func TestChecksumAfterRestart(t *testing.T) {
 
 type repaired struct {
 	mu    sync.Mutex
-	pages map[BlockKey][]int
+	pages map[block.ID][]int
 }
 
 func (r *repaired) add(_ context.Context, b *Block, p int) {
@@ -151,7 +152,7 @@ func (r *repaired) add(_ context.Context, b *Block, p int) {
 	r.pages[b.Key] = append(r.pages[b.Key], p)
 }
 
-func (r *repaired) of(k BlockKey) []int {
+func (r *repaired) of(k block.ID) []int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]int(nil), r.pages[k]...)
@@ -180,7 +181,7 @@ func TestScrub(t *testing.T) {
 	// page goes at once).
 	const rate = 32 << 10
 	m := NewMetrics(nil)
-	rep := &repaired{pages: map[BlockKey][]int{}}
+	rep := &repaired{pages: map[block.ID][]int{}}
 	start := time.Now()
 	s, err := Open(Config{Tiers: tiers, Layout: testLayout, Metrics: m, ScrubRate: rate, ScrubInterval: 50 * time.Millisecond, Repair: rep.add})
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/granary-cache/granary/internal/block"
 	"hash/crc32"
 	"io"
 	"os"
@@ -47,8 +48,8 @@ const (
 // journalRecord is one decoded record.
 type journalRecord struct {
 	kind   byte
-	id     blockID
-	key    BlockKey // add
+	id     digest
+	key    block.ID // add
 	length int64    // add
 	page   int      // page
 	crc    uint32   // page

@@ -20,6 +20,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"github.com/granary-cache/granary/internal/block"
 )
 
 // Default sizes.
@@ -66,27 +67,12 @@ func (l Layout) PageLen(blockLen int64, p int) int64 {
 	return max(0, min(l.PageSize, blockLen-int64(p)*l.PageSize))
 }
 
-// BlockKey names one block of one version of one file. The block size is
-// part of the name: block 3 of 64 MiB blocks is not block 3 of 1 GiB blocks,
-// and a changed layout must never serve the old bytes.
-type BlockKey struct {
-	Dataset   string
-	Path      string
-	Version   string
-	BlockSize int64
-	Index     int64
-}
+// digest is a block's ID in 16 bytes, the name of its file: file names
+// and journal records stay small whatever the path length, and no path
+// character ever reaches the tier's file system.
+type digest [16]byte
 
-func (k BlockKey) String() string {
-	return fmt.Sprintf("/%s/%s@%s#%d/%d", k.Dataset, k.Path, k.Version, k.Index, k.BlockSize)
-}
-
-// blockID is a fixed-size digest of a BlockKey: file names and journal
-// records stay small whatever the path length, and no path character ever
-// reaches the tier's file system.
-type blockID [16]byte
-
-func (k BlockKey) id() blockID {
+func digestOf(k block.ID) digest {
 	h := sha256.New()
 	for _, s := range []string{k.Dataset, k.Path, k.Version} {
 		var n [binary.MaxVarintLen64]byte
@@ -97,16 +83,16 @@ func (k BlockKey) id() blockID {
 	binary.LittleEndian.PutUint64(nums[:8], uint64(k.Index))
 	binary.LittleEndian.PutUint64(nums[8:], uint64(k.BlockSize))
 	h.Write(nums[:])
-	var id blockID
+	var id digest
 	copy(id[:], h.Sum(nil))
 	return id
 }
 
-func (id blockID) String() string { return hex.EncodeToString(id[:]) }
+func (id digest) String() string { return hex.EncodeToString(id[:]) }
 
 // relPath is where a block lives inside its tier: 256 subdirectories keep any
 // one directory small.
-func (id blockID) relPath() string {
+func (id digest) relPath() string {
 	s := id.String()
 	return "blocks/" + s[:2] + "/" + s
 }

@@ -1,5 +1,7 @@
 package cache
 
+import "github.com/granary-cache/granary/internal/block"
+
 // A near copy is a block a worker keeps for the clients of its own machine
 // although other workers own it: those clients then read it from a local
 // file (short-circuit, FUSE passthrough) instead of over the network. Near
@@ -10,7 +12,7 @@ package cache
 // CreateNear is Create for a near copy: it fails with ErrNoSpace rather
 // than take room below a tier's low watermark, and it does not make the
 // evictor run.
-func (s *Store) CreateNear(key BlockKey, length int64) (*Block, error) {
+func (s *Store) CreateNear(key block.ID, length int64) (*Block, error) {
 	return s.create(key, length, true)
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/granary-cache/granary/internal/block"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -71,10 +72,10 @@ type page struct {
 
 // Block is one cached block. Its state is guarded by the Store's lock.
 type Block struct {
-	Key    BlockKey
+	Key    block.ID
 	Length int64
 
-	id      blockID
+	id      digest
 	tier    *tier
 	pages   []page
 	pinned  bool
@@ -96,7 +97,7 @@ type tier struct {
 	live  int64     // journal records that still matter, for compaction
 }
 
-func (t *tier) blockPath(id blockID) string { return filepath.Join(t.Path, id.relPath()) }
+func (t *tier) blockPath(id digest) string { return filepath.Join(t.Path, id.relPath()) }
 
 // Store is a worker's cache of blocks over its tiers. It is safe for
 // concurrent use.
@@ -107,7 +108,7 @@ type Store struct {
 
 	mu     sync.Mutex
 	tiers  []*tier
-	blocks map[blockID]*Block
+	blocks map[digest]*Block
 
 	evicting  sync.Mutex // serialises eviction passes
 	closeOnce sync.Once
@@ -140,7 +141,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s := &Store{
 		layout: cfg.Layout, pinned: cfg.Pinned, m: cfg.Metrics, repair: cfg.Repair,
-		blocks: map[blockID]*Block{},
+		blocks: map[digest]*Block{},
 		kick:   make(chan struct{}, 1), stop: make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -177,7 +178,7 @@ func (s *Store) load(t *tier) error {
 		return err
 	}
 	jpath := filepath.Join(t.Path, "journal")
-	found := map[blockID]*Block{}
+	found := map[digest]*Block{}
 	var order []*Block
 	_, err := readJournal(jpath, func(r journalRecord) {
 		switch r.kind {
@@ -234,7 +235,7 @@ func (s *Store) load(t *tier) error {
 		if err != nil || d.IsDir() {
 			return nil
 		}
-		var id blockID
+		var id digest
 		raw, herr := hex.DecodeString(d.Name())
 		copy(id[:], raw)
 		if herr != nil || len(raw) != len(id) || found[id] == nil || s.blocks[id] != found[id] {
@@ -294,8 +295,8 @@ func (s *Store) closeJournals() error {
 func (s *Store) Layout() Layout { return s.layout }
 
 // Lookup returns the cached block for key, or nil, and marks it used.
-func (s *Store) Lookup(key BlockKey) *Block {
-	id := key.id()
+func (s *Store) Lookup(key block.ID) *Block {
+	id := digestOf(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b := s.blocks[id]
@@ -307,12 +308,12 @@ func (s *Store) Lookup(key BlockKey) *Block {
 
 // Create returns the block for key, reserving length bytes on the fastest
 // tier that has room for it. ErrNoSpace means no tier can take it now.
-func (s *Store) Create(key BlockKey, length int64) (*Block, error) {
+func (s *Store) Create(key block.ID, length int64) (*Block, error) {
 	return s.create(key, length, false)
 }
 
-func (s *Store) create(key BlockKey, length int64, near bool) (*Block, error) {
-	id := key.id()
+func (s *Store) create(key block.ID, length int64, near bool) (*Block, error) {
+	id := digestOf(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if b := s.blocks[id]; b != nil {

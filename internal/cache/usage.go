@@ -1,5 +1,7 @@
 package cache
 
+import "github.com/granary-cache/granary/internal/block"
+
 // DatasetBytes returns, per dataset, the bytes of the pages stored on every
 // tier, near copies apart. It walks every block: it is meant for status, not
 // hot paths.
@@ -24,7 +26,7 @@ func (s *Store) DatasetBytes() map[string]int64 {
 
 // BlockInfo describes one cached block.
 type BlockInfo struct {
-	Key      BlockKey
+	Key      block.ID
 	Tier     string
 	Near     bool
 	Complete bool

@@ -5,6 +5,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/placement"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -56,7 +57,7 @@ func (c *Client) ReadBatch(ctx context.Context, reads []*BatchRead) {
 			single = append(single, it)
 			continue
 		}
-		owners := c.owners(dataKey(f.ds.Name, f.path, it.idx), f.ds.Replicas)
+		owners := c.owners(block.PlacementKey(f.ds.Name, f.path, it.idx), f.ds.Replicas)
 		if len(owners) == 0 || c.isLocal(owners[0].ID) || f.ds.NearCache {
 			single = append(single, it)
 			continue
@@ -74,7 +75,7 @@ func (c *Client) ReadBatch(ctx context.Context, reads []*BatchRead) {
 			bufs := make([][]byte, len(items))
 			for i, it := range items {
 				f := it.f
-				rs[i] = wire.ReadRequest{Block: wire.BlockRef{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, Size: f.info.Size, BlockSize: f.blockSize(), Index: it.idx},
+				rs[i] = wire.ReadRequest{Block: block.Ref{ID: block.ID{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, BlockSize: f.blockSize(), Index: it.idx}, Size: f.info.Size},
 					Offset: it.off, Length: int64(it.n)}
 				bufs[i] = it.r.Buf[:it.n]
 			}

@@ -216,10 +216,6 @@ func cutFirst(p string) (string, string, bool) {
 	return p, "", false
 }
 
-// dataKey is the placement key of a block: placed by file and index. A
-// path's metadata lives with its directory's listing (wire.MetaKey).
-func dataKey(ds, p string, idx int64) string { return wire.DataKey(ds, p, idx) }
-
 // owners returns the workers to try for key, best first: the dataset's
 // replicas, spread so that each client reads a key from one of them (its
 // own choice, the same every time), then one more owner; workers marked

@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/membership"
 	"github.com/granary-cache/granary/internal/ufs"
@@ -223,7 +224,7 @@ func (fw *fakeWorker) handleBlock(rw http.ResponseWriter, r *http.Request) {
 	if fw.misbehave(rw, r, fw.block.Load()) {
 		return
 	}
-	ref, err := wire.ParseBlockRef(r.URL.Query())
+	ref, err := wire.ParseRef(r.URL.Query())
 	if err != nil {
 		wire.WriteError(rw, ufs.NewError("read", "", ufs.ClassInvalid, err))
 		return
@@ -276,7 +277,7 @@ func (fw *fakeWorker) handleLocal(rw http.ResponseWriter, r *http.Request) {
 		wire.WriteError(rw, ufs.NewError("read", q.Get("path"), ufs.ClassRetryable, errors.New("no room for a near copy")))
 		return
 	}
-	ref, err := wire.ParseBlockRef(q)
+	ref, err := wire.ParseRef(q)
 	if err != nil {
 		wire.WriteError(rw, ufs.NewError("read", "", ufs.ClassInvalid, err))
 		return
@@ -453,7 +454,7 @@ func (e *env) open(p string) *File {
 // firstOwner is the worker the client tries first for block idx of a file.
 func (e *env) firstOwner(ds, p string, idx int64) *fakeWorker {
 	d, _ := e.c.Dataset(ds)
-	return e.byID[e.c.owners(dataKey(ds, p, idx), d.Replicas)[0].ID]
+	return e.byID[e.c.owners(block.PlacementKey(ds, p, idx), d.Replicas)[0].ID]
 }
 
 // readAll reads a whole file through the client.

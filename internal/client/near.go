@@ -7,10 +7,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/membership"
 	"github.com/granary-cache/granary/internal/placement"
-	"github.com/granary-cache/granary/internal/wire"
 )
 
 // A dataset with near_cache reads a block that no worker of this host owns
@@ -79,7 +79,7 @@ const errNoRoomText = "no free room for a near copy"
 
 // readNear reads bytes of a block through the near copy of the worker of
 // this host.
-func (c *Client) readNear(ctx context.Context, ds string, m placement.Member, ref wire.BlockRef, off int64, buf []byte) error {
+func (c *Client) readNear(ctx context.Context, ds string, m placement.Member, ref block.Ref, off int64, buf []byte) error {
 	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()

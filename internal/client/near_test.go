@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/granary-cache/granary/internal/block"
 	"io"
 	"os"
 	"path/filepath"
@@ -50,7 +51,7 @@ func TestNearWorker(t *testing.T) {
 	plain, _ := c.Dataset("plain")
 	var remoteKey, localKey string
 	for i := 0; remoteKey == "" || localKey == ""; i++ {
-		key := dataKey("near", fmt.Sprint(i), 0)
+		key := block.PlacementKey("near", fmt.Sprint(i), 0)
 		if c.owners(key, 1)[0].ID == e.local.id {
 			localKey = key
 		} else {
@@ -72,7 +73,7 @@ func TestNearWorker(t *testing.T) {
 		t.Errorf("near_cache with a local owner: picked %q; want the owner itself read", id)
 	}
 	for i := range 50 {
-		if m, ok := c.nearWorker(plain, c.owners(dataKey("plain", fmt.Sprint(i), 0), 1)[:1]); ok {
+		if m, ok := c.nearWorker(plain, c.owners(block.PlacementKey("plain", fmt.Sprint(i), 0), 1)[:1]); ok {
 			t.Fatalf("a dataset without near_cache picked %q", m.ID)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/placement"
 )
 
@@ -20,7 +21,7 @@ func ownerIDs(ms []placement.Member) []string {
 func testKeys(n int) []string {
 	keys := make([]string, n)
 	for i := range keys {
-		keys[i] = dataKey("a", fmt.Sprintf("dir%d/file-%d.jpg", i%17, i), int64(i%5))
+		keys[i] = block.PlacementKey("a", fmt.Sprintf("dir%d/file-%d.jpg", i%17, i), int64(i%5))
 	}
 	return keys
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/meta"
 	"github.com/granary-cache/granary/internal/placement"
@@ -158,8 +159,8 @@ func (f *File) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 // else (if the dataset allows) straight from the UFS.
 func (f *File) readBlock(ctx context.Context, idx, off int64, buf []byte) error {
 	c := f.c
-	ref := wire.BlockRef{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, Size: f.info.Size, BlockSize: f.blockSize(), Index: idx}
-	owners := c.owners(dataKey(f.ds.Name, f.path, idx), f.ds.Replicas)
+	ref := block.Ref{ID: block.ID{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, BlockSize: f.blockSize(), Index: idx}, Size: f.info.Size}
+	owners := c.owners(block.PlacementKey(f.ds.Name, f.path, idx), f.ds.Replicas)
 	if m, ok := c.nearWorker(f.ds, owners[:min(len(owners), max(f.ds.Replicas, 1))]); ok {
 		if err := c.readNear(ctx, f.ds.Name, m, ref, off, buf); err == nil {
 			c.short.Add(1)
@@ -184,7 +185,7 @@ func (f *File) readBlock(ctx context.Context, idx, off int64, buf []byte) error 
 }
 
 // readRemote reads a block range from worker m over the network.
-func (c *Client) readRemote(ctx context.Context, m placement.Member, ref wire.BlockRef, off int64, buf []byte) error {
+func (c *Client) readRemote(ctx context.Context, m placement.Member, ref block.Ref, off int64, buf []byte) error {
 	if _, err := c.blocks.Read(ctx, m.Addr, wire.ReadRequest{Block: ref, Offset: off, Length: int64(len(buf))}, buf); err != nil {
 		return err
 	}
@@ -211,7 +212,7 @@ const localBlockTTL = 30 * time.Second
 // a page fails, the worker is asked to check the whole block itself (it
 // counts the bad page, drops it and fetches it again) and the file is opened
 // anew; a block that fails twice is read over HTTP.
-func (c *Client) readLocal(ctx context.Context, m placement.Member, ref wire.BlockRef, off int64, buf []byte, near bool) error {
+func (c *Client) readLocal(ctx context.Context, m placement.Member, ref block.Ref, off int64, buf []byte, near bool) error {
 	key := fmt.Sprintf("%s\x00%s\x00%s\x00%d", ref.Dataset, ref.Path, ref.Version, ref.Index)
 	var err error
 	for attempt := range 2 {
@@ -241,7 +242,7 @@ func (c *Client) readLocal(ctx context.Context, m placement.Member, ref wire.Blo
 // worker is to verify) the one the worker names now. Unless verify is
 // wire.VerifyNone, the worker checks the pages of the block before it
 // answers (see wire.QueryVerify); this client checks them anyway.
-func (c *Client) localBlock(ctx context.Context, m placement.Member, ref wire.BlockRef, key, verify string, near bool) (*localBlock, error) {
+func (c *Client) localBlock(ctx context.Context, m placement.Member, ref block.Ref, key, verify string, near bool) (*localBlock, error) {
 	if verify == wire.VerifyNone {
 		if lb := c.local.get(key); lb != nil {
 			return lb, nil
@@ -267,8 +268,8 @@ func (c *Client) localBlock(ctx context.Context, m placement.Member, ref wire.Bl
 }
 
 // askLocal asks a worker on this host where the file of a block is.
-func (c *Client) askLocal(ctx context.Context, hc *http.Client, ref wire.BlockRef, verify string, near bool) (wire.LocalBlock, error) {
-	q := ref.Query()
+func (c *Client) askLocal(ctx context.Context, hc *http.Client, ref block.Ref, verify string, near bool) (wire.LocalBlock, error) {
+	q := wire.RefQuery(ref)
 	q.Set(wire.QueryVerify, verify)
 	if near {
 		q.Set(wire.QueryNear, "1")
@@ -482,12 +483,12 @@ func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 	if f.info.Size == 0 || f.info.Size > f.blockSize() {
 		return nil, ErrNoLocalFile
 	}
-	ref := wire.BlockRef{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, Size: f.info.Size, BlockSize: f.blockSize()}
+	ref := block.Ref{ID: block.ID{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, BlockSize: f.blockSize()}, Size: f.info.Size}
 	// Only the block's owners (not the next worker, which readers go to when
 	// an owner fails): a worker of this host that does not own the block
 	// would cache a copy nobody evicts first.
 	var owners []placement.Member
-	for _, m := range c.members.Current().Owners(nil, dataKey(f.ds.Name, f.path, 0), max(f.ds.Replicas, 1)) {
+	for _, m := range c.members.Current().Owners(nil, block.PlacementKey(f.ds.Name, f.path, 0), max(f.ds.Replicas, 1)) {
 		if !c.reach.Down(m.ID) {
 			owners = append(owners, m)
 		}

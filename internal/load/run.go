@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/placement"
@@ -152,7 +153,7 @@ func Run(ctx context.Context, c *client.Client, o Options) (Result, error) {
 			continue
 		}
 		for idx := range nblocks {
-			owners := c.Owners(wire.DataKey(ds.Name, f.path, idx), o.Replicas)
+			owners := c.Owners(block.PlacementKey(ds.Name, f.path, idx), o.Replicas)
 			if len(owners) == 0 {
 				return r.result(res), errors.New("no live workers to load to")
 			}

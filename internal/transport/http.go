@@ -40,7 +40,7 @@ func NewHTTP(opts Options) *HTTP {
 // Read implements Reader.
 func (t *HTTP) Read(ctx context.Context, addr string, r wire.ReadRequest, buf []byte) (wire.Source, error) {
 	ref := r.Block
-	u := t.scheme + "://" + addr + wire.PathBlock + "?" + ref.Query().Encode()
+	u := t.scheme + "://" + addr + wire.PathBlock + "?" + wire.RefQuery(ref).Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return 0, err

@@ -17,7 +17,7 @@ import (
 // reaches the reader whole; one after them cuts the body short.
 func HTTPHandler(h Handler) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		ref, err := wire.ParseBlockRef(r.URL.Query())
+		ref, err := wire.ParseRef(r.URL.Query())
 		if err != nil {
 			wire.WriteError(rw, ufs.NewError("read", ref.Path, ufs.ClassInvalid, err))
 			return

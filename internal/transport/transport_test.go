@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/tlstest"
 	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/transport/transporttest"
@@ -39,7 +40,7 @@ type memFile struct {
 	disk    *os.File
 }
 
-func (h *memHandler) put(t testing.TB, name string, data []byte) wire.BlockRef {
+func (h *memHandler) put(t testing.TB, name string, data []byte) block.Ref {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.gen++
@@ -51,7 +52,7 @@ func (h *memHandler) put(t testing.TB, name string, data []byte) wire.BlockRef {
 	t.Cleanup(func() { f.Close() })
 	mf := memFile{data: data, version: fmt.Sprintf("v%d", h.gen), disk: f}
 	h.files[name] = mf
-	return wire.BlockRef{Dataset: "d", Path: name, Version: mf.version, Size: int64(len(data)), BlockSize: testBlockSize}
+	return block.Ref{ID: block.ID{Dataset: "d", Path: name, Version: mf.version, BlockSize: testBlockSize}, Size: int64(len(data))}
 }
 
 func (h *memHandler) ServeRead(ctx context.Context, r wire.ReadRequest, w transport.RangeWriter) error {
@@ -141,7 +142,7 @@ func startMem(t *testing.T, tlsCfg *tls.Config) *memTarget {
 func (m *memTarget) Addr() string    { return m.addr }
 func (m *memTarget) Dataset() string { return "d" }
 func (m *memTarget) Stop(testing.TB) { m.stop() }
-func (m *memTarget) Put(t testing.TB, name string, data []byte) wire.BlockRef {
+func (m *memTarget) Put(t testing.TB, name string, data []byte) block.Ref {
 	return m.h.put(t, name, data)
 }
 func (m *memTarget) Remove(_ testing.TB, name string) {

@@ -90,6 +90,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/ufs"
 )
 
@@ -248,7 +249,7 @@ func DataFlags(src Source, last bool) byte {
 
 // ReadRequest is one block range asked for.
 type ReadRequest struct {
-	Block  BlockRef
+	Block  block.Ref
 	Offset int64 // within the block
 	Length int64
 }

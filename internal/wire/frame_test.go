@@ -7,12 +7,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/ufs"
 )
 
 func sampleRead() ReadRequest {
 	return ReadRequest{
-		Block:  BlockRef{Dataset: "imagenet", Path: "train/n01440764/n01440764_10026.JPEG", Version: "etag-\"abc\"", Size: 110_000, BlockSize: 64 << 20, Index: 0},
+		Block:  block.Ref{ID: block.ID{Dataset: "imagenet", Path: "train/n01440764/n01440764_10026.JPEG", Version: "etag-\"abc\"", BlockSize: 64 << 20, Index: 0}, Size: 110_000},
 		Offset: 4096, Length: 105_904,
 	}
 }
@@ -68,8 +69,8 @@ func TestReadRequestRoundTrip(t *testing.T) {
 	for name, bad := range map[string]ReadRequest{
 		"negative offset": {Block: r.Block, Offset: -1, Length: 1},
 		"too long":        {Block: r.Block, Length: MaxReadLength + 1},
-		"no block size":   {Block: BlockRef{Dataset: "d", Size: 1}, Length: 1},
-		"long path":       {Block: BlockRef{Dataset: "d", Path: strings.Repeat("a", 1<<16), BlockSize: 1}, Length: 1},
+		"no block size":   {Block: block.Ref{ID: block.ID{Dataset: "d"}, Size: 1}, Length: 1},
+		"long path":       {Block: block.Ref{ID: block.ID{Dataset: "d", Path: strings.Repeat("a", 1<<16), BlockSize: 1}}, Length: 1},
 	} {
 		if _, err := bad.Append(nil); err == nil {
 			t.Errorf("%s: encoded", name)

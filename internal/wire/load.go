@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"github.com/granary-cache/granary/internal/block"
 	"time"
 )
 
@@ -69,8 +70,8 @@ type LoadItem struct {
 }
 
 // Ref is the block the item names in dataset ds.
-func (it LoadItem) Ref(ds string) BlockRef {
-	return BlockRef{Dataset: ds, Path: it.Path, Version: it.Version, Size: it.Size, BlockSize: it.BlockSize, Index: it.Index}
+func (it LoadItem) Ref(ds string) block.Ref {
+	return block.Ref{ID: block.ID{Dataset: ds, Path: it.Path, Version: it.Version, BlockSize: it.BlockSize, Index: it.Index}, Size: it.Size}
 }
 
 // LoadEvent says what became of one LoadItem.

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/ufs"
 )
 
@@ -89,12 +90,6 @@ func (w FileInfo) Info() ufs.FileInfo {
 	return fi
 }
 
-// DataKey is the placement key of block idx of a file: blocks are placed by
-// file and index.
-func DataKey(ds, p string, idx int64) string {
-	return "d\x00" + ds + "\x00" + p + "\x00" + strconv.FormatInt(idx, 10)
-}
-
 // ReadListing decodes a listing (PathList: one FileInfo per line) until
 // its end. A listing cut short is the worker's fault.
 func ReadListing(r io.Reader) ([]ufs.FileInfo, error) {
@@ -115,36 +110,15 @@ func ReadListing(r io.Reader) ([]ufs.FileInfo, error) {
 // it and answers the stats of its children.
 func MetaKey(ds, dir string) string { return "m\x00" + ds + "\x00" + dir }
 
-// BlockRef names one block of one version of a file; the client sends the
-// version and size it knows so that any worker can fetch the block without
-// asking the file's metadata owner.
-type BlockRef struct {
-	Dataset   string
-	Path      string
-	Version   string
-	Size      int64
-	BlockSize int64 // the client's layout for this dataset: the worker follows it
-	Index     int64
-}
-
-// Len is the block's length: the block size, or less for the last block
-// of the file (0 past its end).
-func (b BlockRef) Len() int64 {
-	if b.BlockSize <= 0 {
-		return 0
-	}
-	return max(0, min(b.BlockSize, b.Size-b.Index*b.BlockSize))
-}
-
-// Query encodes a block reference.
-func (b BlockRef) Query() url.Values {
+// RefQuery encodes a block reference as the query of an HTTP request.
+func RefQuery(b block.Ref) url.Values {
 	return url.Values{"ds": {b.Dataset}, "path": {b.Path}, "ver": {b.Version},
 		"size": {strconv.FormatInt(b.Size, 10)}, "bs": {strconv.FormatInt(b.BlockSize, 10)}, "idx": {strconv.FormatInt(b.Index, 10)}}
 }
 
-// ParseBlockRef decodes a block reference.
-func ParseBlockRef(q url.Values) (BlockRef, error) {
-	b := BlockRef{Dataset: q.Get("ds"), Path: q.Get("path"), Version: q.Get("ver")}
+// ParseRef decodes a block reference from a query (RefQuery).
+func ParseRef(q url.Values) (block.Ref, error) {
+	b := block.Ref{ID: block.ID{Dataset: q.Get("ds"), Path: q.Get("path"), Version: q.Get("ver")}}
 	var err1, err2, err3 error
 	b.Size, err1 = strconv.ParseInt(q.Get("size"), 10, 64)
 	b.Index, err2 = strconv.ParseInt(q.Get("idx"), 10, 64)

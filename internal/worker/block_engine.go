@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/cache"
 	"github.com/granary-cache/granary/internal/dataset"
 	"github.com/granary-cache/granary/internal/placement"
@@ -20,7 +21,7 @@ import (
 // blockReq is one request for bytes of one block.
 type blockReq struct {
 	ds          *dataset.Dataset
-	key         cache.BlockKey
+	key         block.ID
 	size        int64 // the file's size
 	blen        int64 // the block's length
 	first, last int   // pages wanted
@@ -91,7 +92,7 @@ func (w *Worker) ServeRead(ctx context.Context, r wire.ReadRequest, out transpor
 }
 
 // blockRequest checks a block reference against the dataset and layout.
-func (w *Worker) blockRequest(ref wire.BlockRef) (blockReq, error) {
+func (w *Worker) blockRequest(ref block.Ref) (blockReq, error) {
 	ds, p, err := w.dataset(ref.Dataset, ref.Path)
 	if err != nil {
 		return blockReq{}, err
@@ -112,7 +113,7 @@ func (w *Worker) blockRequest(ref wire.BlockRef) (blockReq, error) {
 		return blockReq{}, &ufs.Error{Op: "read", Dataset: ds.Name(), Path: p, Class: ufs.ClassInvalid,
 			Err: fmt.Errorf("block %d is past the end of a %d-byte file", ref.Index, ref.Size)}
 	}
-	return blockReq{ds: ds, key: cache.BlockKey{Dataset: ds.Name(), Path: p, Version: ref.Version, BlockSize: ref.BlockSize, Index: ref.Index},
+	return blockReq{ds: ds, key: block.ID{Dataset: ds.Name(), Path: p, Version: ref.Version, BlockSize: ref.BlockSize, Index: ref.Index},
 		size: ref.Size, blen: l.BlockLen(ref.Size, ref.Index)}, nil
 }
 

@@ -55,7 +55,7 @@ func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
 // parseBlockRequest reads and checks the block a request names, answering
 // the error itself when there is one.
 func (w *Worker) parseBlockRequest(rw http.ResponseWriter, r *http.Request) (blockReq, bool) {
-	ref, err := wire.ParseBlockRef(r.URL.Query())
+	ref, err := wire.ParseRef(r.URL.Query())
 	if err != nil {
 		wire.WriteError(rw, ufs.NewError("read", ref.Path, ufs.ClassInvalid, err))
 		return blockReq{}, false

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/wire"
@@ -98,7 +99,7 @@ func (tw *testWorker) writeFile(tb testing.TB, name string, size int) []byte {
 }
 
 // ref names block 0 of a dataset file, at the version the worker lists.
-func (tw *testWorker) ref(tb testing.TB, name string) wire.BlockRef {
+func (tw *testWorker) ref(tb testing.TB, name string) block.Ref {
 	tb.Helper()
 	resp, err := http.Get("http://" + tw.Addr() + wire.PathStat + "?" + url.Values{"ds": {"d"}, "path": {name}}.Encode())
 	if err != nil {
@@ -109,13 +110,13 @@ func (tw *testWorker) ref(tb testing.TB, name string) wire.BlockRef {
 	if err := json.NewDecoder(resp.Body).Decode(&fi); err != nil {
 		tb.Fatal(err)
 	}
-	return wire.BlockRef{Dataset: "d", Path: name, Version: fi.Version, Size: fi.Size, BlockSize: int64(tw.cfg.Worker.BlockSize)}
+	return block.Ref{ID: block.ID{Dataset: "d", Path: name, Version: fi.Version, BlockSize: int64(tw.cfg.Worker.BlockSize)}, Size: fi.Size}
 }
 
 // readHTTP reads bytes [off, off+n) of a block over the data endpoint.
-func (tw *testWorker) readHTTP(tb testing.TB, hc *http.Client, ref wire.BlockRef, off, n int64) []byte {
+func (tw *testWorker) readHTTP(tb testing.TB, hc *http.Client, ref block.Ref, off, n int64) []byte {
 	tb.Helper()
-	req, _ := http.NewRequest(http.MethodGet, "http://"+tw.Addr()+wire.PathBlock+"?"+ref.Query().Encode(), nil)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+tw.Addr()+wire.PathBlock+"?"+wire.RefQuery(ref).Encode(), nil)
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
 	resp, err := hc.Do(req)
 	if err != nil {
@@ -130,13 +131,13 @@ func (tw *testWorker) readHTTP(tb testing.TB, hc *http.Client, ref wire.BlockRef
 }
 
 // local asks the unix socket's local endpoint for a block's file.
-func (tw *testWorker) local(tb testing.TB, ref wire.BlockRef, verify string) wire.LocalBlock {
+func (tw *testWorker) local(tb testing.TB, ref block.Ref, verify string) wire.LocalBlock {
 	tb.Helper()
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", tw.Socket())
 	}}}
 	defer hc.CloseIdleConnections()
-	q := ref.Query()
+	q := wire.RefQuery(ref)
 	q.Set(wire.QueryVerify, verify)
 	resp, err := hc.Get("http://worker" + wire.PathLocal + "?" + q.Encode())
 	if err != nil {

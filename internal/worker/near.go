@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/cache"
 	"github.com/granary-cache/granary/internal/placement"
 	"github.com/granary-cache/granary/internal/ufs"
@@ -28,7 +29,7 @@ var errNoRoom = errors.New("no free room for a near copy")
 // nearOwners returns the owners to copy a block from when this worker is
 // not one of them; nil when it is (it then caches the block as an owner).
 func (w *Worker) nearOwners(req blockReq) []placement.Member {
-	owners := w.view().Owners(nil, wire.DataKey(req.ds.Name(), req.key.Path, req.key.Index), max(req.ds.Config.Replicas, 1))
+	owners := w.view().Owners(nil, block.PlacementKey(req.ds.Name(), req.key.Path, req.key.Index), max(req.ds.Config.Replicas, 1))
 	for _, m := range owners {
 		if m.ID == w.ID() {
 			return nil
@@ -45,7 +46,7 @@ func (w *Worker) readOwner(ctx context.Context, req blockReq, r ufs.Range) (io.R
 	if n < 0 {
 		n = req.blen - off
 	}
-	ref := wire.BlockRef{Dataset: req.ds.Name(), Path: req.key.Path, Version: req.key.Version, Size: req.size, BlockSize: req.key.BlockSize, Index: req.key.Index}
+	ref := block.Ref{ID: block.ID{Dataset: req.ds.Name(), Path: req.key.Path, Version: req.key.Version, BlockSize: req.key.BlockSize, Index: req.key.Index}, Size: req.size}
 	var errs []error
 	for _, m := range req.near {
 		if w.reach.Down(m.ID) {
@@ -69,7 +70,7 @@ func (w *Worker) readOwner(ctx context.Context, req blockReq, r ufs.Range) (io.R
 }
 
 // readBlockFrom reads bytes [off, off+n) of a block from worker m.
-func (w *Worker) readBlockFrom(ctx context.Context, m placement.Member, ref wire.BlockRef, off, n int64) (io.ReadCloser, error) {
+func (w *Worker) readBlockFrom(ctx context.Context, m placement.Member, ref block.Ref, off, n int64) (io.ReadCloser, error) {
 	gctx, done := w.reach.Guard(ctx, m.ID, m.Addr)
 	defer done()
 	buf := make([]byte, n)

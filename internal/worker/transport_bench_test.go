@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -44,7 +45,7 @@ const (
 func BenchmarkRemoteHits(b *testing.B) {
 	tg := startTokenWorker(b)
 	addr := tg.Addr()
-	refs := make([]wire.BlockRef, hitFiles)
+	refs := make([]block.Ref, hitFiles)
 	datas := make([][]byte, hitFiles)
 	for i := range refs {
 		d := make([]byte, hitSize)

@@ -7,9 +7,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/transport/transporttest"
-	"github.com/granary-cache/granary/internal/wire"
 )
 
 // TestTransportConformance runs the transport suite against a real worker
@@ -62,7 +62,7 @@ func (tg *workerTarget) Addr() string    { return tg.w.Addr() }
 func (tg *workerTarget) Dataset() string { return "d" }
 func (tg *workerTarget) Stop(testing.TB) { tg.stop() }
 
-func (tg *workerTarget) Put(t testing.TB, name string, data []byte) wire.BlockRef {
+func (tg *workerTarget) Put(t testing.TB, name string, data []byte) block.Ref {
 	t.Helper()
 	p := filepath.Join(tg.ufsDir, name)
 	if err := os.WriteFile(p+".tmp", data, 0o644); err != nil {
@@ -76,7 +76,7 @@ func (tg *workerTarget) Put(t testing.TB, name string, data []byte) wire.BlockRe
 	if err != nil {
 		t.Fatal(err)
 	}
-	return wire.BlockRef{Dataset: "d", Path: name, Version: fi.Version, Size: fi.Size, BlockSize: int64(tg.w.cfg.Worker.BlockSize)}
+	return block.Ref{ID: block.ID{Dataset: "d", Path: name, Version: fi.Version, BlockSize: int64(tg.w.cfg.Worker.BlockSize)}, Size: fi.Size}
 }
 
 func (tg *workerTarget) Remove(t testing.TB, name string) {

@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/cache"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/dataset"
@@ -83,7 +84,7 @@ type Worker struct {
 }
 
 type pageKey struct {
-	block cache.BlockKey
+	block block.ID
 	page  int
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -94,7 +95,7 @@ func blockOwners(c *client.Client) []string {
 	var out []string
 	for _, name := range sortedNames() {
 		for idx := range max(1, (data.sizes[name]+blockSize-1)/blockSize) {
-			m, _ := c.Membership().Current().Table().Owner(wire.DataKey("r1", name, int64(idx)))
+			m, _ := c.Membership().Current().Table().Owner(block.PlacementKey("r1", name, int64(idx)))
 			out = append(out, m.ID)
 		}
 	}

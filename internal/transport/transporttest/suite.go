@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
@@ -25,7 +26,7 @@ type Target interface {
 	Addr() string
 	// Put stores a file in the UFS behind the server and returns its first
 	// block's reference (as a client would build it from a stat).
-	Put(t testing.TB, name string, data []byte) wire.BlockRef
+	Put(t testing.TB, name string, data []byte) block.Ref
 	// Remove deletes a file from the UFS.
 	Remove(t testing.TB, name string)
 	// Dataset is the dataset the files are in.
@@ -148,7 +149,7 @@ func emptyRange(t *testing.T, tg Target, rd transport.Reader) {
 
 func concurrent(t *testing.T, tg Target, rd transport.Reader) {
 	const files, readers = 16, 64
-	var refs []wire.BlockRef
+	var refs []block.Ref
 	var datas [][]byte
 	for i := range files {
 		d := payload(64<<10+i*1000, uint64(100+i))
@@ -205,7 +206,7 @@ func batchWithFailure(t *testing.T, tg Target, rd transport.Reader) {
 	a, b := payload(5000, 300), payload(7000, 301)
 	refA := tg.Put(t, "bf-a.bin", a)
 	refB := tg.Put(t, "bf-b.bin", b)
-	missing := wire.BlockRef{Dataset: tg.Dataset(), Path: "bf-missing.bin", Version: refA.Version, Size: 100, BlockSize: refA.BlockSize}
+	missing := block.Ref{ID: block.ID{Dataset: tg.Dataset(), Path: "bf-missing.bin", Version: refA.Version, BlockSize: refA.BlockSize}, Size: 100}
 	reads := []wire.ReadRequest{{Block: refA, Length: 5000}, {Block: missing, Length: 100}, {Block: refB, Length: 7000}}
 	bufs := [][]byte{make([]byte, 5000), make([]byte, 100), make([]byte, 7000)}
 	errs := rd.ReadBatch(context.Background(), tg.Addr(), reads, bufs)
@@ -243,8 +244,8 @@ func invalid(t *testing.T, tg Target, rd transport.Reader) {
 	ref := tg.Put(t, "invalid.bin", payload(3000, 8))
 	for name, r := range map[string]wire.ReadRequest{
 		"past the block's end": {Block: ref, Offset: 2000, Length: 1001},
-		"unknown dataset":      {Block: wire.BlockRef{Dataset: "no-such-dataset", Path: "x", Size: 10, BlockSize: ref.BlockSize}, Length: 10},
-		"path escaping":        {Block: wire.BlockRef{Dataset: tg.Dataset(), Path: "../../etc/passwd", Size: 10, BlockSize: ref.BlockSize}, Length: 10},
+		"unknown dataset":      {Block: block.Ref{ID: block.ID{Dataset: "no-such-dataset", Path: "x", BlockSize: ref.BlockSize}, Size: 10}, Length: 10},
+		"path escaping":        {Block: block.Ref{ID: block.ID{Dataset: tg.Dataset(), Path: "../../etc/passwd", BlockSize: ref.BlockSize}, Size: 10}, Length: 10},
 	} {
 		_, err := rd.Read(context.Background(), tg.Addr(), r, make([]byte, r.Length))
 		if ufs.ClassOf(err) != ufs.ClassInvalid || !wire.Answered(err) {
