@@ -21,9 +21,11 @@ type Framed struct {
 	opts     Options
 	fallback *HTTP
 
-	mu     sync.Mutex
-	peers  map[string]*peer
-	closed bool
+	mu      sync.Mutex
+	peers   map[string]*peer
+	closed  bool
+	reaping bool          // reap runs
+	stop    chan struct{} // closed by Close: reap returns
 }
 
 // NewFramed returns a Reader on the framed protocol.
@@ -31,7 +33,7 @@ func NewFramed(opts Options) *Framed {
 	if opts.Conns <= 0 {
 		opts.Conns = 32
 	}
-	return &Framed{opts: opts, fallback: NewHTTP(opts), peers: map[string]*peer{}}
+	return &Framed{opts: opts, fallback: NewHTTP(opts), peers: map[string]*peer{}, stop: make(chan struct{})}
 }
 
 // peer is one worker's connections.
@@ -59,8 +61,71 @@ func (t *Framed) peer(addr string) (*peer, error) {
 		p = &peer{addr: addr}
 		t.peers[addr] = p
 	}
+	if !t.reaping {
+		t.reaping = true
+		go t.reap()
+	}
 	return p, nil
 }
+
+// reap closes, every half IdleTimeout, the connections idle for longer
+// than IdleTimeout, and forgets the workers left with none, until Close.
+func (t *Framed) reap() {
+	idle := t.opts.idleTimeout()
+	tick := time.NewTicker(idle / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case now := <-tick.C:
+			t.closeIdle(now.Add(-idle))
+		}
+	}
+}
+
+// closeIdle closes the connections last used before cutoff, and forgets
+// the workers left with no connection (and not read over HTTP).
+func (t *Framed) closeIdle(cutoff time.Time) {
+	t.mu.Lock()
+	peers := make([]*peer, 0, len(t.peers))
+	for _, p := range t.peers {
+		peers = append(peers, p)
+	}
+	t.mu.Unlock()
+	for _, p := range peers {
+		p.mu.Lock()
+		live := p.conns[:0]
+		var idle []*cliConn
+		for _, c := range p.conns {
+			// inflight only grows under p.mu: 0 here stays 0 until the
+			// connection is gone from p.conns.
+			if c.inflight.Load() == 0 && c.lastUsed.Load() < cutoff.UnixNano() {
+				idle = append(idle, c)
+				continue
+			}
+			live = append(live, c)
+		}
+		clear(p.conns[len(live):])
+		p.conns = live
+		empty := len(live) == 0 && time.Now().After(p.httpUntil)
+		p.mu.Unlock()
+		for _, c := range idle {
+			c.fail(errIdle)
+		}
+		if empty {
+			t.mu.Lock()
+			p.mu.Lock()
+			if len(p.conns) == 0 && t.peers[p.addr] == p {
+				delete(t.peers, p.addr)
+			}
+			p.mu.Unlock()
+			t.mu.Unlock()
+		}
+	}
+}
+
+var errIdle = fmt.Errorf("%w: closed after being idle", wire.ErrWorker)
 
 // conn returns a connection to p for one more call: an idle one, else a
 // new one while under Conns, else the least busy. Nil (and no error) when
@@ -85,7 +150,7 @@ func (t *Framed) conn(ctx context.Context, p *peer) (*cliConn, error) {
 	clear(p.conns[len(live):])
 	p.conns = live
 	if best != nil && (best.inflight.Load() == 0 || len(p.conns) >= t.opts.Conns) {
-		best.inflight.Add(1)
+		best.use()
 		return best, nil
 	}
 	c, err := t.dial(ctx, p.addr)
@@ -95,13 +160,13 @@ func (t *Framed) conn(ctx context.Context, p *peer) (*cliConn, error) {
 	}
 	if err != nil {
 		if best != nil { // a busy connection is better than none
-			best.inflight.Add(1)
+			best.use()
 			return best, nil
 		}
 		return nil, err
 	}
 	p.conns = append(p.conns, c)
-	c.inflight.Add(1)
+	c.use()
 	return c, nil
 }
 
@@ -211,13 +276,19 @@ func (t *Framed) do(ctx context.Context, addr string, cl *call, kind byte) error
 		cl.fellBack = true
 		return nil
 	}
-	defer c.inflight.Add(-1)
+	defer func() {
+		c.lastUsed.Store(time.Now().UnixNano()) // before the call leaves it
+		c.inflight.Add(-1)
+	}()
 	return c.roundTrip(ctx, cl, kind)
 }
 
 // Close implements Reader.
 func (t *Framed) Close() error {
 	t.mu.Lock()
+	if !t.closed {
+		close(t.stop)
+	}
 	t.closed = true
 	peers := t.peers
 	t.peers = map[string]*peer{}
@@ -259,6 +330,7 @@ type cliConn struct {
 	bw       *bufio.Writer
 	writers  atomic.Int32
 	inflight atomic.Int32 // calls using the connection
+	lastUsed atomic.Int64 // when a call last took it, in Unix ns
 
 	mu     sync.Mutex
 	cond   *sync.Cond // signalled when the read loop leaves a call's buffer
@@ -266,6 +338,12 @@ type cliConn struct {
 	active *call // the call whose buffer the read loop is filling
 	nextID uint64
 	err    error // set when the connection failed
+}
+
+// use counts one more call on the connection (under its peer's mu).
+func (c *cliConn) use() {
+	c.inflight.Add(1)
+	c.lastUsed.Store(time.Now().UnixNano())
 }
 
 func (c *cliConn) broken() bool {

@@ -54,7 +54,7 @@ func (s *Server) ServeConn(nc net.Conn, br *bufio.Reader) {
 		s.conns = map[*srvConn]struct{}{}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &srvConn{s: s, nc: nc, br: br, bw: bufio.NewWriterSize(nc, 64<<10), ctx: ctx, cancel: cancel,
+	c := &srvConn{s: s, nc: nc, br: br, out: frameOut{nc: nc}, ctx: ctx, cancel: cancel,
 		reqs: map[uint64]*srvReq{}}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
@@ -92,10 +92,7 @@ type srvConn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	wmu     sync.Mutex // one frame at a time
-	bw      *bufio.Writer
-	writers atomic.Int32 // frames waiting for wmu: the last one out flushes
-	werr    error        // the first write error: the connection is dead
+	out frameOut
 
 	mu   sync.Mutex
 	reqs map[uint64]*srvReq // in flight, by id
@@ -297,7 +294,6 @@ func (w *frameWriter) data(p []byte, f *os.File, off, n int64, src wire.Source) 
 
 // frame writes one frame: its body from body, or n bytes of f at off.
 func (w *frameWriter) frame(kind, flags byte, body []byte, f *os.File, off, n int64) error {
-	c := w.c
 	if f == nil {
 		n = int64(len(body))
 	}
@@ -306,49 +302,5 @@ func (w *frameWriter) frame(kind, flags byte, body []byte, f *os.File, off, n in
 	if kind == wire.KindError || flags&wire.FlagLast != 0 {
 		w.ended = true
 	}
-	c.writers.Add(1)
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	last := c.writers.Add(-1) == 0
-	if c.werr != nil {
-		return c.werr
-	}
-	err := c.write(hdr[:], body, f, off, n)
-	if err == nil && last {
-		err = c.bw.Flush()
-	}
-	if err != nil {
-		c.werr = fmt.Errorf("write to %s: %w", c.nc.RemoteAddr(), err)
-		c.nc.Close() // a frame cut short: the connection is unusable
-		return c.werr
-	}
-	return nil
-}
-
-// write sends a header and its body under wmu. A body from a file is sent
-// after flushing what is buffered, straight from the file to the socket.
-func (c *srvConn) write(hdr, body []byte, f *os.File, off, n int64) error {
-	if _, err := c.bw.Write(hdr); err != nil {
-		return err
-	}
-	if f == nil {
-		_, err := c.bw.Write(body)
-		return err
-	}
-	if n <= 16<<10 {
-		// Small: through the buffer, with the frames around it.
-		buf := c.bw.AvailableBuffer()
-		if int64(cap(buf)) >= n {
-			buf = buf[:n]
-			if _, err := f.ReadAt(buf, off); err != nil {
-				return fmt.Errorf("read block file: %w", err)
-			}
-			_, err := c.bw.Write(buf)
-			return err
-		}
-	}
-	if err := c.bw.Flush(); err != nil {
-		return err
-	}
-	return sendFileAt(c.nc, f, off, n)
+	return w.c.out.write(hdr[:], body, f, off, n)
 }

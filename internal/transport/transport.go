@@ -49,6 +49,17 @@ type Options struct {
 	// under the bound, else shares the least busy: a connection carrying
 	// one response at a time streams it without waiting behind others.
 	Conns int
+	// IdleTimeout closes a framed connection that carried no read for
+	// that long (default 90 s, as net/http's idle connections), so that
+	// a reader keeps no sockets open at workers it no longer reads from.
+	IdleTimeout time.Duration
+}
+
+func (o Options) idleTimeout() time.Duration {
+	if o.IdleTimeout > 0 {
+		return o.IdleTimeout
+	}
+	return 90 * time.Second
 }
 
 func (o Options) connectTimeout() time.Duration {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,11 +103,16 @@ type memTarget struct {
 const testToken = "the-token"
 
 func startMem(t *testing.T, tlsCfg *tls.Config) *memTarget {
-	h := &memHandler{dir: t.TempDir(), files: map[string]memFile{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startMemOn(t, ln, tlsCfg)
+}
+
+// startMemOn is startMem on a listener of the test's.
+func startMemOn(t *testing.T, ln net.Listener, tlsCfg *tls.Config) *memTarget {
+	h := &memHandler{dir: t.TempDir(), files: map[string]memFile{}}
 	if tlsCfg != nil {
 		ln = tls.NewListener(ln, tlsCfg)
 	}
@@ -259,4 +265,68 @@ func wire16(n uint32, kind byte, id uint64) []byte {
 	var b [wire.FrameHeaderLen]byte
 	wire.FrameHeader{Len: n, Kind: kind, ID: id}.Put(b[:])
 	return b[:]
+}
+
+// countingListener counts the connections it accepted that are still open.
+type countingListener struct {
+	net.Listener
+	open atomic.Int32
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.open.Add(1)
+	return &countedConn{Conn: c, l: l}, nil
+}
+
+type countedConn struct {
+	net.Conn
+	l    *countingListener
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.l.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+// TestIdleConnectionsClosed: the framed reader closes connections that
+// carried no read for IdleTimeout, and opens new ones when reads come back.
+func TestIdleConnectionsClosed(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &countingListener{Listener: inner}
+	tg := startMemOn(t, ln, nil)
+	data := bytes.Repeat([]byte("idle"), 10000)
+	ref := tg.Put(t, "f", data)
+	rd := transport.NewFramed(transport.Options{Token: testToken, IdleTimeout: 200 * time.Millisecond})
+	defer rd.Close()
+	readAll := func() {
+		var wg sync.WaitGroup
+		for range 6 {
+			wg.Go(func() {
+				buf := make([]byte, len(data))
+				if _, err := rd.Read(context.Background(), tg.addr, wire.ReadRequest{Block: ref, Length: int64(len(data))}, buf); err != nil || !bytes.Equal(buf, data) {
+					t.Errorf("read: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	readAll()
+	if ln.open.Load() == 0 {
+		t.Fatal("no connection open after reads")
+	}
+	for i := 0; ln.open.Load() > 0; i++ {
+		if i == 100 {
+			t.Fatalf("%d connections still open 10 s after the last read (idle timeout 200 ms)", ln.open.Load())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	readAll() // new connections
 }
