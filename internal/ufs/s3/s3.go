@@ -49,6 +49,7 @@ type Options struct {
 // FS is a read-only UFS over one S3 bucket and prefix.
 type FS struct {
 	client   *s3.Client
+	lean     *lean // the hot path of ReadRange
 	bucket   string
 	prefix   string // "" or ends with "/"
 	endpoint string // for error messages
@@ -124,7 +125,11 @@ func Open(bucket, prefix string, o Options) (*FS, error) {
 	if endpoint == "" {
 		endpoint = "AWS S3 (" + o.Region + ")"
 	}
-	return &FS{client: client, bucket: bucket, prefix: prefix, endpoint: endpoint, http: transport}, nil
+	fast, err := newLean(o, bucket, httpClient)
+	if err != nil {
+		return nil, err
+	}
+	return &FS{client: client, lean: fast, bucket: bucket, prefix: prefix, endpoint: endpoint, http: transport}, nil
 }
 
 // Close drops idle connections.
@@ -245,6 +250,14 @@ func (f *FS) ReadRange(ctx context.Context, name string, r ufs.Range) (io.ReadCl
 	if r.Len == 0 {
 		return io.NopCloser(strings.NewReader("")), nil
 	}
+	outcome := leanDeclined
+	if !f.lean.off.Load() {
+		var rc io.ReadCloser
+		var err error
+		if rc, outcome, err = f.readLean(ctx, name, r); outcome == leanServed {
+			return rc, err
+		}
+	}
 	in := &s3.GetObjectInput{Bucket: &f.bucket, Key: aws.String(f.key(name))}
 	switch {
 	case r.Len > 0:
@@ -263,6 +276,9 @@ func (f *FS) ReadRange(ctx context.Context, name string, r ufs.Range) (io.ReadCl
 			return io.NopCloser(strings.NewReader("")), nil
 		}
 		return nil, f.wrap("read", name, err)
+	}
+	if outcome == leanSuspect {
+		f.lean.off.Store(true) // the SDK was let in where the lean path was not
 	}
 	if r.IfVersion != "" && out.ETag != nil && etag(out.ETag) != r.IfVersion {
 		out.Body.Close()

@@ -270,3 +270,91 @@ func must(t testing.TB, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestLeanReads: ranged reads take the lean path (net/http and the
+// package's own signer, not the SDK) for keys of every kind of character;
+// a wrong key still fails as a permission error, and a lean path the
+// server refuses where the SDK is let in turns itself off.
+func TestLeanReads(t *testing.T) {
+	srv := needServer(t)
+	ctx := context.Background()
+	if err := srv.CreateBucket(ctx, "lean"); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"plain.bin", "dir/a b.dat", "ü/x+y=z&w.jpg", "sp ace/'q'(1)*!$,;:@~.bin"}
+	data := []byte(strings.Repeat("0123456789abcdef", 4096))
+	for _, n := range names {
+		if err := srv.Put(ctx, "lean", n, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fsys, err := s3.Open("lean", "", opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	for _, n := range names {
+		fi, err := fsys.Stat(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range []ufs.Range{{Off: 0, Len: 100}, {Off: 1000, Len: 5000, IfVersion: fi.Version}, {Off: 60000, Len: -1}} {
+			rc, how, err := s3.ReadLean(fsys, ctx, n, r)
+			if err != nil || how != "served" {
+				t.Fatalf("%s %+v: %s, %v", n, r, how, err)
+			}
+			got, err := io.ReadAll(rc)
+			rc.Close()
+			end := int64(len(data))
+			if r.Len > 0 {
+				end = r.Off + r.Len
+			}
+			if err != nil || string(got) != string(data[r.Off:end]) {
+				t.Fatalf("%s %+v: %d bytes, %v", n, r, len(got), err)
+			}
+		}
+		// A changed version is seen on the lean path too.
+		if _, _, err := s3.ReadLean(fsys, ctx, n, ufs.Range{Off: 0, Len: 10, IfVersion: "not-the-etag"}); ufs.ClassOf(err) != ufs.ClassVersionChanged {
+			t.Errorf("%s read at a stale version: %v", n, err)
+		}
+	}
+	if rc, how, err := s3.ReadLean(fsys, ctx, "plain.bin", ufs.Range{Off: int64(len(data)) + 10, Len: 10}); err != nil || how != "served" {
+		t.Errorf("a range past the end: %s, %v", how, err)
+	} else if got, _ := io.ReadAll(rc); len(got) != 0 {
+		t.Errorf("a range past the end: %d bytes", len(got))
+	}
+	if _, how, _ := s3.ReadLean(fsys, ctx, "missing.bin", ufs.Range{Off: 0, Len: 10}); how != "declined" {
+		t.Errorf("a missing object on the lean path: %s; want it left to the SDK", how)
+	}
+	if _, err := fsys.ReadRange(ctx, "missing.bin", ufs.Range{Off: 0, Len: 10}); ufs.ClassOf(err) != ufs.ClassNotExist {
+		t.Errorf("a missing object: %v", err)
+	}
+
+	// A wrong secret: refused on both paths, a permission error, and the
+	// lean path stays on (it was not what was wrong).
+	bad := opts()
+	bad.SecretKey = "not-the-secret"
+	wrong, err := s3.Open("lean", "", bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wrong.Close()
+	if _, err := wrong.ReadRange(ctx, "plain.bin", ufs.Range{Off: 0, Len: 10}); ufs.ClassOf(err) != ufs.ClassPermission {
+		t.Errorf("a wrong secret: %v", err)
+	}
+	if s3.LeanOff(wrong) {
+		t.Error("the lean path turned off for a wrong secret")
+	}
+
+	// A lean path the server refuses while the SDK is let in: the read
+	// succeeds, and the lean path is off from then on.
+	s3.BreakLeanSigner(fsys)
+	rc, err := fsys.ReadRange(ctx, "plain.bin", ufs.Range{Off: 0, Len: 10})
+	if err != nil {
+		t.Fatalf("a read whose lean request was refused: %v", err)
+	}
+	rc.Close()
+	if !s3.LeanOff(fsys) {
+		t.Error("the lean path stayed on after the server refused it and let the SDK in")
+	}
+}
