@@ -2,10 +2,13 @@ package s3_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -120,4 +123,119 @@ func parallelRanges(read func(off int64) error) error {
 	default:
 		return nil
 	}
+}
+
+// Shape of BenchmarkSmallObjects.
+const (
+	smallObjects = 2000
+	smallSize    = 100 << 10
+	smallRounds  = 3
+)
+
+// BenchmarkSmallObjects reads 2,000 objects of 100 KiB whole with 16
+// readers — the cold path of a small-file dataset — through the SDK alone
+// and through the lean path, in alternating rounds (the median of 3 is
+// reported). Besides the rates it reports the CPU this process spent per
+// GB on each (getrusage; the server is another process).
+func BenchmarkSmallObjects(b *testing.B) {
+	srv := needServer(b)
+	ctx := context.Background()
+	if err := srv.CreateBucket(ctx, "small"); err != nil {
+		b.Fatal(err)
+	}
+	names := make([]string, smallObjects)
+	for i := range names {
+		names[i] = fmt.Sprintf("train/class%02d/img%05d.jpg", i%50, i)
+		if err := srv.Put(ctx, "small", names[i], ufstest.Content(names[i], smallSize)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fsys, err := s3.Open("small", "", opts())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer fsys.Close()
+	pool := sync.Pool{New: func() any { b := make([]byte, smallSize); return &b }}
+	readAll := func() error {
+		work := make(chan string)
+		errs := make(chan error, benchReaders)
+		var wg sync.WaitGroup
+		for range benchReaders {
+			wg.Go(func() {
+				for name := range work {
+					p := pool.Get().(*[]byte)
+					rc, err := fsys.ReadRange(ctx, name, ufs.Range{Off: 0, Len: smallSize})
+					if err == nil {
+						_, err = io.ReadFull(rc, *p)
+						rc.Close()
+					}
+					pool.Put(p)
+					if err != nil {
+						select {
+						case errs <- err:
+						default:
+						}
+					}
+				}
+			})
+		}
+		for _, n := range names {
+			work <- n
+		}
+		close(work)
+		wg.Wait()
+		select {
+		case err := <-errs:
+			return err
+		default:
+			return nil
+		}
+	}
+	if err := readAll(); err != nil { // connections open, server caches warm
+		b.Fatal(err)
+	}
+	gb := float64(smallObjects) * smallSize / 1e9
+	var rates, cpus [2][]float64 // [sdk, lean]
+	b.ResetTimer()
+	for round := range smallRounds {
+		for k := range 2 {
+			lean := (round+k)%2 == 1
+			s3.SetLean(fsys, lean)
+			cpu0, t0 := processCPU(), time.Now()
+			if err := readAll(); err != nil {
+				b.Fatal(err)
+			}
+			i := 0
+			if lean {
+				i = 1
+			}
+			rates[i] = append(rates[i], smallObjects/time.Since(t0).Seconds())
+			cpus[i] = append(cpus[i], (processCPU()-cpu0).Seconds()/gb)
+		}
+	}
+	b.StopTimer()
+	if s3.LeanOff(fsys) {
+		b.Fatal("the lean path turned itself off")
+	}
+	sdk, lean := median(rates[0]), median(rates[1])
+	b.ReportMetric(sdk, "sdk_req/s")
+	b.ReportMetric(lean, "lean_req/s")
+	b.ReportMetric(lean/sdk, "lean/sdk")
+	b.ReportMetric(median(cpus[0]), "sdk_proc_CPU-s/GB")
+	b.ReportMetric(median(cpus[1]), "lean_proc_CPU-s/GB")
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// processCPU is the CPU time (user and system) this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

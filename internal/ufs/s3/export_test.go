@@ -21,3 +21,6 @@ func LeanOff(f *FS) bool { return f.lean.off.Load() }
 // BreakLeanSigner gives the lean path's signer a wrong secret, as a
 // signer that got a service's rules wrong.
 func BreakLeanSigner(f *FS) { f.lean.signer.secret += "x"; f.lean.signer.keyDate = "" }
+
+// SetLean turns the lean path on or off.
+func SetLean(f *FS, on bool) { f.lean.off.Store(!on) }
