@@ -376,7 +376,7 @@ func (f *FS) reader(ctx context.Context, id uint64, n *nodeInfo) (*reader, error
 	if err != nil {
 		return nil, err
 	}
-	r := &reader{file: file, opened: time.Now()}
+	r := newReader(file)
 	f.readersMu.Lock()
 	defer f.readersMu.Unlock()
 	if len(f.readers) >= maxReaders {

@@ -10,16 +10,28 @@ import (
 	"github.com/granary-cache/granary/internal/client"
 )
 
-// reader reads one file through the client, with read-ahead windows for a
-// sequential reader: the kernel's READs (128 KiB to 1 MiB each) then come
-// out of one fetch, and the next window is fetched while this one is read.
+// reader reads one file through the client. A sequential reader gets
+// read-ahead windows: the kernel's READs (128 KiB to 1 MiB each) come out
+// of windows fetched before it asks, several at once — in parallel from
+// the owners of the blocks they fall in, and from the UFS on a miss — so
+// that a stream keeps the network and the UFS busy rather than waiting on
+// one request at a time. The windows in flight start at two and double,
+// up to maxAhead, each time the reader catches up with a window still on
+// its way; a reader that jumps around gets none.
 type reader struct {
-	file   *client.File
+	file   *client.File // nil in tests, which set size and readAt
+	size   int64
+	readAt func(ctx context.Context, p []byte, off int64) (int, error)
 	opened time.Time
 
-	mu        sync.Mutex
-	cur, next *window
-	pos       int64 // where a sequential reader reads next
+	mu    sync.Mutex
+	ahead []*window // in file order, back to back; the first is being read
+	depth int       // windows to keep in flight
+	pos   int64     // where a sequential reader reads next
+}
+
+func newReader(file *client.File) *reader {
+	return &reader{file: file, size: file.Size(), readAt: file.ReadAtContext, opened: time.Now()}
 }
 
 // window is a prefetched range [off, off+size) of a file. data and err
@@ -31,17 +43,24 @@ type window struct {
 	err       error
 }
 
-// covers reports whether off falls in the window's range (whose data may
-// still be on its way).
-func (w *window) covers(off int64) bool {
-	return w != nil && off >= w.off && off < w.off+w.size
+func (w *window) covers(off int64) bool { return off >= w.off && off < w.off+w.size }
+
+func (w *window) ready() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
 }
 
-// readAheadSize is the size of a read-ahead window; at most
-// maxWindowBytes of windows exist at once in the process, so that many
-// open files cannot hold unbounded memory.
+// The windows' size and depth. At most maxWindowBytes of windows exist at
+// once in the process, so that many open files cannot hold unbounded
+// memory: a reader that would pass it reads without windows.
 const (
-	readAheadSize  = 8 << 20
+	windowSize     = 8 << 20
+	minAhead       = 2
+	maxAhead       = 8 // 64 MiB ahead of a reader: a whole block of the default size
 	maxWindowBytes = 512 << 20
 )
 
@@ -51,48 +70,51 @@ var windowBytes atomic.Int64
 func (r *reader) close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.drop(r.cur)
-	r.drop(r.next)
-	r.cur, r.next = nil, nil
+	r.dropAhead(len(r.ahead))
 }
 
-// drop gives a window's memory back to the budget. Called with r.mu held.
-func (r *reader) drop(w *window) {
-	if w != nil {
+// dropAhead forgets the first n windows and gives their memory back to the
+// budget (a fetch still running finishes into a window nobody reads).
+// Called with r.mu held.
+func (r *reader) dropAhead(n int) {
+	for _, w := range r.ahead[:n] {
 		windowBytes.Add(-w.size)
 	}
+	r.ahead = append(r.ahead[:0], r.ahead[n:]...)
 }
 
 func (r *reader) read(ctx context.Context, dest []byte, off int64) (int, error) {
-	size := r.file.Size()
-	if off >= size {
+	if off >= r.size {
 		return 0, io.EOF
 	}
-	want := min(int64(len(dest)), size-off)
+	want := min(int64(len(dest)), r.size-off)
 	r.mu.Lock()
 	sequential := off == r.pos && off > 0
 	r.pos = off + want
+	i := 0
+	for i < len(r.ahead) && !r.ahead[i].covers(off) {
+		i++
+	}
 	switch {
-	case r.cur.covers(off):
-	case r.next.covers(off):
-		r.drop(r.cur)
-		r.cur, r.next = r.next, nil
+	case i < len(r.ahead):
+		r.dropAhead(i) // the ones before were read past
 	case sequential:
-		if w := r.prefetch(off); w != nil {
-			r.drop(r.cur)
-			r.drop(r.next)
-			r.cur, r.next = w, nil
-			break
-		}
-		fallthrough
+		r.dropAhead(len(r.ahead))
+		r.depth = minAhead
 	default:
 		r.mu.Unlock()
-		return r.file.ReadAtContext(ctx, dest, off)
+		return r.readAt(ctx, dest, off)
 	}
-	w := r.cur
-	end := w.off + w.size
-	if r.next == nil && off+want > w.off+w.size/2 && end < size {
-		r.next = r.prefetch(end)
+	r.fill(off)
+	if len(r.ahead) == 0 {
+		r.mu.Unlock() // out of budget
+		return r.readAt(ctx, dest, off)
+	}
+	w := r.ahead[0]
+	if !w.ready() && r.depth < maxAhead {
+		// Caught up with the fetches: more in flight.
+		r.depth = min(2*r.depth, maxAhead)
+		r.fill(off)
 	}
 	r.mu.Unlock()
 	select {
@@ -102,17 +124,36 @@ func (r *reader) read(ctx context.Context, dest []byte, off int64) (int, error) 
 	}
 	if w.err == nil || w.err == io.EOF {
 		if at := off - w.off; at <= int64(len(w.data)) && int64(len(w.data))-at >= want {
-			return copy(dest, w.data[at:]), nil
+			return copy(dest, w.data[at:at+want]), nil
 		}
 	}
 	// The window failed, or ends inside this read: read directly.
-	return r.file.ReadAtContext(ctx, dest, off)
+	return r.readAt(ctx, dest, off)
+}
+
+// fill starts windows, from off or after the last one, until depth are in
+// flight or the file or the budget ends. Called with r.mu held.
+func (r *reader) fill(off int64) {
+	next := off
+	if n := len(r.ahead); n > 0 {
+		next = r.ahead[n-1].off + r.ahead[n-1].size
+	} else {
+		next -= next % windowSize // windows on a fixed grid: whole pages and blocks
+	}
+	for len(r.ahead) < r.depth && next < r.size {
+		w := r.prefetch(next)
+		if w == nil {
+			return
+		}
+		r.ahead = append(r.ahead, w)
+		next += w.size
+	}
 }
 
 // prefetch starts fetching a window at off, or returns nil when the
-// process holds its budget of windows already. Called with r.mu held.
+// process holds its budget of windows already.
 func (r *reader) prefetch(off int64) *window {
-	n := min(int64(readAheadSize), r.file.Size()-off)
+	n := min(int64(windowSize), r.size-off)
 	if windowBytes.Add(n) > maxWindowBytes {
 		windowBytes.Add(-n)
 		return nil
@@ -123,7 +164,7 @@ func (r *reader) prefetch(off int64) *window {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		data := make([]byte, n)
-		k, err := r.file.ReadAtContext(ctx, data, off)
+		k, err := r.readAt(ctx, data, off)
 		w.data, w.err = data[:k], err // a short read keeps only what was read
 	}()
 	return w
