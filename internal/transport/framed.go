@@ -48,6 +48,9 @@ type peer struct {
 // HTTP before the framed protocol is tried again (it may be upgraded).
 const httpRecheck = time.Minute
 
+// readBuffer is the size of a connection's read buffer.
+const readBuffer = 16 << 10
+
 var errNotFramed = errors.New("the worker does not speak the block protocol")
 
 func (t *Framed) peer(addr string) (*peer, error) {
@@ -199,7 +202,10 @@ func (t *Framed) dial(ctx context.Context, addr string) (*cliConn, error) {
 		return nil, err
 	}
 	nc.SetDeadline(time.Now().Add(timeout))
-	br := bufio.NewReaderSize(nc, 64<<10)
+	// A small buffer: the bytes of a data frame that arrive with its
+	// header are copied out of it, the rest read straight into the call's
+	// buffer.
+	br := bufio.NewReaderSize(nc, readBuffer)
 	if _, err := nc.Write(hello); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("%w: hello to %s: %v", wire.ErrWorker, addr, err)
