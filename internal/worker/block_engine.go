@@ -28,6 +28,8 @@ type blockReq struct {
 	// near, when set, are the block's owners: this worker keeps a near copy
 	// for the clients of its host, copied from them (see near.go).
 	near []placement.Member
+	// background: a load's, which yields to jobs' reads (priority.go).
+	background bool
 }
 
 // loaded is a block made ready to serve pages [first, last]: stored pages
@@ -282,6 +284,9 @@ func (w *Worker) fetchMissing(ctx context.Context, req blockReq, l *loaded) erro
 		return nil
 	}
 	w.m.pages.WithLabelValues("miss").Add(float64(len(missing)))
+	if !req.background {
+		defer w.prio.foreground()()
+	}
 	var mu sync.Mutex
 	var firstErr error
 	var wg sync.WaitGroup

@@ -199,7 +199,12 @@ func (w *Worker) loadBlock(r *http.Request, ds string, it wire.LoadItem) wire.Lo
 		ev.Cached = true
 		return ev
 	}
-	req.first, req.last = 0, w.layout.Pages(req.blen)-1
+	end, err := w.prio.background(r.Context())
+	if err != nil {
+		return fail(ufs.NewError("load", it.Path, ufs.ClassCanceled, err))
+	}
+	defer end()
+	req.first, req.last, req.background = 0, w.layout.Pages(req.blen)-1, true
 	l, err := w.load(r.Context(), req)
 	if err != nil {
 		return fail(err)

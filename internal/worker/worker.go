@@ -65,6 +65,7 @@ type Worker struct {
 	pagePool  sync.Pool
 
 	loads      *loadRegistry
+	prio       priority // jobs' reads before loads
 	members    atomic.Pointer[membership.Source]
 	lastView   atomic.Pointer[membership.View] // kept while draining
 	advertised string                          // the data address peers and clients dial
