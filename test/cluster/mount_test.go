@@ -71,16 +71,7 @@ func (c *cluster) mount(t testing.TB, args ...string) *mountProc {
 		t.Fatal(err)
 	}
 	go func() { m.cmd.Wait(); close(m.done) }()
-	t.Cleanup(func() {
-		m.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-m.done:
-		case <-time.After(10 * time.Second):
-			m.cmd.Process.Kill()
-			<-m.done
-		}
-		syscall.Unmount(m.dir, syscall.MNT_DETACH) // in case the process could not
-	})
+	t.Cleanup(m.stop)
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		if resp, err := http.Get("http://" + m.admin + "/v1/status"); err == nil {
 			resp.Body.Close()
@@ -95,6 +86,19 @@ func (c *cluster) mount(t testing.TB, args ...string) *mountProc {
 			t.Fatalf("granary mount did not come up: %s", m.log)
 		}
 	}
+}
+
+// stop ends the mount process (SIGTERM, then SIGKILL after 10 s) and
+// makes sure nothing stays mounted.
+func (m *mountProc) stop() {
+	m.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-m.done:
+	case <-time.After(10 * time.Second):
+		m.cmd.Process.Kill()
+		<-m.done
+	}
+	syscall.Unmount(m.dir, syscall.MNT_DETACH) // in case the process could not
 }
 
 type mountStats struct {

@@ -244,8 +244,9 @@ func BenchmarkMountLsLR(b *testing.B) {
 }
 
 // BenchmarkMountColdS3: a cold epoch of the small files from a real S3
-// server through the mount, against a parallel SDK download of the same
-// objects (what `aws s3 cp --recursive` does), each on a fresh server state.
+// server through the mount, without and with --prefetch, against a
+// parallel SDK download of the same objects (what `aws s3 cp --recursive`
+// does), each on a fresh cluster.
 func BenchmarkMountColdS3(b *testing.B) {
 	if s3srv == nil {
 		b.Skip("no S3 server")
@@ -301,10 +302,8 @@ func BenchmarkMountColdS3(b *testing.B) {
 		wg.Wait()
 		return time.Since(start)
 	}
-	var tm, ts time.Duration
-	b.ResetTimer()
-	for b.Loop() {
-		b.StopTimer()
+	// A cold epoch through a fresh one-worker cluster and mount.
+	cold := func(args ...string) time.Duration {
 		c := startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
 			datasets: fmt.Sprintf("  - name: s3\n    ufs: s3://%s\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
 				bucket, s3srv.Endpoint, s3test.AccessKey, s3test.SecretKey),
@@ -315,13 +314,24 @@ func BenchmarkMountColdS3(b *testing.B) {
 				b.Cleanup(func() { os.RemoveAll(mem) })
 				return fmt.Sprintf("    - {name: MEM, path: %s, quota: 8GiB}\n    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", mem, d)
 			}})
-		m := c.mount(b)
-		b.StartTimer()
+		m := c.mount(b, args...)
 		start := time.Now()
 		epoch(b, filepath.Join(m.dir, "s3"), small, 16, 1)
-		tm += time.Since(start)
+		took := time.Since(start)
+		m.stop()
+		c.stopAll()
+		return took
+	}
+	var tm, tp, ts time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		tm += cold()
+		tp += cold("--prefetch")
 		ts += download()
 	}
 	b.ReportMetric(ts.Seconds()/tm.Seconds(), "mount/sdk")
+	b.ReportMetric(ts.Seconds()/tp.Seconds(), "prefetch/sdk")
+	b.ReportMetric(tm.Seconds()/tp.Seconds(), "prefetch/mount")
 	b.ReportMetric(float64(b.N*len(small))/tm.Seconds(), "mount_files/s")
+	b.ReportMetric(float64(b.N*len(small))/tp.Seconds(), "prefetch_files/s")
 }
