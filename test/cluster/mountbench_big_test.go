@@ -1,0 +1,103 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/granary-cache/granary/internal/s3test"
+)
+
+// BenchmarkMountBigS3: the big files (GRANARY_BENCH_BIG of 1 GiB, default
+// 4) from a real S3 server, read whole by as many readers through a fresh
+// mount with the default block size (64 MiB): the cold epoch against a
+// parallel SDK download of the same objects (one GET per object, all at
+// once), and the warm epoch after it against reads of the same files from
+// the local page cache.
+func BenchmarkMountBigS3(b *testing.B) {
+	if s3srv == nil {
+		b.Skip("no S3 server")
+	}
+	dir, _, big := benchTree(b)
+	ctx := context.Background()
+	bucket := fmt.Sprintf("big%d", time.Now().UnixNano())
+	if err := s3srv.CreateBucket(ctx, bucket); err != nil {
+		b.Fatal(err)
+	}
+	var size int64
+	for _, name := range big {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			b.Fatal(err)
+		}
+		size += int64(len(data))
+		if err := s3srv.Put(ctx, bucket, name, data); err != nil {
+			b.Fatal(err)
+		}
+	}
+	sdk := s3.New(s3.Options{BaseEndpoint: aws.String(s3srv.Endpoint), Region: "us-east-1", UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider(s3test.AccessKey, s3test.SecretKey, "")})
+	download := func() time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for _, name := range big {
+			wg.Go(func() {
+				out, err := sdk.GetObject(ctx, &s3.GetObjectInput{Bucket: &bucket, Key: aws.String(name)})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				io.CopyBuffer(io.Discard, out.Body, make([]byte, 1<<20))
+				out.Body.Close()
+			})
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	epoch(b, dir, big, len(big), 0) // the local files in the page cache
+	var cold, warm, sdkTime, local time.Duration
+	b.SetBytes(size)
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		c := startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
+			datasets: fmt.Sprintf("  - name: s3\n    ufs: s3://%s\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
+				bucket, s3srv.Endpoint, s3test.AccessKey, s3test.SecretKey),
+			tiers: func(_ int, d string) string {
+				mem, _ := os.MkdirTemp("/dev/shm", "granary-bench")
+				b.Cleanup(func() { os.RemoveAll(mem) })
+				return fmt.Sprintf("    - {name: MEM, path: %s, quota: 8GiB}\n    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", mem, d)
+			}})
+		m := c.mount(b)
+		root := filepath.Join(m.dir, "s3")
+		start := time.Now()
+		if got := epoch(b, root, big, len(big), uint64(i)); got != size {
+			b.Fatalf("cold epoch: %d bytes of %d", got, size)
+		}
+		cold += time.Since(start)
+		sdkTime += download()
+		start = time.Now()
+		epoch(b, root, big, len(big), uint64(i+1))
+		warm += time.Since(start)
+		start = time.Now()
+		epoch(b, dir, big, len(big), uint64(i+1))
+		local += time.Since(start)
+		m.stop()
+		c.stopAll()
+	}
+	mb := float64(b.N) * float64(size) / 1e6
+	b.ReportMetric(mb/cold.Seconds(), "cold_MB/s")
+	b.ReportMetric(mb/sdkTime.Seconds(), "sdk_MB/s")
+	b.ReportMetric(mb/warm.Seconds(), "warm_MB/s")
+	b.ReportMetric(mb/local.Seconds(), "local_MB/s")
+	b.ReportMetric(sdkTime.Seconds()/cold.Seconds(), "cold/sdk")
+	b.ReportMetric(local.Seconds()/warm.Seconds(), "warm/local")
+}
