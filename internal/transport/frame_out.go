@@ -25,22 +25,9 @@ type frameOut struct {
 	nc      net.Conn
 	waiting atomic.Int32 // writers waiting for mu: the last one out sends
 
-	mu     sync.Mutex
-	buf    []byte     // not yet sent
-	err    error      // the first write error: the connection is dead
-	pipe   *framePipe // for file bodies on TCP (splice_linux.go), made on first use
-	noPipe bool       // no pipe to be had: write and sendfile
-}
-
-// close frees the pipe; the connection is closed by its owner.
-func (o *frameOut) close() {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.pipe != nil {
-		o.pipe.close()
-		o.pipe = nil
-	}
-	o.noPipe = true
+	mu  sync.Mutex
+	buf []byte // not yet sent
+	err error  // the first write error: the connection is dead
 }
 
 const (
@@ -90,19 +77,6 @@ func (o *frameOut) put(hdr, body []byte, f *os.File, off, n int64) error {
 			return fmt.Errorf("read block file: %w", err)
 		}
 		return nil
-	}
-	if tc, ok := o.nc.(*net.TCPConn); ok && !o.noPipe {
-		if o.pipe == nil {
-			var err error
-			if o.pipe, err = newFramePipe(); err != nil {
-				o.noPipe = true // sendfile, below
-			}
-		}
-		if o.pipe != nil {
-			err := o.pipe.send(tc, o.buf, f, off, n)
-			o.buf = o.buf[:0]
-			return err
-		}
 	}
 	if _, err := o.nc.Write(o.buf); err != nil {
 		return err

@@ -109,7 +109,6 @@ func (c *srvConn) close() {
 	c.cancel()
 	c.nc.Close()
 	c.wg.Wait()
-	c.out.close()
 }
 
 func (c *srvConn) serve() error {
