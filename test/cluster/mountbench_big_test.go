@@ -68,14 +68,7 @@ func BenchmarkMountBigS3(b *testing.B) {
 	b.SetBytes(size)
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
-		c := startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
-			datasets: fmt.Sprintf("  - name: s3\n    ufs: s3://%s\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
-				bucket, s3srv.Endpoint, s3test.AccessKey, s3test.SecretKey),
-			tiers: func(_ int, d string) string {
-				mem, _ := os.MkdirTemp("/dev/shm", "granary-bench")
-				b.Cleanup(func() { os.RemoveAll(mem) })
-				return fmt.Sprintf("    - {name: MEM, path: %s, quota: 8GiB}\n    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", mem, d)
-			}})
+		c := s3BenchCluster(b, bucket)
 		m := c.mount(b)
 		root := filepath.Join(m.dir, "s3")
 		start := time.Now()

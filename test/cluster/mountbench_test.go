@@ -304,16 +304,7 @@ func BenchmarkMountColdS3(b *testing.B) {
 	}
 	// A cold epoch through a fresh one-worker cluster and mount.
 	cold := func(args ...string) time.Duration {
-		c := startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
-			datasets: fmt.Sprintf("  - name: s3\n    ufs: s3://%s\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
-				bucket, s3srv.Endpoint, s3test.AccessKey, s3test.SecretKey),
-			// A MEM tier (tmpfs), as `granary up` gives: creating a block
-			// file there is far cheaper than on ext4.
-			tiers: func(_ int, d string) string {
-				mem, _ := os.MkdirTemp("/dev/shm", "granary-bench")
-				b.Cleanup(func() { os.RemoveAll(mem) })
-				return fmt.Sprintf("    - {name: MEM, path: %s, quota: 8GiB}\n    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", mem, d)
-			}})
+		c := s3BenchCluster(b, bucket)
 		m := c.mount(b, args...)
 		start := time.Now()
 		epoch(b, filepath.Join(m.dir, "s3"), small, 16, 1)
@@ -334,4 +325,19 @@ func BenchmarkMountColdS3(b *testing.B) {
 	b.ReportMetric(tm.Seconds()/tp.Seconds(), "prefetch/mount")
 	b.ReportMetric(float64(b.N*len(small))/tm.Seconds(), "mount_files/s")
 	b.ReportMetric(float64(b.N*len(small))/tp.Seconds(), "prefetch_files/s")
+}
+
+// s3BenchCluster starts a fresh one-worker cluster over a bucket of the
+// test's S3 server (dataset "s3", the default block size), with a MEM tier
+// (tmpfs) as `granary up` gives: creating a block file there is far cheaper
+// than on ext4.
+func s3BenchCluster(b *testing.B, bucket string) *cluster {
+	return startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
+		datasets: fmt.Sprintf("  - name: s3\n    ufs: s3://%s\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
+			bucket, s3srv.Endpoint, s3test.AccessKey, s3test.SecretKey),
+		tiers: func(_ int, d string) string {
+			mem, _ := os.MkdirTemp("/dev/shm", "granary-bench")
+			b.Cleanup(func() { os.RemoveAll(mem) })
+			return fmt.Sprintf("    - {name: MEM, path: %s, quota: 8GiB}\n    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", mem, d)
+		}})
 }

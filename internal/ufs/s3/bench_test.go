@@ -95,27 +95,35 @@ func BenchmarkRangedRead(b *testing.B) {
 // parallelRanges reads the whole bench object in ranges with benchReaders
 // goroutines.
 func parallelRanges(read func(off int64) error) error {
-	offs := make(chan int64)
-	errs := make(chan error, benchReaders)
+	var offs []int64
+	for off := int64(0); off < benchObject; off += benchRange {
+		offs = append(offs, off)
+	}
+	return inParallel(offs, read)
+}
+
+// inParallel calls fn on every item with benchReaders goroutines and
+// returns the first error (every item is still handed out).
+func inParallel[T any](items []T, fn func(T) error) error {
+	work := make(chan T)
+	errs := make(chan error, 1)
 	var wg sync.WaitGroup
 	for range benchReaders {
 		wg.Go(func() {
-			var failed bool
-			for off := range offs { // drain even after a failure, so the sender never blocks
-				if failed {
-					continue
-				}
-				if err := read(off); err != nil {
-					errs <- err
-					failed = true
+			for it := range work {
+				if err := fn(it); err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
 				}
 			}
 		})
 	}
-	for off := int64(0); off < benchObject; off += benchRange {
-		offs <- off
+	for _, it := range items {
+		work <- it
 	}
-	close(offs)
+	close(work)
 	wg.Wait()
 	select {
 	case err := <-errs:
@@ -157,39 +165,17 @@ func BenchmarkSmallObjects(b *testing.B) {
 	defer fsys.Close()
 	pool := sync.Pool{New: func() any { b := make([]byte, smallSize); return &b }}
 	readAll := func() error {
-		work := make(chan string)
-		errs := make(chan error, benchReaders)
-		var wg sync.WaitGroup
-		for range benchReaders {
-			wg.Go(func() {
-				for name := range work {
-					p := pool.Get().(*[]byte)
-					rc, err := fsys.ReadRange(ctx, name, ufs.Range{Off: 0, Len: smallSize})
-					if err == nil {
-						_, err = io.ReadFull(rc, *p)
-						rc.Close()
-					}
-					pool.Put(p)
-					if err != nil {
-						select {
-						case errs <- err:
-						default:
-						}
-					}
-				}
-			})
-		}
-		for _, n := range names {
-			work <- n
-		}
-		close(work)
-		wg.Wait()
-		select {
-		case err := <-errs:
+		return inParallel(names, func(name string) error {
+			p := pool.Get().(*[]byte)
+			defer pool.Put(p)
+			rc, err := fsys.ReadRange(ctx, name, ufs.Range{Off: 0, Len: smallSize})
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			_, err = io.ReadFull(rc, *p)
 			return err
-		default:
-			return nil
-		}
+		})
 	}
 	if err := readAll(); err != nil { // connections open, server caches warm
 		b.Fatal(err)
