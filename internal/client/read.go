@@ -347,13 +347,20 @@ func (lb *localBlock) isVerified(p int64) bool {
 }
 
 // check reads page p whole, checks it against its CRC and copies its bytes
-// from off on into dst.
+// from off on into dst (reading it into dst itself when dst takes the
+// whole page). dst holds bytes the check failed on when it returns an
+// error: the caller reads them again or fails.
 func (lb *localBlock) check(p int64, dst []byte, off int64) error {
 	ps := lb.info.PageSize
 	n := min(ps, lb.info.Length-p*ps)
-	bufp := pageBuf(n)
-	defer pageBufs.Put(bufp)
-	page := (*bufp)[:n]
+	var page []byte
+	if off == p*ps && int64(len(dst)) >= n {
+		page = dst[:n] // the whole page is wanted: read and check it in place
+	} else {
+		bufp := pageBuf(n)
+		defer pageBufs.Put(bufp)
+		page = (*bufp)[:n]
+	}
 	// A short read (the file was cut) fails like changed bytes do.
 	k, err := lb.f.ReadAt(page, p*ps)
 	if err != nil && err != io.EOF {
@@ -362,7 +369,9 @@ func (lb *localBlock) check(p int64, dst []byte, off int64) error {
 	if int64(k) != n || crc32.Checksum(page, castagnoli) != lb.info.CRCs[p] {
 		return fmt.Errorf("%w: page %d of %s", errPageMismatch, p, lb.f.Name())
 	}
-	copy(dst, page[off-p*ps:])
+	if &page[0] != &dst[0] {
+		copy(dst, page[off-p*ps:])
+	}
 	lb.mu.Lock()
 	lb.verified[p] = true
 	lb.mu.Unlock()

@@ -41,6 +41,26 @@ type window struct {
 	data      []byte
 	done      chan struct{}
 	err       error
+
+	// Guarded by the reader's mu: the buffer goes back to windowBufs once
+	// the window is dropped, its fetch is over and no read copies from it.
+	buf     *[]byte
+	refs    int
+	dropped bool
+	fetched bool
+}
+
+// windowBufs holds window buffers for reuse: a fresh 8 MiB allocation per
+// window costs its page faults on every first touch.
+var windowBufs = sync.Pool{New: func() any { b := make([]byte, windowSize); return &b }}
+
+// recycle gives w's buffer back when nothing uses it any more. Called with
+// the reader's mu held.
+func (w *window) recycle() {
+	if w.dropped && w.fetched && w.refs == 0 && w.buf != nil {
+		windowBufs.Put(w.buf)
+		w.buf, w.data = nil, nil
+	}
 }
 
 func (w *window) covers(off int64) bool { return off >= w.off && off < w.off+w.size }
@@ -79,6 +99,8 @@ func (r *reader) close() {
 func (r *reader) dropAhead(n int) {
 	for _, w := range r.ahead[:n] {
 		windowBytes.Add(-w.size)
+		w.dropped = true
+		w.recycle()
 	}
 	r.ahead = append(r.ahead[:0], r.ahead[n:]...)
 }
@@ -116,7 +138,14 @@ func (r *reader) read(ctx context.Context, dest []byte, off int64) (int, error) 
 		r.depth = min(2*r.depth, maxAhead)
 		r.fill(off)
 	}
+	w.refs++
 	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		w.refs--
+		w.recycle()
+		r.mu.Unlock()
+	}()
 	select {
 	case <-w.done:
 	case <-ctx.Done():
@@ -158,14 +187,18 @@ func (r *reader) prefetch(off int64) *window {
 		windowBytes.Add(-n)
 		return nil
 	}
-	w := &window{off: off, size: n, done: make(chan struct{})}
+	w := &window{off: off, size: n, done: make(chan struct{}), buf: windowBufs.Get().(*[]byte)}
+	data := (*w.buf)[:n]
 	go func() {
-		defer close(w.done)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		data := make([]byte, n)
 		k, err := r.readAt(ctx, data, off)
+		cancel()
 		w.data, w.err = data[:k], err // a short read keeps only what was read
+		close(w.done)
+		r.mu.Lock()
+		w.fetched = true
+		w.recycle()
+		r.mu.Unlock()
 	}()
 	return w
 }
