@@ -42,6 +42,7 @@ type peer struct {
 	mu        sync.Mutex
 	conns     []*cliConn // live connections, at most Conns
 	httpUntil time.Time  // the worker speaks HTTP only: use it until then
+	gone      bool       // forgotten by closeIdle: look the worker up again
 }
 
 // httpRecheck is how long a worker found to speak HTTP only is read over
@@ -121,6 +122,7 @@ func (t *Framed) closeIdle(cutoff time.Time) {
 			p.mu.Lock()
 			if len(p.conns) == 0 && t.peers[p.addr] == p {
 				delete(t.peers, p.addr)
+				p.gone = true
 			}
 			p.mu.Unlock()
 			t.mu.Unlock()
@@ -128,7 +130,10 @@ func (t *Framed) closeIdle(cutoff time.Time) {
 	}
 }
 
-var errIdle = fmt.Errorf("%w: closed after being idle", wire.ErrWorker)
+var (
+	errIdle     = fmt.Errorf("%w: closed after being idle", wire.ErrWorker)
+	errPeerGone = fmt.Errorf("%w: the worker's entry was forgotten as idle", wire.ErrWorker)
+)
 
 // conn returns a connection to p for one more call: an idle one, else a
 // new one while under Conns, else the least busy. Nil (and no error) when
@@ -136,6 +141,9 @@ var errIdle = fmt.Errorf("%w: closed after being idle", wire.ErrWorker)
 func (t *Framed) conn(ctx context.Context, p *peer) (*cliConn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.gone {
+		return nil, errPeerGone
+	}
 	if time.Now().Before(p.httpUntil) {
 		return nil, nil
 	}
@@ -270,13 +278,20 @@ func (t *Framed) ReadBatch(ctx context.Context, addr string, reads []wire.ReadRe
 // do sends cl and waits for its answers. An error is one of the whole
 // call (no connection, the connection lost); the items' own are in cl.errs.
 func (t *Framed) do(ctx context.Context, addr string, cl *call, kind byte) error {
-	p, err := t.peer(addr)
-	if err != nil {
-		return err
-	}
-	c, err := t.conn(ctx, p)
-	if err != nil {
-		return err
+	var c *cliConn
+	for attempt := 0; ; attempt++ {
+		p, err := t.peer(addr)
+		if err != nil {
+			return err
+		}
+		c, err = t.conn(ctx, p)
+		if errors.Is(err, errPeerGone) && attempt < 3 {
+			continue // forgotten as idle meanwhile: a fresh entry
+		}
+		if err != nil {
+			return err
+		}
+		break
 	}
 	if c == nil {
 		cl.fellBack = true
