@@ -80,16 +80,7 @@ func encodeKey(k *ecdsa.PrivateKey) ([]byte, error) {
 
 // newCA makes a self-signed CA valid for validity from now.
 func newCA(now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	sn, err := serial()
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          sn,
+	return issue(&x509.Certificate{
 		Subject:               pkix.Name{CommonName: fmt.Sprintf("granary-webhook-ca@%d", now.Unix())},
 		NotBefore:             now.Add(-backdate(validity)),
 		NotAfter:              now.Add(validity),
@@ -97,16 +88,7 @@ func newCA(now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err e
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	keyPEM, err = encodeKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+	}, nil, nil)
 }
 
 // newServing makes a serving certificate for dnsNames (and IP addresses
@@ -116,32 +98,39 @@ func newServing(caCertPEM, caKeyPEM []byte, dnsNames []string, now time.Time, va
 	if err != nil {
 		return nil, nil, fmt.Errorf("the CA: %w", err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	sn, err := serial()
-	if err != nil {
-		return nil, nil, err
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: dnsNames[0]},
-		NotBefore:    now.Add(-backdate(validity)),
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		Subject:     pkix.Name{CommonName: dnsNames[0]},
+		NotBefore:   now.Add(-backdate(validity)),
+		NotAfter:    now.Add(validity),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	if tmpl.NotAfter.After(ca.NotAfter) {
 		tmpl.NotAfter = ca.NotAfter
 	}
 	tmpl.DNSNames, tmpl.IPAddresses = splitHosts(dnsNames)
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	return issue(tmpl, ca, caKey)
+}
+
+// issue makes a certificate from tmpl for a new P-256 key, with a fresh
+// serial number, signed by parent's key (or self-signed when parent is
+// nil), and returns both in PEM.
+func issue(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}
-	keyPEM, err = encodeKey(key)
+	if tmpl.SerialNumber, err = serial(); err != nil {
+		return nil, nil, err
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
 	if err != nil {
+		return nil, nil, err
+	}
+	if keyPEM, err = encodeKey(key); err != nil {
 		return nil, nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
