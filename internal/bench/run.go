@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/granary-cache/granary/internal/measure"
 	"github.com/granary-cache/granary/internal/ufs"
 )
 
@@ -307,10 +308,7 @@ func snapshot(ctx context.Context, p Probes, rep *Report) probeValues {
 			rep.warn("granary CPU not measured: %v", err)
 		}
 	}
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		v.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	v.self = measure.ProcessCPU()
 	return v
 }
 

@@ -10,14 +10,13 @@ import (
 	"io"
 	"net"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/granary-cache/granary/internal/block"
+	"github.com/granary-cache/granary/internal/measure"
 	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -118,11 +117,11 @@ func BenchmarkRemoteHits(b *testing.B) {
 		for k := range phases {
 			p := (round + k) % len(phases)
 			runtime.GC() // the garbage of a phase is not the next one's to collect
-			cpu0, t0 := procCPU(), time.Now()
+			cpu0, t0 := measure.ProcessCPU(), time.Now()
 			if err := phases[p].run(); err != nil {
 				b.Fatalf("%s, round %d: %v", phases[p].name, round, err)
 			}
-			d, cpu := time.Since(t0), procCPU()-cpu0
+			d, cpu := time.Since(t0), measure.ProcessCPU()-cpu0
 			rates[p] = append(rates[p], hitRequests/d.Seconds())
 			cpus[p] = append(cpus[p], cpu.Seconds()/gb)
 		}
@@ -134,11 +133,11 @@ func BenchmarkRemoteHits(b *testing.B) {
 		for i := range r {
 			r[i] = rates[x][i] / rates[y][i]
 		}
-		return median(r)
+		return measure.Median(r)
 	}
 	for p, ph := range phases {
-		b.ReportMetric(median(rates[p]), ph.name+"_req/s")
-		b.ReportMetric(median(cpus[p]), "proc_cpu_s_per_GB_"+ph.name)
+		b.ReportMetric(measure.Median(rates[p]), ph.name+"_req/s")
+		b.ReportMetric(measure.Median(cpus[p]), "proc_cpu_s_per_GB_"+ph.name)
 	}
 	b.ReportMetric(ratio(fr, rw), "framed/raw")
 	b.ReportMetric(ratio(ht, rw), "http/raw")
@@ -171,24 +170,6 @@ func concurrently(workers, count int, newWorker func() func(int) error) error {
 	}
 	wg.Wait()
 	return first
-}
-
-// procCPU is the user+system CPU time of this process so far.
-func procCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // rawServer is the baseline: a loopback TCP server that answers each 8-byte

@@ -6,12 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/load"
+	"github.com/granary-cache/granary/internal/measure"
 )
 
 // The benchmarks of this package measure what the cluster's features buy,
@@ -69,7 +69,7 @@ func BenchmarkLoadScaling(b *testing.B) {
 			})
 		}
 	}
-	t3, t1 := median(times[3]), median(times[1])
+	t3, t1 := measure.Median(times[3]), measure.Median(times[1])
 	b.Logf("load of %s: 3 workers %v, 1 worker %v (medians of %d); 3 ÷ 1 = %.2f", scale, t3, t1, benchRuns(), t3.Seconds()/t1.Seconds())
 }
 
@@ -107,19 +107,10 @@ func warmRatio(b *testing.B, m *mountProc, a, base string) {
 			times[ds] = append(times[ds], e.took)
 		}
 	}
-	ta, tb := median(times[a]), median(times[base])
+	ta, tb := measure.Median(times[a]), measure.Median(times[base])
 	b.ReportMetric(tb.Seconds()/ta.Seconds(), "speedup")
 	b.Logf("warm epoch (%d files, %s): %s %v, %s %v (medians of 5); %s ÷ %s throughput = %.2f",
 		len(data.files), config.Size(data.bytes), a, ta, base, tb, a, base, tb.Seconds()/ta.Seconds())
-}
-
-func median(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func drop(tb testing.TB) {

@@ -6,12 +6,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/measure"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/ufs/s3"
 	"github.com/granary-cache/granary/internal/ufs/ufstest"
@@ -187,7 +186,7 @@ func BenchmarkSmallObjects(b *testing.B) {
 		for k := range 2 {
 			lean := (round+k)%2 == 1
 			s3.SetLean(fsys, lean)
-			cpu0, t0 := processCPU(), time.Now()
+			cpu0, t0 := measure.ProcessCPU(), time.Now()
 			if err := readAll(); err != nil {
 				b.Fatal(err)
 			}
@@ -196,32 +195,17 @@ func BenchmarkSmallObjects(b *testing.B) {
 				i = 1
 			}
 			rates[i] = append(rates[i], smallObjects/time.Since(t0).Seconds())
-			cpus[i] = append(cpus[i], (processCPU()-cpu0).Seconds()/gb)
+			cpus[i] = append(cpus[i], (measure.ProcessCPU()-cpu0).Seconds()/gb)
 		}
 	}
 	b.StopTimer()
 	if s3.LeanOff(fsys) {
 		b.Fatal("the lean path turned itself off")
 	}
-	sdk, lean := median(rates[0]), median(rates[1])
+	sdk, lean := measure.Median(rates[0]), measure.Median(rates[1])
 	b.ReportMetric(sdk, "sdk_req/s")
 	b.ReportMetric(lean, "lean_req/s")
 	b.ReportMetric(lean/sdk, "lean/sdk")
-	b.ReportMetric(median(cpus[0]), "sdk_proc_CPU-s/GB")
-	b.ReportMetric(median(cpus[1]), "lean_proc_CPU-s/GB")
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-// processCPU is the CPU time (user and system) this process has used.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(measure.Median(cpus[0]), "sdk_proc_CPU-s/GB")
+	b.ReportMetric(measure.Median(cpus[1]), "lean_proc_CPU-s/GB")
 }
