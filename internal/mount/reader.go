@@ -50,15 +50,15 @@ type window struct {
 	fetched bool
 }
 
-// windowBufs holds window buffers for reuse: a fresh 8 MiB allocation per
-// window costs its page faults on every first touch.
-var windowBufs = sync.Pool{New: func() any { b := make([]byte, windowSize); return &b }}
+// windowBufs keeps window buffers for reuse (see bufferPool): as many as
+// the budget allows, for a minute after the last read-ahead.
+var windowBufs = &bufferPool{size: windowSize, max: maxWindowBytes / windowSize, idle: time.Minute}
 
 // recycle gives w's buffer back when nothing uses it any more. Called with
 // the reader's mu held.
 func (w *window) recycle() {
 	if w.dropped && w.fetched && w.refs == 0 && w.buf != nil {
-		windowBufs.Put(w.buf)
+		windowBufs.put(w.buf)
 		w.buf, w.data = nil, nil
 	}
 }
@@ -192,7 +192,7 @@ func (r *reader) prefetch(off int64) *window {
 		windowBytes.Add(-n)
 		return nil
 	}
-	w := &window{off: off, size: n, done: make(chan struct{}), buf: windowBufs.Get().(*[]byte)}
+	w := &window{off: off, size: n, done: make(chan struct{}), buf: windowBufs.get()}
 	data := (*w.buf)[:n]
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -434,7 +434,7 @@ func TestMountWithoutPassthrough(t *testing.T) {
 }
 
 // serverPid finds the serving child of a mount supervisor.
-func (m *mountProc) serverPid(t *testing.T) int {
+func (m *mountProc) serverPid(t testing.TB) int {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		// Any thread of the supervisor may have started it.
