@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/granary-cache/granary/internal/bufpool"
 	"github.com/granary-cache/granary/internal/client"
 )
 
@@ -50,15 +51,15 @@ type window struct {
 	fetched bool
 }
 
-// windowBufs keeps window buffers for reuse (see bufferPool): as many as
-// the budget allows, for a minute after the last read-ahead.
-var windowBufs = &bufferPool{size: windowSize, max: maxWindowBytes / windowSize, idle: time.Minute}
+// windowBufs keeps window buffers for reuse: as many as the budget
+// allows, for a minute after the last read-ahead.
+var windowBufs = &bufpool.Pool{Size: windowSize, Max: maxWindowBytes / windowSize}
 
 // recycle gives w's buffer back when nothing uses it any more. Called with
 // the reader's mu held.
 func (w *window) recycle() {
 	if w.dropped && w.fetched && w.refs == 0 && w.buf != nil {
-		windowBufs.put(w.buf)
+		windowBufs.Put(w.buf)
 		w.buf, w.data = nil, nil
 	}
 }
@@ -192,7 +193,7 @@ func (r *reader) prefetch(off int64) *window {
 		windowBytes.Add(-n)
 		return nil
 	}
-	w := &window{off: off, size: n, done: make(chan struct{}), buf: windowBufs.get()}
+	w := &window{off: off, size: n, done: make(chan struct{}), buf: windowBufs.Get()}
 	data := (*w.buf)[:n]
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

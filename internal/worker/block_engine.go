@@ -82,8 +82,8 @@ func (w *Worker) ServeRead(ctx context.Context, r wire.ReadRequest, out transpor
 		return err
 	}
 	defer l.close()
-	bufp := w.pagePool.Get().(*[]byte)
-	defer w.pagePool.Put(bufp)
+	bufp := w.pageBufs.Get()
+	defer w.pageBufs.Put(bufp)
 	if err := w.send(ctx, out, l, req, off, n, *bufp); err != nil {
 		return fmt.Errorf("serve %s: %w", req.key, err)
 	}
@@ -321,7 +321,7 @@ func (w *Worker) fetchPage(ctx context.Context, req blockReq, b *cache.Block, p 
 			return nil, nil // stored by a call that just finished
 		}
 		plen := w.layout.PageLen(req.blen, p)
-		bufp := w.pagePool.Get().(*[]byte)
+		bufp := w.pageBufs.Get()
 		buf := (*bufp)[:plen]
 		off := req.key.Index*req.key.BlockSize + int64(p)*w.layout.PageSize
 		r := ufs.Range{Off: off, Len: plen, IfVersion: req.key.Version}
@@ -342,13 +342,13 @@ func (w *Worker) fetchPage(ctx context.Context, req blockReq, b *cache.Block, p 
 			}
 		}
 		if err != nil {
-			w.pagePool.Put(bufp)
+			w.pageBufs.Put(bufp)
 			return nil, err
 		}
 		if b != nil {
 			werr := w.store.WritePage(b, p, buf)
 			if werr == nil {
-				w.pagePool.Put(bufp)
+				w.pageBufs.Put(bufp)
 				return nil, nil
 			}
 			w.log.Debug("page not cached", "block", req.key.String(), "page", p, "err", werr)
@@ -390,8 +390,8 @@ func (w *Worker) readAhead(req blockReq, b *cache.Block) {
 // set, those checked since the file last changed — fetching again the ones
 // that fail.
 func (w *Worker) verifyBlock(ctx context.Context, l *loaded, req blockReq, all bool) error {
-	bufp := w.pagePool.Get().(*[]byte)
-	defer w.pagePool.Put(bufp)
+	bufp := w.pageBufs.Get()
+	defer w.pageBufs.Put(bufp)
 	for p := req.first; p <= req.last; p++ {
 		if l.fetched[p] {
 			continue // fetched by this request: its CRC is of these bytes

@@ -33,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/granary-cache/granary/internal/block"
+	"github.com/granary-cache/granary/internal/bufpool"
 	"github.com/granary-cache/granary/internal/cache"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/dataset"
@@ -62,7 +63,7 @@ type Worker struct {
 
 	pages     flight.Group[pageKey, []byte]
 	readahead chan struct{} // bounds background page fetches
-	pagePool  sync.Pool
+	pageBufs  bufpool.Pool // a page's bytes on their way from the UFS or a file
 
 	loads      *loadRegistry
 	prio       priority // jobs' reads before loads
@@ -130,7 +131,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 	w.frames = &transport.Server{Handler: w, Authorize: w.authorizeConn, Log: w.log, Observe: w.observeFramed}
 	w.registerMembershipHealth()
 	w.bgCtx, w.bgCancel = context.WithCancel(context.Background())
-	w.pagePool.New = func() any { b := make([]byte, w.layout.PageSize); return &b }
+	// Enough pages for the fetches of a few blocks at once (64 MiB of 4 MiB
+	// pages each), kept while the worker is busy.
+	w.pageBufs = bufpool.Pool{Size: int(w.layout.PageSize), Max: int(max(256<<20/w.layout.PageSize, 16))}
 	if w.datasets, err = dataset.OpenAll(cfg, ufs.NewMetrics(reg)); err != nil {
 		return nil, err
 	}
