@@ -63,7 +63,7 @@ type Worker struct {
 
 	pages     flight.Group[pageKey, []byte]
 	readahead chan struct{} // bounds background page fetches
-	pageBufs  bufpool.Pool // a page's bytes on their way from the UFS or a file
+	pageBufs  bufpool.Pool  // a page's bytes on their way from the UFS or a file
 
 	loads      *loadRegistry
 	prio       priority // jobs' reads before loads
