@@ -18,7 +18,11 @@ import (
 // that a stream keeps the network and the UFS busy rather than waiting on
 // one request at a time. The windows in flight start at two and double,
 // up to maxAhead, each time the reader catches up with a window still on
-// its way; a reader that jumps around gets none.
+// its way; a reader that jumps around gets none, and so does the end of a
+// file, once less than a window is left after a read: the kernel's own
+// read-ahead (READs of up to 1 MiB) covers it. A window there would read
+// bytes the kernel already has (it starts on the window grid) and cost a
+// small file a second read of the block.
 type reader struct {
 	file   *client.File // nil in tests, which set size and readAt
 	size   int64
@@ -126,7 +130,7 @@ func (r *reader) read(ctx context.Context, dest []byte, off int64) (int, error) 
 	switch {
 	case i < len(r.ahead):
 		r.dropAhead(i) // the ones before were read past
-	case sequential:
+	case sequential && r.size-r.pos > windowSize:
 		r.dropAhead(len(r.ahead))
 		r.depth = minAhead
 	default:

@@ -10,7 +10,7 @@ import (
 )
 
 // slowFile is a file whose reads take a while, counting the reads in
-// flight and the bytes asked for.
+// flight and the bytes of the file asked for.
 type slowFile struct {
 	data  []byte
 	delay time.Duration
@@ -25,7 +25,7 @@ func (f *slowFile) readAt(ctx context.Context, p []byte, off int64) (int, error)
 	f.mu.Lock()
 	f.inflight++
 	f.peak = max(f.peak, f.inflight)
-	f.asked += int64(len(p))
+	f.asked += max(0, min(int64(len(p)), int64(len(f.data))-off)) // bytes of the file
 	f.mu.Unlock()
 	defer func() {
 		f.mu.Lock()
@@ -136,4 +136,26 @@ func checkBudget(t *testing.T) {
 	if n := windowBytes.Load(); n != 0 {
 		t.Errorf("%d bytes of windows left after close", n)
 	}
+}
+
+// TestSmallFileNoReadAhead: a file, or the end of one, with less than a
+// window left after a read is read as asked: no window re-reads what the
+// kernel has read already.
+func TestSmallFileNoReadAhead(t *testing.T) {
+	for _, size := range []int{143 << 10, 3 << 20, windowSize + 64<<10} {
+		f := &slowFile{data: pattern(size)}
+		r := testReader(f)
+		buf := make([]byte, 128<<10)
+		for off := int64(0); off < int64(size); off += int64(len(buf)) {
+			n, err := r.read(context.Background(), buf, off)
+			if (err != nil && err != io.EOF) || !bytes.Equal(buf[:n], f.data[off:off+int64(n)]) {
+				t.Fatalf("%d-byte file, read at %d: %d bytes, %v", size, off, n, err)
+			}
+		}
+		r.close()
+		if f.asked != int64(size) {
+			t.Errorf("%d-byte file read sequentially: asked for %d bytes; want each byte once", size, f.asked)
+		}
+	}
+	checkBudget(t)
 }
