@@ -285,7 +285,7 @@ func (w *Worker) fetchMissing(ctx context.Context, req blockReq, l *loaded) erro
 	}
 	w.m.pages.WithLabelValues("miss").Add(float64(len(missing)))
 	if !req.background {
-		defer w.prio.foreground()()
+		defer w.prio.foreground(req.ds.Name())()
 	}
 	var mu sync.Mutex
 	var firstErr error

@@ -199,7 +199,7 @@ func (w *Worker) loadBlock(r *http.Request, ds string, it wire.LoadItem) wire.Lo
 		ev.Cached = true
 		return ev
 	}
-	end, err := w.prio.background(r.Context())
+	end, err := w.prio.background(r.Context(), req.ds.Name())
 	if err != nil {
 		return fail(ufs.NewError("load", it.Path, ufs.ClassCanceled, err))
 	}

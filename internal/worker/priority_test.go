@@ -12,7 +12,7 @@ func TestPriorityLoadsYieldToJobs(t *testing.T) {
 	// No job missing: loads are not held back.
 	var ends []func()
 	for range 2 * loadFloor {
-		end, err := p.background(ctx)
+		end, err := p.background(ctx, "loads")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -22,10 +22,10 @@ func TestPriorityLoadsYieldToJobs(t *testing.T) {
 		end()
 	}
 	// A job missing: loadFloor loads go on, the next one waits.
-	endJob := p.foreground()
+	endJob := p.foreground("jobs")
 	ends = ends[:0]
 	for range loadFloor {
-		end, err := p.background(ctx)
+		end, err := p.background(ctx, "loads")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -33,7 +33,7 @@ func TestPriorityLoadsYieldToJobs(t *testing.T) {
 	}
 	got := make(chan func(), 1)
 	go func() {
-		end, err := p.background(ctx)
+		end, err := p.background(ctx, "loads")
 		if err != nil {
 			t.Error(err)
 		}
@@ -55,15 +55,15 @@ func TestPriorityLoadsYieldToJobs(t *testing.T) {
 		end()
 	}
 	// A waiting load gives up with its context.
-	endJob = p.foreground()
+	endJob = p.foreground("jobs")
 	defer endJob()
 	for range loadFloor {
-		end, _ := p.background(ctx)
+		end, _ := p.background(ctx, "loads")
 		defer end()
 	}
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, err := p.background(cctx); err == nil {
+	if _, err := p.background(cctx, "loads"); err == nil {
 		t.Fatal("a load waiting past its context went on")
 	}
 }
@@ -72,15 +72,15 @@ func TestPriorityLoadsYieldToJobs(t *testing.T) {
 // goes on when another load ends.
 func TestPriorityFreedSlot(t *testing.T) {
 	var p priority
-	defer p.foreground()()
+	defer p.foreground("jobs")()
 	var ends []func()
 	for range loadFloor {
-		end, _ := p.background(context.Background())
+		end, _ := p.background(context.Background(), "loads")
 		ends = append(ends, end)
 	}
 	got := make(chan struct{})
 	go func() {
-		end, _ := p.background(context.Background())
+		end, _ := p.background(context.Background(), "loads")
 		end()
 		close(got)
 	}()
@@ -92,5 +92,61 @@ func TestPriorityFreedSlot(t *testing.T) {
 	}
 	for _, end := range ends[1:] {
 		end()
+	}
+}
+
+// TestPrioritySameDataset: a job missing in a dataset does not hold back
+// loads of that dataset (they fetch what it reads next), only loads of
+// others; and a load of another dataset waiting on that job goes on when
+// that job's misses end, even while its own dataset misses.
+func TestPrioritySameDataset(t *testing.T) {
+	var p priority
+	ctx := context.Background()
+	endJob := p.foreground("train")
+	var ends []func()
+	for range 2 * loadFloor {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		end, err := p.background(cctx, "train")
+		cancel()
+		if err != nil {
+			t.Fatalf("a load of the job's own dataset was held back: %v", err)
+		}
+		ends = append(ends, end)
+	}
+	// Past the floor: a load of another dataset waits for the job.
+	got := make(chan func(), 1)
+	go func() {
+		end, err := p.background(ctx, "other")
+		if err != nil {
+			t.Error(err)
+		}
+		got <- end
+	}()
+	select {
+	case <-got:
+		t.Fatal("a load of another dataset went on past the floor while a job missed")
+	case <-time.After(50 * time.Millisecond):
+	}
+	// A miss of "other" itself does not hold its own load back: only
+	// "train"'s does, until it ends.
+	endOther := p.foreground("other")
+	select {
+	case <-got:
+		t.Fatal("the load went on while train's job still missed")
+	case <-time.After(50 * time.Millisecond):
+	}
+	endJob()
+	select {
+	case end := <-got:
+		end()
+	case <-time.After(10 * time.Second):
+		t.Fatal("the load of another dataset did not go on once the other job's miss ended")
+	}
+	endOther()
+	for _, end := range ends {
+		end()
+	}
+	if p.all != 0 || p.bg != 0 || len(p.fg) != 0 {
+		t.Errorf("after every end: %d misses (%v), %d loads", p.all, p.fg, p.bg)
 	}
 }

@@ -5,6 +5,10 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -246,7 +250,11 @@ func BenchmarkMountLsLR(b *testing.B) {
 // BenchmarkMountColdS3: a cold epoch of the small files from a real S3
 // server through the mount, without and with --prefetch, against a
 // parallel SDK download of the same objects (what `aws s3 cp --recursive`
-// does), each on a fresh cluster.
+// does), each on a fresh cluster. Two servers: the S3 server itself on
+// loopback, where the epoch is bound by this machine's CPU, and the same
+// server behind a proxy that holds each request for GRANARY_BENCH_S3_LATENCY
+// (default 20ms) first, as an object store across a network does, where
+// the epoch is bound by requests in flight.
 func BenchmarkMountColdS3(b *testing.B) {
 	if s3srv == nil {
 		b.Skip("no S3 server")
@@ -276,7 +284,20 @@ func BenchmarkMountColdS3(b *testing.B) {
 	}
 	close(work)
 	wg.Wait()
-	sdk := s3.New(s3.Options{BaseEndpoint: aws.String(s3srv.Endpoint), Region: "us-east-1", UsePathStyle: true,
+	latency := 20 * time.Millisecond
+	if v := os.Getenv("GRANARY_BENCH_S3_LATENCY"); v != "" {
+		var err error
+		if latency, err = time.ParseDuration(v); err != nil {
+			b.Fatalf("GRANARY_BENCH_S3_LATENCY: %v", err)
+		}
+	}
+	b.Run("loopback", func(b *testing.B) { coldS3(b, s3srv.Endpoint, bucket, small) })
+	b.Run("latency="+latency.String(), func(b *testing.B) { coldS3(b, latencyProxy(b, s3srv.Endpoint, latency), bucket, small) })
+}
+
+func coldS3(b *testing.B, endpoint, bucket string, small []string) {
+	ctx := context.Background()
+	sdk := s3.New(s3.Options{BaseEndpoint: aws.String(endpoint), Region: "us-east-1", UsePathStyle: true,
 		Credentials: credentials.NewStaticCredentialsProvider(s3test.AccessKey, s3test.SecretKey, "")})
 	download := func() time.Duration {
 		start := time.Now()
@@ -304,7 +325,7 @@ func BenchmarkMountColdS3(b *testing.B) {
 	}
 	// A cold epoch through a fresh one-worker cluster and mount.
 	cold := func(args ...string) time.Duration {
-		c := s3BenchCluster(b, bucket)
+		c := s3BenchClusterAt(b, endpoint, bucket)
 		m := c.mount(b, args...)
 		start := time.Now()
 		epoch(b, filepath.Join(m.dir, "s3"), small, 16, 1)
@@ -325,6 +346,33 @@ func BenchmarkMountColdS3(b *testing.B) {
 	b.ReportMetric(tm.Seconds()/tp.Seconds(), "prefetch/mount")
 	b.ReportMetric(float64(b.N*len(small))/tm.Seconds(), "mount_files/s")
 	b.ReportMetric(float64(b.N*len(small))/tp.Seconds(), "prefetch_files/s")
+	b.ReportMetric(float64(b.N*len(small))/ts.Seconds(), "sdk_files/s")
+}
+
+// latencyProxy serves target's requests through a loopback proxy that
+// holds each one for delay before passing it on (the Host header kept, so
+// that signatures still match); it stops with the benchmark.
+func latencyProxy(b *testing.B, target string, delay time.Duration) string {
+	u, err := url.Parse(target)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(u)
+		r.Out.Host = r.In.Host
+	}, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	addr := freeAddr(b)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(delay)
+		rp.ServeHTTP(w, r)
+	})}
+	go srv.Serve(ln)
+	b.Cleanup(func() { srv.Close() })
+	return "http://" + addr
 }
 
 // s3BenchCluster starts a fresh one-worker cluster over a bucket of the
@@ -332,9 +380,14 @@ func BenchmarkMountColdS3(b *testing.B) {
 // (tmpfs) as `granary up` gives: creating a block file there is far cheaper
 // than on ext4.
 func s3BenchCluster(b *testing.B, bucket string) *cluster {
+	return s3BenchClusterAt(b, s3srv.Endpoint, bucket)
+}
+
+// s3BenchClusterAt is s3BenchCluster with the S3 server at endpoint.
+func s3BenchClusterAt(b *testing.B, endpoint, bucket string) *cluster {
 	return startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
 		datasets: fmt.Sprintf("  - name: s3\n    ufs: s3://%s\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
-			bucket, s3srv.Endpoint, s3test.AccessKey, s3test.SecretKey),
+			bucket, endpoint, s3test.AccessKey, s3test.SecretKey),
 		tiers: func(_ int, d string) string {
 			mem, _ := os.MkdirTemp("/dev/shm", "granary-bench")
 			b.Cleanup(func() { os.RemoveAll(mem) })
