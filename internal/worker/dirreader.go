@@ -112,7 +112,14 @@ func (w *Worker) handleUFSRead(rw http.ResponseWriter, r *http.Request) {
 	}
 	defer rc.Close()
 	rw.Header().Set("Content-Type", "application/octet-stream")
-	if _, err := io.Copy(rw, rc); err != nil {
+	// Read in pages, as the worker's own fetches do: a whole small file in
+	// one read of the UFS. Copying into the ResponseWriter as such (its
+	// ReadFrom) would first read 512 bytes alone, to sniff a type; on
+	// CephFS each read of a file not yet cached is an OSD request, so that
+	// made two per file.
+	bufp := w.pageBufs.Get()
+	defer w.pageBufs.Put(bufp)
+	if _, err := io.CopyBuffer(struct{ io.Writer }{rw}, rc, *bufp); err != nil {
 		w.log.Debug("read for a peer failed", "path", p, "err", err)
 		panic(http.ErrAbortHandler) // the peer must see a broken body, not a short one
 	}

@@ -1,0 +1,69 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/url"
+	"sync/atomic"
+	"testing"
+
+	"github.com/granary-cache/granary/internal/ufs"
+	"github.com/granary-cache/granary/internal/wire"
+)
+
+// readCounting counts the reads made of the files it opens that return
+// bytes: on CephFS, each is an OSD request for a file not yet cached.
+type readCounting struct {
+	ufs.FS
+	reads atomic.Int64
+}
+
+func (f *readCounting) ReadRange(ctx context.Context, name string, r ufs.Range) (io.ReadCloser, error) {
+	rc, err := f.FS.ReadRange(ctx, name, r)
+	if err != nil {
+		return nil, err
+	}
+	return countedBody{rc, &f.reads}, nil
+}
+
+type countedBody struct {
+	io.ReadCloser
+	reads *atomic.Int64
+}
+
+func (b countedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.reads.Add(1)
+	}
+	return n, err
+}
+
+// TestUFSReadForPeerOneRead: a whole small file read for a peer (the
+// directory reader's service) costs the UFS one read, not a first one of
+// 512 bytes to sniff its type and another for the rest.
+func TestUFSReadForPeerOneRead(t *testing.T) {
+	tw := startWorker(t, testBlock, testPage, "")
+	data := tw.writeFile(t, "f", 100<<10)
+	ds, _ := tw.datasets.Get("d")
+	counting := &readCounting{FS: ds.FS}
+	ds.FS = counting
+	for _, r := range []struct{ off, n string }{{"0", "-1"}, {"0", "102400"}} {
+		counting.reads.Store(0)
+		q := url.Values{"ds": {"d"}, "path": {"f"}, "off": {r.off}, "len": {r.n}}
+		resp, err := http.Get("http://" + tw.Addr() + wire.PathUFSRead + "?" + q.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+			t.Fatalf("off %s len %s: status %d, %d bytes of %d, %v", r.off, r.n, resp.StatusCode, len(body), len(data), err)
+		}
+		if n := counting.reads.Load(); n != 1 {
+			t.Errorf("off %s len %s: %d reads of the UFS file; want 1", r.off, r.n, n)
+		}
+	}
+}
