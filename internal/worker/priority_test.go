@@ -31,26 +31,10 @@ func TestPriorityLoadsYieldToJobs(t *testing.T) {
 		}
 		ends = append(ends, end)
 	}
-	got := make(chan func(), 1)
-	go func() {
-		end, err := p.background(ctx, "loads")
-		if err != nil {
-			t.Error(err)
-		}
-		got <- end
-	}()
-	select {
-	case <-got:
-		t.Fatal("a load beyond the floor went on while a job was missing")
-	case <-time.After(50 * time.Millisecond):
-	}
+	got := waitingLoad(t, &p, "loads")
+	notYet(t, got, "a load beyond the floor went on while a job was missing")
 	endJob()
-	select {
-	case end := <-got:
-		end()
-	case <-time.After(10 * time.Second):
-		t.Fatal("the waiting load did not go on after the job's miss ended")
-	}
+	goesOn(t, got, "the waiting load did not go on after the job's miss ended")
 	for _, end := range ends {
 		end()
 	}
@@ -114,39 +98,55 @@ func TestPrioritySameDataset(t *testing.T) {
 		ends = append(ends, end)
 	}
 	// Past the floor: a load of another dataset waits for the job.
-	got := make(chan func(), 1)
-	go func() {
-		end, err := p.background(ctx, "other")
-		if err != nil {
-			t.Error(err)
-		}
-		got <- end
-	}()
-	select {
-	case <-got:
-		t.Fatal("a load of another dataset went on past the floor while a job missed")
-	case <-time.After(50 * time.Millisecond):
-	}
+	got := waitingLoad(t, &p, "other")
+	notYet(t, got, "a load of another dataset went on past the floor while a job missed")
 	// A miss of "other" itself does not hold its own load back: only
 	// "train"'s does, until it ends.
 	endOther := p.foreground("other")
-	select {
-	case <-got:
-		t.Fatal("the load went on while train's job still missed")
-	case <-time.After(50 * time.Millisecond):
-	}
+	notYet(t, got, "the load went on while train's job still missed")
 	endJob()
-	select {
-	case end := <-got:
-		end()
-	case <-time.After(10 * time.Second):
-		t.Fatal("the load of another dataset did not go on once the other job's miss ended")
-	}
+	goesOn(t, got, "the load of another dataset did not go on once the other job's miss ended")
 	endOther()
 	for _, end := range ends {
 		end()
 	}
 	if p.all != 0 || p.bg != 0 || len(p.fg) != 0 {
 		t.Errorf("after every end: %d misses (%v), %d loads", p.all, p.fg, p.bg)
+	}
+}
+
+// waitingLoad asks for a load slot of dataset ds in the background; the
+// channel gets its end func once it has one.
+func waitingLoad(t *testing.T, p *priority, ds string) <-chan func() {
+	got := make(chan func(), 1)
+	go func() {
+		end, err := p.background(context.Background(), ds)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- end
+	}()
+	return got
+}
+
+// notYet fails with msg if the waiting load goes on within 50 ms.
+func notYet(t *testing.T, got <-chan func(), msg string) {
+	t.Helper()
+	select {
+	case <-got:
+		t.Fatal(msg)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+// goesOn fails with msg unless the waiting load goes on (within 10 s), and
+// ends it.
+func goesOn(t *testing.T, got <-chan func(), msg string) {
+	t.Helper()
+	select {
+	case end := <-got:
+		end()
+	case <-time.After(10 * time.Second):
+		t.Fatal(msg)
 	}
 }
