@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/granary-cache/granary/internal/testport"
@@ -14,12 +15,32 @@ import (
 
 // Build builds the pure-Go granary binary (CGO_ENABLED=0, as released) into
 // dir and returns its path. It can run in TestMain, before any test.
-func Build(dir string) (string, error) {
+func Build(dir string) (string, error) { return BuildWith(dir, BuildOptions{}) }
+
+// BuildOptions choose a build of granary other than the released one.
+type BuildOptions struct {
+	// Race builds with the race detector: a race in a granary process
+	// makes it exit non-zero, which the test sees.
+	Race bool
+	// CephFS builds the native CephFS backend in (cgo, libcephfs).
+	CephFS bool
+}
+
+// BuildWith builds granary into dir as o says and returns its path.
+func BuildWith(dir string, o BuildOptions) (string, error) {
 	bin := filepath.Join(dir, "granary")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/granary-cache/granary/cmd/granary")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	args := []string{"build", "-o", bin}
+	cgo := "0"
+	if o.Race {
+		args, cgo = append(args, "-race"), "1"
+	}
+	if o.CephFS {
+		args, cgo = append(args, "-tags", "cephfs"), "1"
+	}
+	cmd := exec.Command("go", append(args, "github.com/granary-cache/granary/cmd/granary")...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build granary: %v\n%s", err, out)
+		return "", fmt.Errorf("build granary (%s): %v\n%s", strings.Join(cmd.Args, " "), err, out)
 	}
 	return bin, nil
 }

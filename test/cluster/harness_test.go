@@ -45,25 +45,11 @@ func setup(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	granary = filepath.Join(dir, "granary")
-	build := exec.Command("go", "build", "-o", granary, "../../cmd/granary")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if os.Getenv("GRANARY_CEPH_DIR") != "" {
-		// CephFS datasets need the cgo build.
-		build = exec.Command("go", "build", "-tags", "cephfs", "-o", granary, "../../cmd/granary")
-		build.Env = append(os.Environ(), "CGO_ENABLED=1")
-	}
-	if raceEnabled {
-		// The workers run with the race detector too: a race in them makes
-		// them exit non-zero, which stop reports.
-		build = exec.Command("go", "build", "-race", "-o", granary, "../../cmd/granary")
-		if os.Getenv("GRANARY_CEPH_DIR") != "" {
-			build.Args = append(build.Args[:2], append([]string{"-tags", "cephfs"}, build.Args[2:]...)...)
-		}
-		build.Env = append(os.Environ(), "CGO_ENABLED=1")
-	}
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build granary: %v\n%s", err, out)
+	// The workers run with the race detector when the tests do; CephFS
+	// datasets need the cgo build.
+	granary, err = granarytest.BuildWith(dir, granarytest.BuildOptions{Race: raceEnabled, CephFS: os.Getenv("GRANARY_CEPH_DIR") != ""})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	s3srv, err = s3test.StartServer(dir)

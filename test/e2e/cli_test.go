@@ -16,6 +16,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/granary-cache/granary/internal/granarytest"
 	"github.com/granary-cache/granary/internal/s3test"
 )
 
@@ -39,11 +40,8 @@ func setup(m *testing.M) (int, error) {
 		return 0, err
 	}
 	defer os.RemoveAll(dir)
-	granary = filepath.Join(dir, "granary")
-	build := exec.Command("go", "build", "-o", granary, "../../cmd/granary")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("build granary: %v\n%s", err, out)
+	if granary, err = granarytest.Build(dir); err != nil {
+		return 0, err
 	}
 	server, err = s3test.StartServer(dir)
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -26,6 +25,7 @@ import (
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/etcdtest"
+	"github.com/granary-cache/granary/internal/granarytest"
 	"github.com/granary-cache/granary/internal/netnstest"
 	"github.com/granary-cache/granary/internal/promtest"
 )
@@ -45,11 +45,8 @@ func setup(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	granary = filepath.Join(dir, "granary")
-	build := exec.Command("go", "build", "-o", granary, "../../cmd/granary")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build granary: %v\n%s", err, out)
+	if granary, err = granarytest.Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	dataDir = filepath.Join(dir, "ufs")
