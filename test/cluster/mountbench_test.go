@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -187,7 +188,7 @@ func compare(b *testing.B, mnt, direct string, names []string, readers int) {
 }
 
 // openModes runs a benchmark under each way of opening files: passthrough
-// (the default) and zero-message opens.
+// (the dataset's open_mode) and zero-message opens.
 func openModes(b *testing.B, run func(b *testing.B, m *mountProc, passthrough bool)) {
 	dir, _, _ := benchTree(b)
 	for _, mode := range []string{"passthrough", "zero-message-opens"} {
@@ -202,8 +203,28 @@ func openModes(b *testing.B, run func(b *testing.B, m *mountProc, passthrough bo
 	}
 }
 
-// BenchmarkMountSmallWarm: a warm epoch of the small files, 16 readers.
+// BenchmarkMountSmallWarm: a warm epoch of the small files, 16 readers:
+// first on a dataset of them alone with every setting left at its default
+// (the block size, the tiers `granary up` gives, open_mode auto), then
+// under each open mode.
 func BenchmarkMountSmallWarm(b *testing.B) {
+	b.Run("defaults", func(b *testing.B) {
+		dir, small, _ := benchTree(b)
+		root := filepath.Join(dir, "train")
+		c := startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
+			datasets: fmt.Sprintf("  - {name: s, ufs: \"file://%s\"}\n", root),
+			tiers: func(_ int, d string) string {
+				mem, _ := os.MkdirTemp("/dev/shm", "granary-bench")
+				b.Cleanup(func() { os.RemoveAll(mem) })
+				return fmt.Sprintf("    - {name: MEM, path: %s, quota: 8GiB}\n    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", mem, d)
+			}})
+		m := c.mount(b)
+		names := make([]string, len(small))
+		for i, name := range small {
+			names[i] = strings.TrimPrefix(name, "train/")
+		}
+		compare(b, filepath.Join(m.dir, "s"), root, names, 16)
+	})
 	openModes(b, func(b *testing.B, m *mountProc, _ bool) {
 		dir, small, _ := benchTree(b)
 		compare(b, filepath.Join(m.dir, "d"), dir, small, 16)
