@@ -125,8 +125,11 @@ func NewWithMembership(cfg *config.Config, src membership.Source) *Client {
 	c.reach = &membership.Reach{
 		ProbeAfter: time.Duration(cfg.Client.ProbeAfter), ProbeTimeout: connect,
 		Probe: c.ping,
-		OnDown: func(id string, err error) {
+		OnDown: func(id, addr string, err error) {
 			slog.Warn("worker marked down; reading from the next owner", "worker", id, "err", err)
+			// Its connections may hang (a partition): the next read after
+			// it answers again opens new ones rather than waiting on them.
+			c.blocks.Drop(addr)
 		},
 	}
 	for _, ds := range cfg.Datasets {

@@ -34,8 +34,10 @@ type Reach struct {
 	// (default 1s); ProbeTimeout bounds a probe (default 1s); Recheck is
 	// how often a worker marked down is probed again (default 1s).
 	ProbeAfter, ProbeTimeout, Recheck time.Duration
-	// OnDown, if set, is called when a worker is marked down.
-	OnDown func(id string, err error)
+	// OnDown, if set, is called when a worker is marked down, with the
+	// address it was last reached at (where its connections go: a caller
+	// closes them, as they may hang).
+	OnDown func(id, addr string, err error)
 
 	mu        sync.Mutex
 	peers     map[string]*peerReach
@@ -150,7 +152,11 @@ func (r *Reach) MarkDown(id, addr string, err error) {
 	// Told before the requests in flight are cancelled, so that whoever
 	// they return to finds the mark made and reported.
 	if r.OnDown != nil {
-		r.OnDown(id, err)
+		at := ""
+		if a := p.addr.Load(); a != nil {
+			at = *a
+		}
+		r.OnDown(id, at, err)
 	}
 	p.mu.Lock()
 	p.kill()

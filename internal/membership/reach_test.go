@@ -42,7 +42,7 @@ func TestReachSlowRequestToDeadWorker(t *testing.T) {
 	r := newReach(f)
 	defer r.Close()
 	var downs atomic.Int64
-	r.OnDown = func(string, error) { downs.Add(1) }
+	r.OnDown = func(string, string, error) { downs.Add(1) }
 	// Two requests in flight to w1; neither answers.
 	ctx1, done1 := r.Guard(context.Background(), "w1", "a:1")
 	ctx2, done2 := r.Guard(context.Background(), "w1", "a:1")

@@ -40,9 +40,12 @@ func NewFramed(opts Options) *Framed {
 type peer struct {
 	addr      string
 	mu        sync.Mutex
-	conns     []*cliConn // live connections, at most Conns
-	httpUntil time.Time  // the worker speaks HTTP only: use it until then
-	gone      bool       // forgotten by closeIdle: look the worker up again
+	conns     []*cliConn      // live connections, at most Conns with those dialing
+	dialing   int             // connections being dialed
+	dropped   context.Context // ended by Drop: the dials in flight give up
+	drop      context.CancelFunc
+	httpUntil time.Time // the worker speaks HTTP only: use it until then
+	gone      bool      // forgotten by closeIdle: look the worker up again
 }
 
 // httpRecheck is how long a worker found to speak HTTP only is read over
@@ -63,6 +66,7 @@ func (t *Framed) peer(addr string) (*peer, error) {
 	p := t.peers[addr]
 	if p == nil {
 		p = &peer{addr: addr}
+		p.dropped, p.drop = context.WithCancel(context.Background())
 		t.peers[addr] = p
 	}
 	if !t.reaping {
@@ -112,7 +116,7 @@ func (t *Framed) closeIdle(cutoff time.Time) {
 		}
 		clear(p.conns[len(live):])
 		p.conns = live
-		empty := len(live) == 0 && time.Now().After(p.httpUntil)
+		empty := len(live) == 0 && p.dialing == 0 && time.Now().After(p.httpUntil)
 		p.mu.Unlock()
 		for _, c := range idle {
 			c.fail(errIdle)
@@ -120,7 +124,7 @@ func (t *Framed) closeIdle(cutoff time.Time) {
 		if empty {
 			t.mu.Lock()
 			p.mu.Lock()
-			if len(p.conns) == 0 && t.peers[p.addr] == p {
+			if len(p.conns) == 0 && p.dialing == 0 && t.peers[p.addr] == p {
 				delete(t.peers, p.addr)
 				p.gone = true
 			}
@@ -137,16 +141,57 @@ var (
 
 // conn returns a connection to p for one more call: an idle one, else a
 // new one while under Conns, else the least busy. Nil (and no error) when
-// p speaks HTTP only.
+// p speaks HTTP only. The dial runs outside p.mu: a worker cut off makes
+// a dial hang until its timeout, and the other calls (and Drop) must not
+// queue behind it.
 func (t *Framed) conn(ctx context.Context, p *peer) (*cliConn, error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.gone {
+		p.mu.Unlock()
 		return nil, errPeerGone
 	}
 	if time.Now().Before(p.httpUntil) {
+		p.mu.Unlock()
 		return nil, nil
 	}
+	best := p.leastBusy()
+	if best != nil && (best.inflight.Load() == 0 || len(p.conns)+p.dialing >= t.opts.Conns) {
+		best.use()
+		p.mu.Unlock()
+		return best, nil
+	}
+	p.dialing++
+	dctx, cancel := context.WithCancelCause(ctx)
+	unwatch := context.AfterFunc(p.dropped, func() { cancel(errDropped) })
+	p.mu.Unlock()
+	c, err := t.dial(dctx, p.addr)
+	unwatch()
+	cancel(nil)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dialing--
+	switch {
+	case errors.Is(err, errNotFramed):
+		p.httpUntil = time.Now().Add(httpRecheck)
+		return nil, nil
+	case err != nil:
+		if best = p.leastBusy(); best != nil { // a busy connection is better than none
+			best.use()
+			return best, nil
+		}
+		return nil, err
+	case p.gone:
+		c.fail(errPeerGone)
+		return nil, errPeerGone
+	}
+	p.conns = append(p.conns, c)
+	c.use()
+	return c, nil
+}
+
+// leastBusy drops p's broken connections and returns the one with the
+// fewest calls, nil if none is left. Called under p.mu.
+func (p *peer) leastBusy() *cliConn {
 	var best *cliConn
 	live := p.conns[:0]
 	for _, c := range p.conns {
@@ -160,25 +205,7 @@ func (t *Framed) conn(ctx context.Context, p *peer) (*cliConn, error) {
 	}
 	clear(p.conns[len(live):])
 	p.conns = live
-	if best != nil && (best.inflight.Load() == 0 || len(p.conns) >= t.opts.Conns) {
-		best.use()
-		return best, nil
-	}
-	c, err := t.dial(ctx, p.addr)
-	if errors.Is(err, errNotFramed) {
-		p.httpUntil = time.Now().Add(httpRecheck)
-		return nil, nil
-	}
-	if err != nil {
-		if best != nil { // a busy connection is better than none
-			best.use()
-			return best, nil
-		}
-		return nil, err
-	}
-	p.conns = append(p.conns, c)
-	c.use()
-	return c, nil
+	return best
 }
 
 // dial opens a connection and says hello.
@@ -209,7 +236,10 @@ func (t *Framed) dial(ctx context.Context, addr string) (*cliConn, error) {
 		nc.Close()
 		return nil, err
 	}
+	// The hello is bounded by the timeout and ends when the call's ctx does
+	// (a worker cut off answers nothing).
 	nc.SetDeadline(time.Now().Add(timeout))
+	unwatch := context.AfterFunc(dctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 	// A small buffer: the bytes of a data frame that arrive with its
 	// header are copied out of it, the rest read straight into the call's
 	// buffer.
@@ -228,6 +258,10 @@ func (t *Framed) dial(ctx context.Context, addr string) (*cliConn, error) {
 			return nil, wire.MarkAnswered(fmt.Errorf("%w: %s: %v", wire.ErrWorker, addr, err))
 		}
 		return nil, fmt.Errorf("%w: hello from %s: %v", wire.ErrWorker, addr, err)
+	}
+	if !unwatch() { // ctx ended just as the hello came
+		nc.Close()
+		return nil, fmt.Errorf("%w: hello from %s: %v", wire.ErrWorker, addr, context.Cause(dctx))
 	}
 	nc.SetDeadline(time.Time{})
 	c := &cliConn{addr: addr, nc: nc, br: br, bw: bufio.NewWriterSize(nc, 16<<10), calls: map[uint64]*call{}}
@@ -303,6 +337,27 @@ func (t *Framed) do(ctx context.Context, addr string, cl *call, kind byte) error
 	}()
 	return c.roundTrip(ctx, cl, kind)
 }
+
+// Drop implements Reader.
+func (t *Framed) Drop(addr string) {
+	t.mu.Lock()
+	p := t.peers[addr]
+	t.mu.Unlock()
+	if p != nil {
+		p.mu.Lock()
+		conns := p.conns
+		p.conns = nil
+		p.drop()
+		p.dropped, p.drop = context.WithCancel(context.Background())
+		p.mu.Unlock()
+		for _, c := range conns {
+			c.fail(errDropped)
+		}
+	}
+	t.fallback.Drop(addr)
+}
+
+var errDropped = fmt.Errorf("%w: its connections were dropped (marked down)", wire.ErrWorker)
 
 // Close implements Reader.
 func (t *Framed) Close() error {

@@ -87,6 +87,9 @@ func (t *HTTP) ReadBatch(ctx context.Context, addr string, reads []wire.ReadRequ
 	return errs
 }
 
+// Drop implements Reader.
+func (t *HTTP) Drop(string) { t.client.CloseIdleConnections() }
+
 // Close implements Reader.
 func (t *HTTP) Close() error {
 	t.client.CloseIdleConnections()

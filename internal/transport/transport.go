@@ -35,6 +35,14 @@ type Reader interface {
 	// bufs[i] receives reads[i], and the error of each is at its index
 	// (all nil on success).
 	ReadBatch(ctx context.Context, addr string, reads []wire.ReadRequest, bufs [][]byte) []error
+	// Drop closes the connections kept for the worker at addr. A worker
+	// marked down may be cut off: its connections hang rather than fail,
+	// and a read after it answers again must not queue behind them. The
+	// framed protocol fails the reads still in flight on them as
+	// unanswered; HTTP, which cannot close one host's connections, closes
+	// the idle ones to every worker and leaves those in flight to their
+	// contexts.
+	Drop(addr string)
 	// Close closes the connections.
 	Close() error
 }

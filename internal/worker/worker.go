@@ -123,7 +123,10 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 	}
 	w.reach = &membership.Reach{
 		ProbeAfter: time.Duration(cfg.Client.ProbeAfter), ProbeTimeout: time.Duration(cfg.Client.ConnectTimeout),
-		OnDown: func(id string, err error) { w.log.Warn("peer marked down", "peer", id, "err", err) },
+		OnDown: func(id, addr string, err error) {
+			w.log.Warn("peer marked down", "peer", id, "err", err)
+			w.peerBlocks.Drop(addr) // its connections may hang (a partition)
+		},
 	}
 	w.peerHTTP = newPeerHTTP(cfg)
 	w.peerBlocks = transport.NewFramed(transport.Options{Token: cfg.Auth.Token, TLS: cfg.Auth.TLS.ClientConfig(),

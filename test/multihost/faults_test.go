@@ -89,7 +89,12 @@ func TestWorkerPartitionedMidEpoch(t *testing.T) {
 		if moved := diff(before, sampleOwners(c.Membership().Current(), 20000)); moved != 0 {
 			t.Errorf("%d of 20000 keys moved after w2 came back", moved)
 		}
-		// Used again: it serves reads in the next epoch.
+		// The mount probes a worker it marked down every second until it
+		// answers: once it has, the worker is used again and serves reads
+		// in the next epoch.
+		waitFor(t, "the mount reads from w2 again", 30*time.Second, func() bool {
+			return metric("http://"+m.admin+"/metrics", "granary_client_workers_down") == 0
+		})
 		served := w.workerMetric(victim, "granary_worker_requests_total", `op="block"`)
 		readEpoch(t, m.dir, ds, 16, uint64(3+i), 0, nil).check(t, ds+": epoch after w2 came back")
 		if after := w.workerMetric(victim, "granary_worker_requests_total", `op="block"`); after <= served {
