@@ -54,22 +54,18 @@ func (s *Server) ServeConn(nc net.Conn, br *bufio.Reader) {
 		s.conns = map[*srvConn]struct{}{}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	limit := s.MaxInFlight
+	if limit <= 0 {
+		limit = 64
+	}
 	c := &srvConn{s: s, nc: nc, br: br, out: frameOut{nc: nc}, ctx: ctx, cancel: cancel,
-		reqs: map[uint64]*srvReq{}}
+		reqs: map[uint64]*srvReq{}, sem: make(chan struct{}, limit)}
+	c.handoff = time.AfterFunc(time.Hour, c.handOff)
+	c.handoff.Stop()
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
-	go func() {
-		defer s.wg.Done()
-		err := c.serve()
-		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && s.Log != nil {
-			s.Log.Debug("block connection ended", "remote", nc.RemoteAddr().String(), "err", err)
-		}
-		c.close()
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-	}()
+	go c.run(true)
 }
 
 // Close closes every connection and waits for their reads to end.
@@ -85,6 +81,14 @@ func (s *Server) Close() error {
 }
 
 // srvConn is one framed connection on the worker's side.
+//
+// One goroutine at a time reads its frames (the read loop). A lone read,
+// with nothing more waiting in the read buffer, is served by the read loop
+// itself: no goroutine to start, none to wake, and a stack already grown.
+// Should it take longer than handoffAfter (a miss that waits for the UFS),
+// a new goroutine takes the loop over, so that the reads and cancels behind
+// it are not held up. Other reads, and every item of a batch, are served
+// by goroutines of their own, at most MaxInFlight at once.
 type srvConn struct {
 	s      *Server
 	nc     net.Conn
@@ -94,10 +98,28 @@ type srvConn struct {
 
 	out frameOut
 
+	sem     chan struct{} // a slot per read served by a goroutine of its own
+	reading atomic.Int32  // loopReading, loopServing or loopHandedOff
+	handoff *time.Timer   // runs handOff while the loop serves a read
+
 	mu   sync.Mutex
 	reqs map[uint64]*srvReq // in flight, by id
-	wg   sync.WaitGroup
+	wg   sync.WaitGroup     // the goroutines serving reads
 }
+
+// The states of a connection's read loop.
+const (
+	loopReading   = iota // reading frames
+	loopServing          // serving a lone read itself
+	loopHandedOff        // still serving it, and another goroutine reads
+)
+
+// handoffAfter is how long the read loop serves a read itself before a
+// new goroutine takes the loop over. A warm hit takes tens of microseconds.
+const handoffAfter = 2 * time.Millisecond
+
+// errHandedOff ends a read loop whose reading another goroutine took over.
+var errHandedOff = errors.New("the read loop was handed over")
 
 // srvReq is one read or batch in flight.
 type srvReq struct {
@@ -105,21 +127,52 @@ type srvReq struct {
 	items  atomic.Int32 // items not yet answered
 }
 
+// run runs the read loop (after the hello, on a new connection) until the
+// connection fails, then closes it, unless the loop was handed over. Each
+// goroutine running it holds a count of s.wg.
+func (c *srvConn) run(fresh bool) {
+	defer c.s.wg.Done()
+	var err error
+	if fresh {
+		err = c.hello()
+	}
+	if err == nil {
+		err = c.loop()
+	}
+	if errors.Is(err, errHandedOff) {
+		return
+	}
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && c.s.Log != nil {
+		c.s.Log.Debug("block connection ended", "remote", c.nc.RemoteAddr().String(), "err", err)
+	}
+	c.close()
+	c.s.mu.Lock()
+	delete(c.s.conns, c)
+	c.s.mu.Unlock()
+}
+
+// handOff starts a new read loop while the current one serves a read
+// that is taking long. The count of s.wg is taken first: the serving
+// goroutine holds one until it returns, so it is not zero here.
+func (c *srvConn) handOff() {
+	c.s.wg.Add(1)
+	if c.reading.CompareAndSwap(loopServing, loopHandedOff) {
+		go c.run(false)
+		return
+	}
+	c.s.wg.Done() // the read ended meanwhile (or a stale timer)
+}
+
 func (c *srvConn) close() {
+	c.handoff.Stop()
 	c.cancel()
 	c.nc.Close()
 	c.wg.Wait()
 }
 
-func (c *srvConn) serve() error {
-	if err := c.hello(); err != nil {
-		return err
-	}
-	limit := c.s.MaxInFlight
-	if limit <= 0 {
-		limit = 64
-	}
-	sem := make(chan struct{}, limit)
+// loop reads frames and serves them until the connection fails or the
+// loop is handed over (errHandedOff).
+func (c *srvConn) loop() error {
 	var hdr [wire.FrameHeaderLen]byte
 	body := make([]byte, 0, 4096)
 	for {
@@ -175,21 +228,26 @@ func (c *srvConn) serve() error {
 		}
 		c.reqs[h.ID] = req
 		c.mu.Unlock()
+		if h.Kind == wire.KindRead && c.br.Buffered() == 0 {
+			// A lone read: served here, unless it takes long.
+			c.reading.Store(loopServing)
+			c.handoff.Reset(handoffAfter)
+			c.serveItem(ctx, h.ID, 0, reads[0], req)
+			c.handoff.Stop()
+			if !c.reading.CompareAndSwap(loopServing, loopReading) {
+				return errHandedOff
+			}
+			continue
+		}
 		for i, r := range reads {
 			select {
-			case sem <- struct{}{}:
+			case c.sem <- struct{}{}:
 			case <-c.ctx.Done():
 				return c.ctx.Err()
 			}
 			c.wg.Go(func() {
-				defer func() { <-sem }()
-				c.serveItem(ctx, h.ID, uint16(i), r)
-				if req.items.Add(-1) == 0 {
-					cancel()
-					c.mu.Lock()
-					delete(c.reqs, h.ID)
-					c.mu.Unlock()
-				}
+				defer func() { <-c.sem }()
+				c.serveItem(ctx, h.ID, uint16(i), r, req)
 			})
 		}
 	}
@@ -224,8 +282,17 @@ func (c *srvConn) hello() error {
 	return c.nc.SetDeadline(time.Time{})
 }
 
-// serveItem serves one read and answers it.
-func (c *srvConn) serveItem(ctx context.Context, id uint64, item uint16, r wire.ReadRequest) {
+// serveItem serves one read (an item of req) and answers it; the last
+// item of req to end forgets req.
+func (c *srvConn) serveItem(ctx context.Context, id uint64, item uint16, r wire.ReadRequest, req *srvReq) {
+	defer func() {
+		if req.items.Add(-1) == 0 {
+			req.cancel()
+			c.mu.Lock()
+			delete(c.reqs, id)
+			c.mu.Unlock()
+		}
+	}()
 	start := time.Now()
 	fw := &frameWriter{c: c, id: id, item: item, left: r.Length}
 	err := c.s.Handler.ServeRead(ctx, r, fw)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,8 @@ const (
 // the median of the rounds is reported. The worker runs in this process,
 // so the CPU figures (getrusage of the process, user+sys) count the
 // client's CPU as well as the worker's: hence "proc" in their names.
+// GRANARY_BENCH_HITS_ONLY=framed (or http, raw) runs one phase alone five
+// times, for a profiler.
 func BenchmarkRemoteHits(b *testing.B) {
 	tg := startTokenWorker(b)
 	addr := tg.Addr()
@@ -108,6 +111,24 @@ func BenchmarkRemoteHits(b *testing.B) {
 		{"framed", hits(framed)},
 		{"http", hits(httpRd)},
 		{"raw", func() error { return raw.fetch(hitReaders, hitRequests) }},
+	}
+	if only := os.Getenv("GRANARY_BENCH_HITS_ONLY"); only != "" {
+		// One phase alone, again and again, for a profiler to watch.
+		for _, ph := range phases {
+			if ph.name != only {
+				continue
+			}
+			b.ResetTimer()
+			t0 := time.Now()
+			for range 5 {
+				if err := ph.run(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(5*hitRequests/time.Since(t0).Seconds(), only+"_req/s")
+			return
+		}
+		b.Fatalf("GRANARY_BENCH_HITS_ONLY=%s: no such phase", only)
 	}
 	rates := make([][]float64, len(phases)) // req/s of each round
 	cpus := make([][]float64, len(phases))  // process CPU s per GB of each round

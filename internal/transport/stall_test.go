@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -154,5 +155,95 @@ func TestDropEndsHungReads(t *testing.T) {
 	defer rcancel()
 	if err := read(rctx); err != nil {
 		t.Fatalf("after the link came back: %v", err)
+	}
+}
+
+// gatedHandler holds the reads of one file until its gate opens or the
+// read is cancelled.
+type gatedHandler struct {
+	*memHandler
+	path      string
+	gate      chan struct{}
+	cancelled chan struct{}
+}
+
+func (h *gatedHandler) ServeRead(ctx context.Context, r wire.ReadRequest, w transport.RangeWriter) error {
+	if r.Block.Path == h.path {
+		select {
+		case <-h.gate:
+		case <-ctx.Done():
+			close(h.cancelled)
+			return ctx.Err()
+		}
+	}
+	return h.memHandler.ServeRead(ctx, r, w)
+}
+
+// TestSlowReadDoesNotHoldConnection: a read the worker serves slowly (a
+// miss waiting on the UFS) does not hold up the reads behind it on the same
+// connection, and its cancel still reaches the worker.
+func TestSlowReadDoesNotHoldConnection(t *testing.T) {
+	mh := &memHandler{dir: t.TempDir(), files: map[string]memFile{}}
+	h := &gatedHandler{memHandler: mh, path: "slow", gate: make(chan struct{}), cancelled: make(chan struct{})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &transport.Server{Handler: h}
+	split := transport.Listen(ln, srv)
+	defer func() {
+		split.Close()
+		srv.Close()
+	}()
+	slow := mh.put(t, "slow", bytes.Repeat([]byte("s"), 5000))
+	fast := mh.put(t, "fast", bytes.Repeat([]byte("f"), 5000))
+	rd := transport.NewFramed(transport.Options{Conns: 1}) // one connection: both reads share it
+	defer rd.Close()
+	addr := ln.Addr().String()
+	read := func(ctx context.Context, ref block.Ref) error {
+		_, err := rd.Read(ctx, addr, wire.ReadRequest{Block: ref, Length: 5000}, make([]byte, 5000))
+		return err
+	}
+	if err := read(context.Background(), fast); err != nil {
+		t.Fatal(err)
+	}
+	// Twice: once answered when the gate opens, once cancelled.
+	for _, cancelIt := range []bool{false, true} {
+		ctx, cancel := context.WithCancel(context.Background())
+		slowDone := make(chan error, 1)
+		go func() { slowDone <- read(ctx, slow) }()
+		for i := range 5 {
+			fctx, fcancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := read(fctx, fast)
+			fcancel()
+			if err != nil {
+				t.Fatalf("read %d behind a slow one: %v", i, err)
+			}
+		}
+		select {
+		case err := <-slowDone:
+			t.Fatalf("the slow read returned before its gate opened: %v", err)
+		default:
+		}
+		if cancelIt {
+			cancel()
+			select {
+			case <-h.cancelled:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the worker did not see the slow read cancelled")
+			}
+		} else {
+			close(h.gate)
+		}
+		select {
+		case err := <-slowDone:
+			if cancelIt != (err != nil) {
+				t.Errorf("slow read (cancelled %v): %v", cancelIt, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the slow read did not end")
+		}
+		cancel()
+		h.gate = make(chan struct{})
 	}
 }
