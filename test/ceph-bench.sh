@@ -10,9 +10,13 @@
 #   workers, a FUSE mount) against a direct parallel download with the S3
 #   SDK (the dataset's own endpoint and keys: `--baseline sdk=dataset:rgw`);
 # - cephfs: the same tree on CephFS through granary against a ceph-fuse
-#   mount, with the MDS's requests per epoch.
+#   mount, with the MDS's requests per epoch;
+# - prefetch: granary started again, cold, with --mount-prefetch, and the
+#   first epoch of both datasets read again against the same baselines; the
+#   summary gives each cold epoch with prefetch over the one without.
 # SCALE (default 1GiB) sets the size of each dataset; reports go to $OUT
-# (default bench-out/): handles.txt, rgw.{txt,json,png}, cephfs.{txt,json,png}.
+# (default bench-out/): handles.txt, rgw.{txt,json,png}, cephfs.{txt,json,png},
+# rgw-prefetch.*, cephfs-prefetch.* and prefetch.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source test/lib.sh
@@ -83,3 +87,33 @@ ceph-fuse -c "$conf" "$work/cf" >/dev/null
 "$g" bench run --quiet --config "$work/state/granary.yaml" --mds-admin-socket "$mds_asok" --profile imagenet --epochs 3 --readers 16 \
 	--path "granary=$work/gmnt/cf" --baseline "ceph-fuse=$work/cf/bench/imagenet" \
 	--json "$out/cephfs.json" --png "$out/cephfs.png" | tee "$out/cephfs.txt"
+
+step "granary again, cold, with --mount-prefetch: the first epoch of each dataset"
+umount "$work/cf"
+"$g" umount "$work/gmnt" >/dev/null 2>&1 || true
+kill "${pids[-1]}" 2>/dev/null || true
+wait "${pids[-1]}" 2>/dev/null || true
+rm -rf "$work/state"
+granary_up "$g" "$work/granary.yaml" "$work/state" "$work/gmnt" "$work/up-prefetch.log" --mount-prefetch
+"$g" bench run --quiet --config "$work/state/granary.yaml" --profile imagenet --epochs 1 --readers 16 \
+	--path "granary=$work/gmnt/rgw" --baseline "sdk=dataset:rgw" \
+	--json "$out/rgw-prefetch.json" --png "$out/rgw-prefetch.png" | tee "$out/rgw-prefetch.txt"
+ceph-fuse -c "$conf" "$work/cf" >/dev/null
+"$g" bench run --quiet --config "$work/state/granary.yaml" --mds-admin-socket "$mds_asok" --profile imagenet --epochs 1 --readers 16 \
+	--path "granary=$work/gmnt/cf" --baseline "ceph-fuse=$work/cf/bench/imagenet" \
+	--json "$out/cephfs-prefetch.json" --png "$out/cephfs-prefetch.png" | tee "$out/cephfs-prefetch.txt"
+
+# The first epoch of each run: granary with prefetch over without, and each
+# over its baseline (whose own cold epoch was measured in each run).
+python3 - "$out" <<'PY' | tee "$out/prefetch.txt"
+import json, sys
+out = sys.argv[1]
+def first(name):
+    r = json.load(open(f"{out}/{name}.json"))
+    return {t["name"]: t["epochs"][0]["files_per_s"] for t in r["targets"]}
+for ds, base in (("rgw", "sdk"), ("cephfs", "ceph-fuse")):
+    off, on = first(ds), first(ds + "-prefetch")
+    print(f"{ds}: cold epoch, files/s: granary {off['granary']:.0f}, with prefetch {on['granary']:.0f} "
+          f"(x{on['granary'] / off['granary']:.2f}); {base} {off[base]:.0f} and {on[base]:.0f}; "
+          f"granary / {base}: {off['granary'] / off[base]:.2f} without, {on['granary'] / on[base]:.2f} with prefetch")
+PY

@@ -108,12 +108,14 @@ install_test_deps() {
 	export GRANARY_REQUIRE_SERVERS=1
 }
 
-# granary_up GRANARY CONFIG STATE MOUNTPOINT LOG starts `granary up` (3
-# workers on loopback) with a FUSE mount, in the background, adds its PID
-# to the array pids, and waits until the mount serves.
+# granary_up GRANARY CONFIG STATE MOUNTPOINT LOG [FLAG...] starts `granary
+# up` (3 workers on loopback) with a FUSE mount and any further flags, in
+# the background, adds its PID to the array pids, and waits until the mount
+# serves.
 granary_up() {
 	local g=$1 config=$2 state=$3 mnt=$4 log=$5
-	"$g" up --config "$config" --workers 3 --state-dir "$state" --mem 2GiB --ssd 8GiB --mount "$mnt" >"$log" 2>&1 &
+	shift 5
+	"$g" up --config "$config" --workers 3 --state-dir "$state" --mem 2GiB --ssd 8GiB --mount "$mnt" "$@" >"$log" 2>&1 &
 	pids+=($!)
 	for _ in $(seq 300); do mountpoint -q "$mnt" && [[ -e "$state/granary.yaml" ]] && break; sleep 0.1; done
 	mountpoint -q "$mnt" || { cat "$log"; return 1; }
