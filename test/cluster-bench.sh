@@ -2,7 +2,7 @@
 # The cluster benchmarks of test/multihost: workers, mounts and etcd each in
 # a network namespace of its own, every figure a ratio to a baseline measured
 # in the same run. Long, and therefore not part of CI.
-#   bash test/cluster-bench.sh                 # all three
+#   bash test/cluster-bench.sh                 # all four
 #   bash test/cluster-bench.sh NearCopies      # those matching a pattern
 #   GRANARY_BENCH_LOAD_SCALE=4GiB bash test/cluster-bench.sh LoadScaling
 set -euo pipefail

@@ -273,7 +273,9 @@ func (t *Framed) dial(ctx context.Context, addr string) (*cliConn, error) {
 // Read implements Reader.
 func (t *Framed) Read(ctx context.Context, addr string, r wire.ReadRequest, buf []byte) (wire.Source, error) {
 	r.Length = int64(len(buf))
-	cl := &call{reads: []wire.ReadRequest{r}, bufs: [][]byte{buf}}
+	cl := &call{}
+	cl.one.read[0], cl.one.buf[0] = r, buf
+	cl.reads, cl.bufs = cl.one.read[:], cl.one.buf[:]
 	if err := t.do(ctx, addr, cl, wire.KindRead); err != nil {
 		return wire.SourceUnknown, err
 	}
@@ -392,6 +394,16 @@ type call struct {
 	left     int // items not yet answered
 	done     chan struct{}
 	fellBack bool // the worker speaks HTTP only
+
+	one struct { // a lone read: its request, its state and its frame
+		read  [1]wire.ReadRequest
+		buf   [1][]byte
+		got   [1]int
+		ended [1]bool
+		src   [1]wire.Source
+		err   [1]error
+		frame [256]byte
+	}
 }
 
 // cliConn is one framed connection on the reader's side. Its read loop
@@ -431,14 +443,18 @@ func (c *cliConn) broken() bool {
 // roundTrip sends cl and waits for every item's answer, or for ctx.
 func (c *cliConn) roundTrip(ctx context.Context, cl *call, kind byte) error {
 	n := len(cl.reads)
-	cl.got, cl.ended, cl.srcs, cl.errs = make([]int, n), make([]bool, n), make([]wire.Source, n), make([]error, n)
+	if n == 1 { // a lone read: no allocation for its state
+		cl.got, cl.ended, cl.srcs, cl.errs = cl.one.got[:], cl.one.ended[:], cl.one.src[:], cl.one.err[:]
+	} else {
+		cl.got, cl.ended, cl.srcs, cl.errs = make([]int, n), make([]bool, n), make([]wire.Source, n), make([]error, n)
+	}
 	cl.left, cl.done = n, make(chan struct{})
 	var body []byte
 	var err error
 	if kind == wire.KindBatch {
 		body, err = wire.AppendBatch(make([]byte, wire.FrameHeaderLen, 256), cl.reads)
 	} else {
-		body, err = cl.reads[0].Append(make([]byte, wire.FrameHeaderLen, wire.FrameHeaderLen+cl.reads[0].EncodedLen()))
+		body, err = cl.reads[0].Append(append(cl.one.frame[:0], make([]byte, wire.FrameHeaderLen)...))
 	}
 	if err != nil {
 		return err

@@ -43,6 +43,18 @@ type loaded struct {
 	fetched map[int]bool // pages this request fetched from the UFS
 }
 
+// keep records that this request fetched page p from the UFS, and holds
+// its bytes when they were not stored (data nil: they were).
+func (l *loaded) keep(p int, data []byte) {
+	if l.fetched == nil {
+		l.mem, l.fetched = map[int][]byte{}, map[int]bool{}
+	}
+	l.fetched[p] = true
+	if data != nil {
+		l.mem[p] = data
+	}
+}
+
 func (l *loaded) close() {
 	if l.file != nil {
 		l.file.Close()
@@ -82,9 +94,7 @@ func (w *Worker) ServeRead(ctx context.Context, r wire.ReadRequest, out transpor
 		return err
 	}
 	defer l.close()
-	bufp := w.pageBufs.Get()
-	defer w.pageBufs.Put(bufp)
-	if err := w.send(ctx, out, l, req, off, n, *bufp); err != nil {
+	if err := w.send(ctx, out, l, req, off, n); err != nil {
 		return fmt.Errorf("serve %s: %w", req.key, err)
 	}
 	if l.b != nil && req.last+1 < w.layout.Pages(req.blen) && (req.first == 0 || w.store.Present(l.b, req.first-1)) {
@@ -129,7 +139,13 @@ const maxBlockSize = 64 << 30
 // into buf, checked against its CRC32C, and written from there — before it
 // is written, so that a page failing its check is an error the reader gets
 // instead of bad bytes.
-func (w *Worker) send(ctx context.Context, out transport.RangeWriter, l *loaded, req blockReq, off, n int64, buf []byte) error {
+func (w *Worker) send(ctx context.Context, out transport.RangeWriter, l *loaded, req blockReq, off, n int64) error {
+	var bufp *[]byte // a page buffer, taken when a page must be read
+	defer func() {
+		if bufp != nil {
+			w.pageBufs.Put(bufp)
+		}
+	}()
 	ps := w.layout.PageSize
 	end := off + n
 	var run struct{ start, stop int64 } // trusted bytes not yet sent
@@ -138,7 +154,7 @@ func (w *Worker) send(ctx context.Context, out transport.RangeWriter, l *loaded,
 			if err := out.WriteFile(l.file.File, run.start, run.stop-run.start, wire.SourceOf(l.tier)); err != nil {
 				return err
 			}
-			w.m.bytes.WithLabelValues(l.tier).Add(float64(run.stop - run.start))
+			w.m.served(l.tier, run.stop-run.start)
 		}
 		run.start, run.stop = 0, 0
 		return nil
@@ -159,7 +175,10 @@ func (w *Worker) send(ctx context.Context, out transport.RangeWriter, l *loaded,
 		if err := flush(); err != nil {
 			return err
 		}
-		data, err := w.page(ctx, l, req, p, buf)
+		if bufp == nil {
+			bufp = w.pageBufs.Get()
+		}
+		data, err := w.page(ctx, l, req, p, *bufp)
 		if err != nil {
 			return err
 		}
@@ -167,7 +186,7 @@ func (w *Worker) send(ctx context.Context, out transport.RangeWriter, l *loaded,
 		if err := out.Write(data[start-base:stop-base], wire.SourceOf(src)); err != nil {
 			return err
 		}
-		w.m.bytes.WithLabelValues(src).Add(float64(stop - start))
+		w.m.served(src, stop-start)
 	}
 	return flush()
 }
@@ -218,8 +237,7 @@ func (w *Worker) refetch(ctx context.Context, l *loaded, req blockReq, p int) er
 		return err
 	}
 	if data != nil {
-		l.mem[p] = data
-		l.fetched[p] = true
+		l.keep(p, data)
 		return nil
 	}
 	f, err := w.store.OpenShared(l.b)
@@ -228,7 +246,7 @@ func (w *Worker) refetch(ctx context.Context, l *loaded, req blockReq, p int) er
 	}
 	l.file.Close()
 	l.file = f
-	l.tier = strings.ToLower(w.store.TierOf(l.b))
+	l.tier = tierLabel(w.store.TierOf(l.b))
 	return nil
 }
 
@@ -236,7 +254,7 @@ func (w *Worker) refetch(ctx context.Context, l *loaded, req blockReq, p int) er
 // missing ones (one UFS read per page however many requests want it) and
 // opens the block file. Stored pages are checked when they are read.
 func (w *Worker) load(ctx context.Context, req blockReq) (*loaded, error) {
-	l := &loaded{mem: map[int][]byte{}, fetched: map[int]bool{}}
+	l := &loaded{}
 	for attempt := 0; ; attempt++ {
 		l.b = w.store.Lookup(req.key)
 		if l.b == nil {
@@ -255,7 +273,7 @@ func (w *Worker) load(ctx context.Context, req blockReq) (*loaded, error) {
 		}
 		f, err := w.store.OpenShared(l.b)
 		if err == nil {
-			l.tier = strings.ToLower(w.store.TierOf(l.b))
+			l.tier = tierLabel(w.store.TierOf(l.b))
 			l.file = f
 			return l, nil
 		}
@@ -275,7 +293,7 @@ func (w *Worker) fetchMissing(ctx context.Context, req blockReq, l *loaded) erro
 			continue
 		}
 		if l.b != nil && w.store.Present(l.b, p) {
-			w.m.pages.WithLabelValues("hit").Inc()
+			w.m.pageHits.Inc()
 			continue
 		}
 		missing = append(missing, p)
@@ -301,10 +319,7 @@ func (w *Worker) fetchMissing(ctx context.Context, req blockReq, l *loaded) erro
 				}
 				return
 			}
-			l.fetched[p] = true
-			if data != nil {
-				l.mem[p] = data
-			}
+			l.keep(p, data)
 		})
 	}
 	wg.Wait()
@@ -404,4 +419,18 @@ func (w *Worker) verifyBlock(ctx context.Context, l *loaded, req blockReq, all b
 		}
 	}
 	return nil
+}
+
+// tierLabel is a tier's name as a metric label and a wire source: lower
+// case, without an allocation for the usual tiers.
+func tierLabel(name string) string {
+	switch name {
+	case "MEM":
+		return "mem"
+	case "SSD":
+		return "ssd"
+	case "HDD":
+		return "hdd"
+	}
+	return strings.ToLower(name)
 }

@@ -24,6 +24,12 @@ type metrics struct {
 	members      *prometheus.GaugeVec
 	nearPages    prometheus.Counter
 	framedReads  prometheus.Counter
+
+	// Resolved once: the series every warm read touches.
+	pageHits     prometheus.Counter
+	blockLatency prometheus.Observer
+	blockOK      prometheus.Counter
+	sourceBytes  map[string]prometheus.Counter // by source label: mem, ssd, hdd, ufs
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -67,9 +73,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"state"}),
 	}
 	reg.MustRegister(m.requests, m.latency, m.bytes, m.pages, m.merged, m.unauthorized, m.readahead, m.uncached, m.peerReads, m.members, m.nearPages, m.framedReads)
+	m.sourceBytes = map[string]prometheus.Counter{}
 	for _, s := range []string{"mem", "ssd", "hdd", "ufs"} {
-		m.bytes.WithLabelValues(s)
+		m.sourceBytes[s] = m.bytes.WithLabelValues(s)
 	}
+	m.pageHits = m.pages.WithLabelValues("hit")
+	m.blockLatency = m.latency.WithLabelValues("block")
+	m.blockOK = m.requests.WithLabelValues("block", strconv.Itoa(http.StatusOK))
 	for _, r := range []string{"hit", "miss"} {
 		m.pages.WithLabelValues(r)
 	}
@@ -106,8 +116,12 @@ func (s *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 // the same read over HTTP (op block, the status HTTP would have answered),
 // and in a counter of its own.
 func (w *Worker) observeFramed(_ wire.ReadRequest, err error, took time.Duration) {
-	w.m.latency.WithLabelValues("block").Observe(took.Seconds())
-	w.m.requests.WithLabelValues("block", strconv.Itoa(wire.StatusOf(err))).Inc()
+	w.m.blockLatency.Observe(took.Seconds())
+	if err == nil {
+		w.m.blockOK.Inc()
+	} else {
+		w.m.requests.WithLabelValues("block", strconv.Itoa(wire.StatusOf(err))).Inc()
+	}
 	w.m.framedReads.Inc()
 }
 
@@ -120,4 +134,13 @@ func (w *Worker) instrument(op string, h http.HandlerFunc) http.HandlerFunc {
 		lat.Observe(time.Since(start).Seconds())
 		w.m.requests.WithLabelValues(op, strconv.Itoa(sw.code)).Inc()
 	}
+}
+
+// served counts n bytes served from source (a tier's label, or ufs).
+func (m *metrics) served(source string, n int64) {
+	c, ok := m.sourceBytes[source]
+	if !ok {
+		c = m.bytes.WithLabelValues(source)
+	}
+	c.Add(float64(n))
 }

@@ -22,6 +22,9 @@ import (
 //	BenchmarkNearCopies    warm epoch with near copies ÷ without (3 workers,
 //	                       the reader on one of their machines)
 //	BenchmarkReplicas      warm epoch with replicas 2 ÷ replicas 1
+//	BenchmarkRemoteEpoch   warm epoch through a mount on a machine with no
+//	                       worker (every read a remote hit) ÷ the same files
+//	                       read from a local directory
 //
 // GRANARY_BENCH_LOAD_SCALE sizes the loaded dataset (default 1GiB). Each
 // builds whole clusters, so they run only with GRANARY_CLUSTER_BENCH=1 and
@@ -90,6 +93,41 @@ func BenchmarkReplicas(b *testing.B) {
 	w := newWorld(b, worldOpts{workers: 3, mounts: []string{"m1"}, memQuota: "1GiB"})
 	m := w.mount("m1")
 	warmRatio(b, m, "r2", "r1")
+}
+
+// BenchmarkRemoteEpoch reads the dataset warm through a mount on a machine
+// without a worker, so that every block is a remote hit on one of 3
+// workers, and the same files from the local directory they came from,
+// in turns. The local copy is in memory (tmpfs: dropping the page cache
+// before each epoch, as for the mount, leaves it there), the ceiling of
+// what a reader on that machine can get.
+func BenchmarkRemoteEpoch(b *testing.B) {
+	clusterBench(b)
+	local, err := os.MkdirTemp("/dev/shm", "granary-bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(local) })
+	if out, err := exec.Command("cp", "-a", dataDir, filepath.Join(local, "ufs")).CombinedOutput(); err != nil {
+		b.Fatalf("copy the dataset to tmpfs: %v: %s", err, out)
+	}
+	w := newWorld(b, worldOpts{workers: 3, mounts: []string{"m1"}, memQuota: "1GiB"})
+	m := w.mount("m1")
+	readEpoch(b, m.dir, "r1", 16, 1, 0, nil).check(b, "r1: cold")
+	times := map[string][]time.Duration{}
+	roots := map[string][2]string{"mount": {m.dir, "r1"}, "local": {local, "ufs"}}
+	for run := range 5 {
+		for _, name := range []string{"mount", "local"} {
+			r := roots[name]
+			e := readEpoch(b, r[0], r[1], 16, uint64(run+2), 0, nil)
+			e.check(b, name+": warm")
+			times[name] = append(times[name], e.took)
+		}
+	}
+	tm, tl := measure.Median(times["mount"]), measure.Median(times["local"])
+	b.ReportMetric(tl.Seconds()/tm.Seconds(), "mount/local")
+	b.Logf("warm epoch (%d files, %s, 16 readers): through a mount with every read remote %v, local directory %v (medians of 5); mount ÷ local throughput = %.2f",
+		len(data.files), config.Size(data.bytes), tm, tl, tl.Seconds()/tm.Seconds())
 }
 
 // warmRatio warms two datasets through m, then reads them warm in turns
