@@ -240,10 +240,9 @@ func (t *Framed) dial(ctx context.Context, addr string) (*cliConn, error) {
 	// (a worker cut off answers nothing).
 	nc.SetDeadline(time.Now().Add(timeout))
 	unwatch := context.AfterFunc(dctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
-	// A small buffer: the bytes of a data frame that arrive with its
-	// header are copied out of it, the rest read straight into the call's
-	// buffer.
-	br := bufio.NewReaderSize(nc, readBuffer)
+	// The hello's own buffer; the frames after it are read through an
+	// input (framed_input.go).
+	br := bufio.NewReaderSize(nc, 512)
 	if _, err := nc.Write(hello); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("%w: hello to %s: %v", wire.ErrWorker, addr, err)
@@ -264,7 +263,12 @@ func (t *Framed) dial(ctx context.Context, addr string) (*cliConn, error) {
 		return nil, fmt.Errorf("%w: hello from %s: %v", wire.ErrWorker, addr, context.Cause(dctx))
 	}
 	nc.SetDeadline(time.Time{})
-	c := &cliConn{addr: addr, nc: nc, br: br, bw: bufio.NewWriterSize(nc, 16<<10), calls: map[uint64]*call{}}
+	in := newInput(nc)
+	if n := br.Buffered(); n > 0 { // sent after the hello: not expected, kept
+		b, _ := br.Peek(n)
+		in.unread(b)
+	}
+	c := &cliConn{addr: addr, nc: nc, in: in, bw: bufio.NewWriterSize(nc, 16<<10), calls: map[uint64]*call{}}
 	c.cond = sync.NewCond(&c.mu)
 	go c.readLoop()
 	return c, nil
@@ -393,7 +397,8 @@ type call struct {
 	errs     []error
 	left     int // items not yet answered
 	done     chan struct{}
-	fellBack bool // the worker speaks HTTP only
+	fellBack bool   // the worker speaks HTTP only
+	id       uint64 // its frames' id
 
 	one struct { // a lone read: its request, its state and its frame
 		read  [1]wire.ReadRequest
@@ -412,7 +417,7 @@ type call struct {
 type cliConn struct {
 	addr string
 	nc   net.Conn
-	br   *bufio.Reader
+	in   *input
 
 	wmu      sync.Mutex
 	bw       *bufio.Writer
@@ -466,6 +471,7 @@ func (c *cliConn) roundTrip(ctx context.Context, cl *call, kind byte) error {
 	}
 	c.nextID++
 	id := c.nextID
+	cl.id = id
 	c.calls[id] = cl
 	c.mu.Unlock()
 	wire.FrameHeader{Len: uint32(len(body) - wire.FrameHeaderLen), Kind: kind, ID: id}.Put(body)
@@ -567,7 +573,17 @@ func (c *cliConn) fail(err error) {
 func (c *cliConn) readLoop() {
 	var hdr [wire.FrameHeaderLen]byte
 	for {
-		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+		if c.in.raw != nil && c.in.buffered() == 0 {
+			done, err := c.readLone()
+			if err != nil {
+				c.fail(err)
+				return
+			}
+			if done {
+				continue
+			}
+		}
+		if _, err := io.ReadFull(c.in, hdr[:]); err != nil {
 			c.fail(err)
 			return
 		}
@@ -589,12 +605,17 @@ func (c *cliConn) frame(h wire.FrameHeader) error {
 	if cl == nil || int(h.Item) >= len(cl.reads) || cl.ended[h.Item] {
 		c.mu.Unlock()
 		// A call given up (or an item already failed): skip its bytes.
-		_, err := io.CopyN(io.Discard, c.br, int64(h.Len))
+		_, err := io.CopyN(io.Discard, c.in, int64(h.Len))
 		return err
 	}
 	c.active = cl
 	c.mu.Unlock()
-	err := c.fill(cl, h)
+	return c.ended(cl, h, c.fill(cl, h, 0))
+}
+
+// ended leaves cl's buffer after the frame h (err: how reading its body
+// went) and, on the item's last frame, counts the item answered.
+func (c *cliConn) ended(cl *call, h wire.FrameHeader, err error) error {
 	c.mu.Lock()
 	c.active = nil
 	c.cond.Broadcast()
@@ -610,8 +631,9 @@ func (c *cliConn) frame(h wire.FrameHeader) error {
 	return err
 }
 
-// fill reads a frame's body into its call.
-func (c *cliConn) fill(cl *call, h wire.FrameHeader) error {
+// fill reads a frame's body into its call; the first have bytes of a data
+// frame are in place already.
+func (c *cliConn) fill(cl *call, h wire.FrameHeader, have int) error {
 	i := h.Item
 	r := cl.reads[i]
 	switch h.Kind {
@@ -621,7 +643,7 @@ func (c *cliConn) fill(cl *call, h wire.FrameHeader) error {
 		if got+int(h.Len) > len(buf) {
 			return fmt.Errorf("%w: %s sent %d bytes for a read of %d", wire.ErrWorker, c.addr, got+int(h.Len), len(buf))
 		}
-		if _, err := io.ReadFull(c.br, buf[got:got+int(h.Len)]); err != nil {
+		if _, err := io.ReadFull(c.in, buf[got+have:got+int(h.Len)]); err != nil {
 			return err
 		}
 		cl.got[i] += int(h.Len)
@@ -634,7 +656,7 @@ func (c *cliConn) fill(cl *call, h wire.FrameHeader) error {
 			return fmt.Errorf("%w: %s sent an error frame of %d bytes", wire.ErrWorker, c.addr, h.Len)
 		}
 		body := make([]byte, h.Len)
-		if _, err := io.ReadFull(c.br, body); err != nil {
+		if _, err := io.ReadFull(c.in, body); err != nil {
 			return err
 		}
 		cl.errs[i] = wire.ParseError("read", r.Block.Dataset, r.Block.Path, body)

@@ -163,14 +163,21 @@ func TestDropEndsHungReads(t *testing.T) {
 type gatedHandler struct {
 	*memHandler
 	path      string
-	gate      chan struct{}
+	mu        sync.Mutex
+	gate      chan struct{} // replaced between rounds: under mu
 	cancelled chan struct{}
+}
+
+func (h *gatedHandler) currentGate() chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.gate
 }
 
 func (h *gatedHandler) ServeRead(ctx context.Context, r wire.ReadRequest, w transport.RangeWriter) error {
 	if r.Block.Path == h.path {
 		select {
-		case <-h.gate:
+		case <-h.currentGate():
 		case <-ctx.Done():
 			close(h.cancelled)
 			return ctx.Err()
@@ -233,7 +240,7 @@ func TestSlowReadDoesNotHoldConnection(t *testing.T) {
 				t.Fatal("the worker did not see the slow read cancelled")
 			}
 		} else {
-			close(h.gate)
+			close(h.currentGate())
 		}
 		select {
 		case err := <-slowDone:
@@ -244,6 +251,8 @@ func TestSlowReadDoesNotHoldConnection(t *testing.T) {
 			t.Fatal("the slow read did not end")
 		}
 		cancel()
+		h.mu.Lock()
 		h.gate = make(chan struct{})
+		h.mu.Unlock()
 	}
 }
