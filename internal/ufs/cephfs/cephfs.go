@@ -91,6 +91,16 @@ type handle struct {
 	refs    int           // guarded by FS.mu
 	retired bool          // guarded by FS.mu
 	gone    chan struct{} // closed once the client is shut down
+
+	dmu  sync.Mutex
+	dirs map[string]*dirState // what this client knows of each directory (see warmDir)
+}
+
+// dirState is what one client session knows of a directory: nothing yet
+// but one read in it (listed nil), or a listing under way or done (listed
+// closed when it ended).
+type dirState struct {
+	listed chan struct{}
 }
 
 // mountAttempt is a mount under way. Callers that find one wait for it and

@@ -391,3 +391,60 @@ func TestDefaultConf(t *testing.T) {
 		t.Errorf("open with no ceph.conf to find: %v; want an error naming ceph.conf", err)
 	}
 }
+
+// TestColdReadsAfterIdleUnmount: a client session that never listed a
+// directory (a new one after an idle unmount, while granary's metadata
+// cache still answers the listings) lists it when its second file is read,
+// so that reading every file of a directory costs the MDS a lookup and a
+// listing, not a lookup per file.
+func TestColdReadsAfterIdleUnmount(t *testing.T) {
+	dir := cephtest.Dir(t)
+	const n = 60
+	files := map[string]string{}
+	for i := range n {
+		files[fmt.Sprintf("d/f%03d", i)] = strconv.Itoa(i)
+	}
+	root := tree(t, dir, files)
+	asok := filepath.Join(dir, "run", "ceph-mds.a.asok")
+	ctx := context.Background()
+	fsys, err := cephfs.Open(root, cephfs.Options{Conf: cephtest.Conf(dir), IdleUnmount: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	for _, err := range fsys.List(ctx, "d") {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(20 * time.Second); fsys.Mounted(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("still mounted 20 s after the last call")
+		}
+	}
+	before, err := cephstat.ReadMDS(ctx, asok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		name := fmt.Sprintf("d/f%03d", i)
+		rc, err := fsys.ReadRange(ctx, name, ufs.Range{Len: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || string(b) != strconv.Itoa(i) {
+			t.Fatalf("read %s = %q, %v", name, b, err)
+		}
+	}
+	after, err := cephstat.ReadMDS(ctx, asok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqs := after.Since(before)
+	t.Logf("%d files read in a new session: %v MDS requests (%v)", n, reqs.Requests, reqs.ByOp)
+	if reqs.Requests > n/3 {
+		t.Errorf("%v MDS requests to read the %d files of one directory in a new session; want a mount's, a lookup and a listing, not a lookup per file", reqs.Requests, n)
+	}
+}

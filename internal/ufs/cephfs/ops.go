@@ -19,6 +19,7 @@ import (
 	"iter"
 	"path"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -303,6 +304,7 @@ func (f *FS) List(ctx context.Context, dir string) iter.Seq2[[]ufs.FileInfo, err
 					return
 				}
 				if rc == 0 {
+					l.h.listed(dir) // before the last page: its reader may open at once
 					if len(page) > 0 {
 						yield(page, nil)
 					}
@@ -329,6 +331,63 @@ func (f *FS) List(ctx context.Context, dir string) iter.Seq2[[]ufs.FileInfo, err
 	}
 }
 
+// warmDir lists dir, once per client session, before the second file of it
+// is opened. Opening a file costs the MDS a lookup unless this session
+// listed its directory (readdirplus hands the client every entry with its
+// capabilities). A new session (after an idle unmount, say) knows no
+// directory, while granary's own metadata cache may still answer every
+// listing, so without this a cold epoch would cost a lookup per file; with
+// it, a directory costs one lookup and one listing. The first read of a
+// directory does not list it: one file read from a large directory is
+// cheaper as a lookup. Reads that find a listing under way wait for it.
+func (f *FS) warmDir(ctx context.Context, h *handle, dir string) {
+	dir = dirKey(dir)
+	h.dmu.Lock()
+	if h.dirs == nil {
+		h.dirs = map[string]*dirState{}
+	}
+	d := h.dirs[dir]
+	switch {
+	case d == nil:
+		h.dirs[dir] = &dirState{}
+		h.dmu.Unlock()
+		return
+	case d.listed != nil:
+		h.dmu.Unlock()
+		select {
+		case <-d.listed:
+		case <-ctx.Done():
+		}
+		return
+	}
+	d.listed = make(chan struct{})
+	h.dmu.Unlock()
+	defer close(d.listed)
+	for _, err := range f.List(ctx, dir) {
+		if err != nil {
+			return // the reads look the files up one by one
+		}
+	}
+}
+
+// listed records that h listed dir in full.
+func (h *handle) listed(dir string) {
+	dir = dirKey(dir)
+	h.dmu.Lock()
+	defer h.dmu.Unlock()
+	if h.dirs == nil {
+		h.dirs = map[string]*dirState{}
+	}
+	if d := h.dirs[dir]; d == nil || d.listed == nil {
+		done := make(chan struct{})
+		close(done)
+		h.dirs[dir] = &dirState{listed: done}
+	}
+}
+
+// dirKey is a directory's name in handle.dirs: "" for the root.
+func dirKey(dir string) string { return strings.TrimPrefix(path.Clean("/"+dir), "/") }
+
 // ReadRange implements ufs.FS with pread on a file opened for the range.
 func (f *FS) ReadRange(ctx context.Context, name string, r ufs.Range) (io.ReadCloser, error) {
 	if err := ctx.Err(); err != nil {
@@ -345,6 +404,7 @@ func (f *FS) ReadRange(ctx context.Context, name string, r ufs.Range) (io.ReadCl
 		l.put()
 		return nil, err
 	}
+	f.warmDir(ctx, l.h, path.Dir(name))
 	p := cpath(name)
 	stx := (*C.struct_ceph_statx)(C.calloc(1, C.sizeof_struct_ceph_statx))
 	fd := C.int(-1)
