@@ -11,12 +11,10 @@
 #   SDK (the dataset's own endpoint and keys: `--baseline sdk=dataset:rgw`);
 # - cephfs: the same tree on CephFS through granary, then through a ceph-fuse
 #   mount, with the MDS's requests per epoch. Not in turns, unlike the
-#   others: a client that walked or read the tree holds capabilities on its
-#   files, and the other's cold opens then each cost an MDS request to
-#   recall them (9,500 for 9,471 files, and about a third off granary's cold
-#   rate, when ceph-fuse had walked the tree first). So granary runs while
-#   no ceph-fuse is mounted, and ceph-fuse, freshly mounted, once granary
-#   is down;
+#   others: two clients of the same files share their capabilities, and the
+#   MDS recalls them from one for the other. So each client's cold epoch is
+#   measured alone: granary while no ceph-fuse is mounted, ceph-fuse freshly
+#   mounted once granary is down;
 # - prefetch: granary started again, cold, with --mount-prefetch: the first
 #   epoch of the RGW dataset against the SDK again, and of the CephFS one.
 # summary.txt gives every ratio: warm and cold epochs over their baselines,
