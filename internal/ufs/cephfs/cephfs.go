@@ -156,7 +156,7 @@ func (f *FS) Mounted() bool { return f.live.Load() > 0 }
 // newHandle wraps a mounted client.
 func (f *FS) newHandle(m *C.struct_ceph_mount_info) *handle {
 	f.live.Add(1)
-	return &handle{m: m, gone: make(chan struct{})}
+	return &handle{m: m, gone: make(chan struct{}), dirs: map[string]*dirState{}}
 }
 
 // connect creates, configures and mounts a client, bounded by the op timeout.

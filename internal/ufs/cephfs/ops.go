@@ -343,9 +343,6 @@ func (f *FS) List(ctx context.Context, dir string) iter.Seq2[[]ufs.FileInfo, err
 func (f *FS) warmDir(ctx context.Context, h *handle, dir string) {
 	dir = dirKey(dir)
 	h.dmu.Lock()
-	if h.dirs == nil {
-		h.dirs = map[string]*dirState{}
-	}
 	d := h.dirs[dir]
 	switch {
 	case d == nil:
@@ -375,9 +372,6 @@ func (h *handle) listed(dir string) {
 	dir = dirKey(dir)
 	h.dmu.Lock()
 	defer h.dmu.Unlock()
-	if h.dirs == nil {
-		h.dirs = map[string]*dirState{}
-	}
 	if d := h.dirs[dir]; d == nil || d.listed == nil {
 		done := make(chan struct{})
 		close(done)
