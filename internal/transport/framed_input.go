@@ -104,8 +104,8 @@ func (c *cliConn) readLone() (bool, error) {
 			iov[1].Base = &tgt[0]
 			iov[1].SetLen(len(tgt))
 		} else {
-			parts = []syscall.Iovec{{Base: &in.buf[0]}}
-			parts[0].SetLen(len(in.buf))
+			iov[0].SetLen(len(in.buf)) // the whole buffer, as a plain read
+			parts = iov[:1]
 		}
 		for {
 			r, _, errno := syscall.Syscall(syscall.SYS_READV, fd, uintptr(unsafe.Pointer(&parts[0])), uintptr(len(parts)))
