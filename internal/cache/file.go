@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+
+	"github.com/granary-cache/granary/internal/regfile"
 )
 
 // Reading a stored block: its file opened, each page read and checked
@@ -48,7 +50,7 @@ func (s *Store) Open(b *Block) (*File, error) {
 		}
 		path := b.tier.blockPath(b.id)
 		s.mu.Unlock()
-		f, err := os.Open(path)
+		f, err := regfile.Open(path)
 		if err == nil {
 			return &File{File: f, Block: b, Path: path, stamp: stampOf(f)}, nil
 		}

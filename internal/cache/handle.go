@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+
+	"github.com/granary-cache/granary/internal/regfile"
 )
 
 // Shared handles: a block read over the network is served from its file
@@ -51,7 +53,7 @@ func (s *Store) OpenShared(b *Block) (*File, error) {
 			return &File{File: h.f, Block: b, Path: path, stamp: stampOf(h.f), s: s, h: h, shared: true}, nil
 		}
 		s.mu.Unlock()
-		f, err := os.Open(path)
+		f, err := regfile.Open(path)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // moved by a demotion: look again
 		}

@@ -6,13 +6,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/granary-cache/granary/internal/block"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/granary-cache/granary/internal/block"
+	"github.com/granary-cache/granary/internal/regfile"
 )
 
 // TierConfig is one tier: a directory and how much of it the cache may use.
@@ -95,6 +97,22 @@ type tier struct {
 	used  int64     // bytes reserved by its blocks (their full length)
 	lru   list.List // of *Block, most recently used first
 	live  int64     // journal records that still matter, for compaction
+	// made marks the block subdirectories (by a digest's first byte) known
+	// to exist, so that a new block costs no directory lookup.
+	made [256]bool
+}
+
+// makeDir makes sure the subdirectory of block id exists. Called with the
+// store's lock held.
+func (t *tier) makeDir(id digest) error {
+	if t.made[id[0]] {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(t.blockPath(id)), 0o700); err != nil {
+		return err
+	}
+	t.made[id[0]] = true
+	return nil
 }
 
 func (t *tier) blockPath(id digest) string { return filepath.Join(t.Path, id.relPath()) }
@@ -324,7 +342,7 @@ func (s *Store) create(key block.ID, length int64, near bool) (*Block, error) {
 		if t.used+length > t.Quota || near && float64(t.used+length) > t.Low*float64(t.Quota) {
 			continue
 		}
-		if err := os.MkdirAll(filepath.Dir(t.blockPath(id)), 0o700); err != nil {
+		if err := t.makeDir(id); err != nil {
 			continue
 		}
 		b := &Block{Key: key, Length: length, id: id, tier: t, pages: make([]page, s.layout.Pages(length)), pinned: s.pinned(key.Dataset) && !near, near: near}
@@ -391,7 +409,19 @@ func (s *Store) WritePage(b *Block, p int, data []byte) error {
 	s.mu.Unlock()
 
 	crc := crc32c(data)
-	err := writeAt(t.blockPath(b.id), data, int64(p)*s.layout.PageSize)
+	path := t.blockPath(b.id)
+	err := regfile.WriteAt(path, data, int64(p)*s.layout.PageSize, 0o600)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Its directory went away under the store (removed by hand):
+		// make it again, once.
+		s.mu.Lock()
+		t.made[b.id[0]] = false
+		derr := t.makeDir(b.id)
+		s.mu.Unlock()
+		if derr == nil {
+			err = regfile.WriteAt(path, data, int64(p)*s.layout.PageSize, 0o600)
+		}
+	}
 	if err == nil {
 		err = t.j.append(journalRecord{kind: recPage, id: b.id, page: p, crc: crc})
 	}
@@ -414,18 +444,6 @@ func (s *Store) WritePage(b *Block, p int, data []byte) error {
 	t.live++
 	s.mu.Unlock()
 	return nil
-}
-
-func writeAt(path string, data []byte, off int64) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteAt(data, off)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 func isNoSpace(err error) bool {

@@ -155,6 +155,32 @@ func TestStoreRoundTripAndRestart(t *testing.T) {
 	}
 }
 
+// TestBlockDirectoryRemoved: the store remembers which block directories
+// it made; one removed under it (by hand) is made again at the next write,
+// which then succeeds.
+func TestBlockDirectoryRemoved(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, tierCfg("MEM", dir, 1<<20))
+	defer s.Close()
+	fill(t, s, key("ds", 1), testBlock)
+	k := key("ds", 2)
+	b, err := s.Create(k, testBlock) // its directory made now
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "blocks")); err != nil {
+		t.Fatal(err)
+	}
+	for p := range s.layout.Pages(testBlock) {
+		if err := s.WritePage(b, p, pageData(k, p, testPage)); err != nil {
+			t.Fatalf("WritePage %d after the directory was removed: %v", p, err)
+		}
+	}
+	if got := readBlock(t, s, b); !bytes.Equal(got, wantBlock(k, testBlock)) {
+		t.Fatal("a block written after its directory was removed reads back wrong")
+	}
+}
+
 // TestCorruptPageDetected: a byte flipped on disk is caught by the CRC on the
 // first read after a restart, and the page is dropped to be fetched again.
 func TestCorruptPageDetected(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/meta"
 	"github.com/granary-cache/granary/internal/placement"
+	"github.com/granary-cache/granary/internal/regfile"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -260,7 +261,7 @@ func (c *Client) localBlock(ctx context.Context, m placement.Member, ref block.R
 		}
 		return nil, fmt.Errorf("%w: %v", errNoShortCircuit, err)
 	}
-	fd, err := os.Open(info.File)
+	fd, err := regfile.Open(info.File)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errNoShortCircuit, err) // evicted meanwhile
 	}
@@ -523,7 +524,7 @@ func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 		if err != nil || info.Length != f.info.Size {
 			continue
 		}
-		fd, err := os.Open(info.File)
+		fd, err := regfile.Open(info.File)
 		if err != nil {
 			continue // evicted meanwhile
 		}

@@ -131,7 +131,17 @@ type guardedBody struct {
 	done func()
 }
 
+// bodyTail bounds what Close reads of a body past the bytes its reader
+// took: the end of a chunked body, not a page nobody wants.
+const bodyTail = 4 << 10
+
+// Close reads the end of the body before closing it. A reader takes
+// exactly the bytes it asked for and stops short of the body's end (the
+// last chunk of a chunked answer); an HTTP client closes a connection
+// whose body was closed before its end, so without this every read
+// through a peer dialled a new connection.
 func (b guardedBody) Close() error {
+	io.CopyN(io.Discard, b.ReadCloser, bodyTail)
 	err := b.ReadCloser.Close()
 	b.done()
 	return err
