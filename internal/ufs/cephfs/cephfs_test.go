@@ -448,3 +448,53 @@ func TestColdReadsAfterIdleUnmount(t *testing.T) {
 		t.Errorf("%v MDS requests to read the %d files of one directory in a new session; want a mount's, a lookup and a listing, not a lookup per file", reqs.Requests, n)
 	}
 }
+
+// TestSmallFileOneOSDRead: a small file read whole costs the OSD one read,
+// even when the caller reads it in small pieces (io.ReadAll starts at 512
+// bytes), and the bytes come back whole.
+func TestSmallFileOneOSDRead(t *testing.T) {
+	dir := cephtest.Dir(t)
+	const n = 24
+	files := map[string]string{}
+	for i := range n {
+		files[fmt.Sprintf("d/f%03d", i)] = strings.Repeat(strconv.Itoa(i)+"|", (100<<10)/4)
+	}
+	root := tree(t, dir, files)
+	osd := filepath.Join(dir, "run", "ceph-osd.0.asok")
+	ctx := context.Background()
+	fsys, err := cephfs.Open(root, cephfs.Options{Conf: cephtest.Conf(dir)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	for _, err := range fsys.List(ctx, "d") {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := cephstat.ReadOSD(ctx, osd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		name := fmt.Sprintf("d/f%03d", i)
+		rc, err := fsys.ReadRange(ctx, name, ufs.Range{Len: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || string(b) != files[name] {
+			t.Fatalf("read %s: %d bytes, %v; want its %d", name, len(b), err, len(files[name]))
+		}
+	}
+	after, err := cephstat.ReadOSD(ctx, osd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reads := after.Since(before)
+	t.Logf("%d files of 100 KiB: %v OSD reads, %v bytes", n, reads.Reads, reads.ReadBytes)
+	if reads.Reads > n+2 { // the test cluster may read a little for itself
+		t.Errorf("%v OSD reads for %d small files read whole; want one each", reads.Reads, n)
+	}
+}

@@ -449,22 +449,34 @@ type reader struct {
 	l        *lease
 	fd       C.int
 	name     string
-	off, end int64
+	off, end int64 // the next byte to ask libcephfs for, and the range's end
 	ctx      context.Context
 	closed   bool
+	ahead    []byte // read from the file past what the caller took
 }
 
+// minRead is the least a reader asks libcephfs for while the range goes
+// on. The client has no object cache (see connectNow), so each call is an
+// OSD request: a caller reading in small pieces (io.ReadAll starts at 512
+// bytes) would otherwise cost one per piece.
+const minRead = 1 << 20
+
 func (r *reader) Read(p []byte) (int, error) {
-	if r.off >= r.end {
-		return 0, io.EOF
-	}
 	if r.closed {
 		return 0, ufs.NewError("read", r.name, ufs.ClassInvalid, fs.ErrClosed)
 	}
-	n := min(int64(len(p)), r.end-r.off, 64<<20)
-	if n == 0 {
+	if len(r.ahead) > 0 {
+		k := copy(p, r.ahead)
+		r.ahead = r.ahead[k:]
+		return k, nil
+	}
+	if r.off >= r.end {
+		return 0, io.EOF
+	}
+	if len(p) == 0 {
 		return 0, nil
 	}
+	n := min(max(int64(len(p)), minRead), r.end-r.off, 64<<20)
 	// The read lands in C memory: a read given up on may still write.
 	buf := C.malloc(C.size_t(n))
 	rc, err := r.l.call(r.ctx, "read", r.name, func() C.int {
@@ -480,9 +492,13 @@ func (r *reader) Read(p []byte) (int, error) {
 	if rc == 0 {
 		return 0, io.EOF
 	}
-	copy(p, unsafe.Slice((*byte)(buf), int(rc)))
+	got := unsafe.Slice((*byte)(buf), int(rc))
+	k := copy(p, got)
+	if k < len(got) {
+		r.ahead = append(r.ahead[:0], got[k:]...)
+	}
 	r.off += int64(rc)
-	return int(rc), nil
+	return k, nil
 }
 
 func (r *reader) Close() error {
