@@ -407,16 +407,7 @@ func TestColdReadsAfterIdleUnmount(t *testing.T) {
 	root := tree(t, dir, files)
 	asok := filepath.Join(dir, "run", "ceph-mds.a.asok")
 	ctx := context.Background()
-	fsys, err := cephfs.Open(root, cephfs.Options{Conf: cephtest.Conf(dir), IdleUnmount: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fsys.Close()
-	for _, err := range fsys.List(ctx, "d") {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	fsys := openListed(t, root, cephfs.Options{Conf: cephtest.Conf(dir), IdleUnmount: 300 * time.Millisecond}, "d")
 	for deadline := time.Now().Add(20 * time.Second); fsys.Mounted(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("still mounted 20 s after the last call")
@@ -426,18 +417,7 @@ func TestColdReadsAfterIdleUnmount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range n {
-		name := fmt.Sprintf("d/f%03d", i)
-		rc, err := fsys.ReadRange(ctx, name, ufs.Range{Len: -1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil || string(b) != strconv.Itoa(i) {
-			t.Fatalf("read %s = %q, %v", name, b, err)
-		}
-	}
+	readWhole(t, fsys, files)
 	after, err := cephstat.ReadMDS(ctx, asok)
 	if err != nil {
 		t.Fatal(err)
@@ -462,32 +442,12 @@ func TestSmallFileOneOSDRead(t *testing.T) {
 	root := tree(t, dir, files)
 	osd := filepath.Join(dir, "run", "ceph-osd.0.asok")
 	ctx := context.Background()
-	fsys, err := cephfs.Open(root, cephfs.Options{Conf: cephtest.Conf(dir)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fsys.Close()
-	for _, err := range fsys.List(ctx, "d") {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	fsys := openListed(t, root, cephfs.Options{Conf: cephtest.Conf(dir)}, "d")
 	before, err := cephstat.ReadOSD(ctx, osd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range n {
-		name := fmt.Sprintf("d/f%03d", i)
-		rc, err := fsys.ReadRange(ctx, name, ufs.Range{Len: -1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil || string(b) != files[name] {
-			t.Fatalf("read %s: %d bytes, %v; want its %d", name, len(b), err, len(files[name]))
-		}
-	}
+	readWhole(t, fsys, files)
 	after, err := cephstat.ReadOSD(ctx, osd)
 	if err != nil {
 		t.Fatal(err)
@@ -497,4 +457,37 @@ func TestSmallFileOneOSDRead(t *testing.T) {
 	if reads.Reads > n+2 { // the test cluster may read a little for itself
 		t.Errorf("%v OSD reads for %d small files read whole; want one each", reads.Reads, n)
 	}
+}
+
+// readWhole reads each file (name → content) whole with io.ReadAll, which
+// asks for 512 bytes first, and checks its bytes.
+func readWhole(t *testing.T, fsys *cephfs.FS, files map[string]string) {
+	t.Helper()
+	for name, want := range files {
+		rc, err := fsys.ReadRange(context.Background(), name, ufs.Range{Len: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || string(b) != want {
+			t.Fatalf("read %s: %d bytes, %v; want its %d", name, len(b), err, len(want))
+		}
+	}
+}
+
+// openListed opens root with o, closed at the test's end, and lists dir.
+func openListed(t *testing.T, root string, o cephfs.Options, dir string) *cephfs.FS {
+	t.Helper()
+	fsys, err := cephfs.Open(root, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fsys.Close() })
+	for _, err := range fsys.List(context.Background(), dir) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fsys
 }
