@@ -3,6 +3,7 @@ package mount
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"syscall"
 
@@ -45,6 +46,7 @@ func Serve(mountpoint string, o Options) (*Mount, error) {
 	if err != nil {
 		return nil, fmt.Errorf("serve the mount at %s: %w", mountpoint, err)
 	}
+	reserveReaderProcs()
 	if err := syscall.Dup3(fdFuse, fdInit, syscall.O_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("take over the FUSE connection: %w", err)
 	}
@@ -58,6 +60,29 @@ func Serve(mountpoint string, o Options) (*Mount, error) {
 	}()
 	m.log.Info("serving the mount", "mountpoint", mountpoint, "generation", m.generation, "passthrough", m.passthrough.Load())
 	return m, nil
+}
+
+// reserveReaderProcs gives the go-fuse goroutines that wait for the
+// kernel's requests Ps of their own. They wait in a blocking read(2) of
+// /dev/fuse, each holding a P; with as many Ps as CPUs, no P is ever idle
+// while they wait, so the runtime's monitor takes their P back at every
+// read and, having done so, keeps waking every 20 µs: a quarter of the
+// server's CPU on a 2-core machine (perf: runtime.sysmon and its context
+// switches). With a P more per reader (go-fuse runs at most
+// clamp(GOMAXPROCS, 2, 16) + 1 of them, sized when its server is made),
+// an idle P is left while they wait, the monitor leaves them alone and
+// sleeps longer. The readers use no CPU while they wait, so the goroutines
+// that do work still run on as many Ps as before. A GOMAXPROCS the user
+// set is kept.
+func reserveReaderProcs() {
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(withReaderProcs(runtime.GOMAXPROCS(0)))
+	}
+}
+
+// withReaderProcs is n Ps plus one for each of go-fuse's request readers.
+func withReaderProcs(n int) int {
+	return n + min(max(n, 2), 16) + 1
 }
 
 func mountOptions(o Options) *fuse.MountOptions {

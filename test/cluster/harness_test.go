@@ -32,6 +32,9 @@ import (
 var (
 	granary string
 	s3srv   *s3test.Server
+	// runDir holds what one run of the package makes (the binary, the
+	// S3 server's data, a generated benchmark tree); removed at the end.
+	runDir string
 )
 
 func TestMain(m *testing.M) {
@@ -45,6 +48,7 @@ func setup(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	runDir = dir
 	// The workers run with the race detector when the tests do; CephFS
 	// datasets need the cgo build.
 	granary, err = granarytest.BuildWith(dir, granarytest.BuildOptions{Race: raceEnabled, CephFS: os.Getenv("GRANARY_CEPH_DIR") != ""})

@@ -28,7 +28,8 @@ import (
 // The mount benchmarks read an ImageNet-like tree — GRANARY_BENCH_FILES
 // files (default 100,000) of 77–143 KiB in 1,000 directories — and
 // GRANARY_BENCH_BIG files (default 4) of 1 GiB, generated once per run
-// under GRANARY_BENCH_DIR (default a temporary directory). Each reports
+// under GRANARY_BENCH_DIR (kept, for the next run), or else in the run's
+// temporary directory (removed when the run ends). Each reports
 // the mount's rate as a ratio to the same reads of the local directory,
 // alternating the two.
 
@@ -52,7 +53,7 @@ func benchTree(b *testing.B) (string, []string, []string) {
 	benchOnce.Do(func() {
 		benchDir = os.Getenv("GRANARY_BENCH_DIR")
 		if benchDir == "" {
-			benchDir, benchErr = os.MkdirTemp("", "granary-bench")
+			benchDir, benchErr = os.MkdirTemp(runDir, "bench")
 			if benchErr != nil {
 				return
 			}
