@@ -63,7 +63,10 @@ type Client struct {
 
 	http   *http.Client
 	blocks transport.Reader // block reads from remote workers
-	local  *localBlocks
+	// localFrames asks the workers on this host for their block files over
+	// their unix sockets (nil with client.protocol http: over HTTP).
+	localFrames *transport.Framed
+	local       *localBlocks
 
 	fallbacks    map[string]*fallback // by dataset
 	fallbackOnce sync.Once
@@ -121,6 +124,7 @@ func NewWithMembership(cfg *config.Config, src membership.Source) *Client {
 		c.blocks = transport.NewHTTP(topts)
 	} else {
 		c.blocks = transport.NewFramed(topts)
+		c.localFrames = transport.NewFramed(transport.Options{ConnectTimeout: connect})
 	}
 	c.reach = &membership.Reach{
 		ProbeAfter: time.Duration(cfg.Client.ProbeAfter), ProbeTimeout: connect,
@@ -156,6 +160,9 @@ func (c *Client) Close() error {
 	c.reach.Close()
 	c.http.CloseIdleConnections()
 	c.blocks.Close()
+	if c.localFrames != nil {
+		c.localFrames.Close()
+	}
 	c.sockets.closeAll()
 	c.local.closeAll()
 	if c.ufs != nil {

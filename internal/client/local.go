@@ -25,13 +25,15 @@ type localSockets struct {
 }
 
 type localSocket struct {
+	path    string
 	hc      *http.Client // nil: not there
 	checked time.Time
 }
 
-// unixClient returns the HTTP client of the unix socket of worker id, if
-// that worker runs on this host and short-circuit is allowed.
-func (c *Client) unixClient(id string) (*http.Client, bool) {
+// unixClient returns the unix socket of worker id (its path and an HTTP
+// client on it), if that worker runs on this host and short-circuit is
+// allowed.
+func (c *Client) unixClient(id string) (*localSocket, bool) {
 	if !c.cfg.Client.ShortCircuitOn() {
 		return nil, false
 	}
@@ -43,12 +45,12 @@ func (c *Client) unixClient(id string) (*http.Client, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ls, ok := s.byPath[m.Socket]; ok && (ls.hc != nil || time.Since(ls.checked) < socketRecheck) {
-		return ls.hc, ls.hc != nil
+		return ls, ls.hc != nil
 	}
 	if s.byPath == nil {
 		s.byPath = map[string]*localSocket{}
 	}
-	ls := &localSocket{checked: time.Now()}
+	ls := &localSocket{path: m.Socket, checked: time.Now()}
 	s.byPath[m.Socket] = ls
 	if st, err := os.Stat(m.Socket); err != nil || st.Mode()&os.ModeSocket == 0 {
 		return nil, false // not on this host, or not running
@@ -60,7 +62,7 @@ func (c *Client) unixClient(id string) (*http.Client, bool) {
 		},
 		MaxIdleConnsPerHost: 64,
 	}}
-	return ls.hc, true
+	return ls, true
 }
 
 // isLocal reports whether worker id runs on this host.

@@ -17,6 +17,7 @@ import (
 	"github.com/granary-cache/granary/internal/meta"
 	"github.com/granary-cache/granary/internal/placement"
 	"github.com/granary-cache/granary/internal/regfile"
+	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -249,11 +250,11 @@ func (c *Client) localBlock(ctx context.Context, m placement.Member, ref block.R
 			return lb, nil
 		}
 	}
-	hc, ok := c.unixClient(m.ID)
+	sock, ok := c.unixClient(m.ID)
 	if !ok {
 		return nil, fmt.Errorf("%w: worker %s is not on this host", errNoShortCircuit, m.ID)
 	}
-	info, err := c.askLocal(ctx, hc, ref, verify, near)
+	info, err := c.askLocal(ctx, sock, ref, verify, near)
 	if err != nil {
 		var ue *ufs.Error
 		if errors.As(err, &ue) {
@@ -268,8 +269,31 @@ func (c *Client) localBlock(ctx context.Context, m placement.Member, ref block.R
 	return c.local.put(key, &localBlock{f: fd, info: info, verified: make([]bool, len(info.CRCs)), expires: time.Now().Add(localBlockTTL)}), nil
 }
 
-// askLocal asks a worker on this host where the file of a block is.
-func (c *Client) askLocal(ctx context.Context, hc *http.Client, ref block.Ref, verify string, near bool) (wire.LocalBlock, error) {
+// askLocal asks a worker on this host, at its unix socket, where the file
+// of a block is: on the block protocol, or over HTTP with client.protocol
+// http or a worker older than the protocol.
+func (c *Client) askLocal(ctx context.Context, sock *localSocket, ref block.Ref, verify string, near bool) (wire.LocalBlock, error) {
+	var info wire.LocalBlock
+	err := transport.ErrHTTPOnly
+	if c.localFrames != nil {
+		info, err = c.localFrames.Locate(ctx, sock.path, wire.LocateRequest{Read: wire.ReadRequest{Block: ref}, Verify: verify, Near: near})
+	}
+	if errors.Is(err, transport.ErrHTTPOnly) {
+		info, err = c.askLocalHTTP(ctx, sock.hc, ref, verify, near)
+	}
+	if err != nil {
+		return info, err
+	}
+	want := min(ref.BlockSize, ref.Size-ref.Index*ref.BlockSize)
+	if info.Length != want || info.PageSize <= 0 || int64(len(info.CRCs)) != (info.Length+info.PageSize-1)/info.PageSize {
+		return info, fmt.Errorf("the worker describes block %d of /%s/%s as %d bytes in %d pages of %d; want %d bytes",
+			ref.Index, ref.Dataset, ref.Path, info.Length, len(info.CRCs), info.PageSize, want)
+	}
+	return info, nil
+}
+
+// askLocalHTTP is askLocal over HTTP (wire.PathLocal).
+func (c *Client) askLocalHTTP(ctx context.Context, hc *http.Client, ref block.Ref, verify string, near bool) (wire.LocalBlock, error) {
 	q := wire.RefQuery(ref)
 	q.Set(wire.QueryVerify, verify)
 	if near {
@@ -280,17 +304,8 @@ func (c *Client) askLocal(ctx context.Context, hc *http.Client, ref block.Ref, v
 	if err != nil {
 		return info, err
 	}
-	err = decodeJSON(resp.Body, &info)
-	resp.Body.Close()
-	if err != nil {
-		return info, err
-	}
-	want := min(ref.BlockSize, ref.Size-ref.Index*ref.BlockSize)
-	if info.Length != want || info.PageSize <= 0 || int64(len(info.CRCs)) != (info.Length+info.PageSize-1)/info.PageSize {
-		return info, fmt.Errorf("the worker describes block %d of /%s/%s as %d bytes in %d pages of %d; want %d bytes",
-			ref.Index, ref.Dataset, ref.Path, info.Length, len(info.CRCs), info.PageSize, want)
-	}
-	return info, nil
+	defer resp.Body.Close()
+	return info, decodeJSON(resp.Body, &info)
 }
 
 // localBlock is an open block file of a worker on this host. Each page is
@@ -508,14 +523,14 @@ func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 		owners, near = []placement.Member{m}, true
 	}
 	for _, m := range owners {
-		hc, ok := c.unixClient(m.ID)
+		sock, ok := c.unixClient(m.ID)
 		if !ok {
 			continue
 		}
 		// The kernel reads the file without any check: the worker checks
 		// every page first (and fetches again any that fails).
 		rctx, cancel := context.WithTimeout(ctx, c.timeout)
-		info, err := c.askLocal(rctx, hc, ref, wire.VerifyChanged, near)
+		info, err := c.askLocal(rctx, sock, ref, wire.VerifyChanged, near)
 		cancel()
 		if err != nil && near && ctx.Err() == nil {
 			// (A caller that gave up is no refusal.)

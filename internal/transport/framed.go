@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,177 +37,10 @@ func NewFramed(opts Options) *Framed {
 	return &Framed{opts: opts, fallback: NewHTTP(opts), peers: map[string]*peer{}, stop: make(chan struct{})}
 }
 
-// peer is one worker's connections.
-type peer struct {
-	addr      string
-	mu        sync.Mutex
-	conns     []*cliConn      // live connections, at most Conns with those dialing
-	dialing   int             // connections being dialed
-	dropped   context.Context // ended by Drop: the dials in flight give up
-	drop      context.CancelFunc
-	httpUntil time.Time // the worker speaks HTTP only: use it until then
-	gone      bool      // forgotten by closeIdle: look the worker up again
-}
-
-// httpRecheck is how long a worker found to speak HTTP only is read over
-// HTTP before the framed protocol is tried again (it may be upgraded).
-const httpRecheck = time.Minute
-
 // readBuffer is the size of a connection's read buffer.
 const readBuffer = 16 << 10
 
 var errNotFramed = errors.New("the worker does not speak the block protocol")
-
-func (t *Framed) peer(addr string) (*peer, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return nil, fmt.Errorf("%w: the reader is closed", wire.ErrWorker)
-	}
-	p := t.peers[addr]
-	if p == nil {
-		p = &peer{addr: addr}
-		p.dropped, p.drop = context.WithCancel(context.Background())
-		t.peers[addr] = p
-	}
-	if !t.reaping {
-		t.reaping = true
-		go t.reap()
-	}
-	return p, nil
-}
-
-// reap closes, every half IdleTimeout, the connections idle for longer
-// than IdleTimeout, and forgets the workers left with none, until Close.
-func (t *Framed) reap() {
-	idle := t.opts.idleTimeout()
-	tick := time.NewTicker(idle / 2)
-	defer tick.Stop()
-	for {
-		select {
-		case <-t.stop:
-			return
-		case now := <-tick.C:
-			t.closeIdle(now.Add(-idle))
-		}
-	}
-}
-
-// closeIdle closes the connections last used before cutoff, and forgets
-// the workers left with no connection (and not read over HTTP).
-func (t *Framed) closeIdle(cutoff time.Time) {
-	t.mu.Lock()
-	peers := make([]*peer, 0, len(t.peers))
-	for _, p := range t.peers {
-		peers = append(peers, p)
-	}
-	t.mu.Unlock()
-	for _, p := range peers {
-		p.mu.Lock()
-		live := p.conns[:0]
-		var idle []*cliConn
-		for _, c := range p.conns {
-			// inflight only grows under p.mu: 0 here stays 0 until the
-			// connection is gone from p.conns.
-			if c.inflight.Load() == 0 && c.lastUsed.Load() < cutoff.UnixNano() {
-				idle = append(idle, c)
-				continue
-			}
-			live = append(live, c)
-		}
-		clear(p.conns[len(live):])
-		p.conns = live
-		empty := len(live) == 0 && p.dialing == 0 && time.Now().After(p.httpUntil)
-		p.mu.Unlock()
-		for _, c := range idle {
-			c.fail(errIdle)
-		}
-		if empty {
-			t.mu.Lock()
-			p.mu.Lock()
-			if len(p.conns) == 0 && p.dialing == 0 && t.peers[p.addr] == p {
-				delete(t.peers, p.addr)
-				p.gone = true
-			}
-			p.mu.Unlock()
-			t.mu.Unlock()
-		}
-	}
-}
-
-var (
-	errIdle     = fmt.Errorf("%w: closed after being idle", wire.ErrWorker)
-	errPeerGone = fmt.Errorf("%w: the worker's entry was forgotten as idle", wire.ErrWorker)
-)
-
-// conn returns a connection to p for one more call: an idle one, else a
-// new one while under Conns, else the least busy. Nil (and no error) when
-// p speaks HTTP only. The dial runs outside p.mu: a worker cut off makes
-// a dial hang until its timeout, and the other calls (and Drop) must not
-// queue behind it.
-func (t *Framed) conn(ctx context.Context, p *peer) (*cliConn, error) {
-	p.mu.Lock()
-	if p.gone {
-		p.mu.Unlock()
-		return nil, errPeerGone
-	}
-	if time.Now().Before(p.httpUntil) {
-		p.mu.Unlock()
-		return nil, nil
-	}
-	best := p.leastBusy()
-	if best != nil && (best.inflight.Load() == 0 || len(p.conns)+p.dialing >= t.opts.Conns) {
-		best.use()
-		p.mu.Unlock()
-		return best, nil
-	}
-	p.dialing++
-	dctx, cancel := context.WithCancelCause(ctx)
-	unwatch := context.AfterFunc(p.dropped, func() { cancel(errDropped) })
-	p.mu.Unlock()
-	c, err := t.dial(dctx, p.addr)
-	unwatch()
-	cancel(nil)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.dialing--
-	switch {
-	case errors.Is(err, errNotFramed):
-		p.httpUntil = time.Now().Add(httpRecheck)
-		return nil, nil
-	case err != nil:
-		if best = p.leastBusy(); best != nil { // a busy connection is better than none
-			best.use()
-			return best, nil
-		}
-		return nil, err
-	case p.gone:
-		c.fail(errPeerGone)
-		return nil, errPeerGone
-	}
-	p.conns = append(p.conns, c)
-	c.use()
-	return c, nil
-}
-
-// leastBusy drops p's broken connections and returns the one with the
-// fewest calls, nil if none is left. Called under p.mu.
-func (p *peer) leastBusy() *cliConn {
-	var best *cliConn
-	live := p.conns[:0]
-	for _, c := range p.conns {
-		if c.broken() {
-			continue
-		}
-		live = append(live, c)
-		if best == nil || c.inflight.Load() < best.inflight.Load() {
-			best = c
-		}
-	}
-	clear(p.conns[len(live):])
-	p.conns = live
-	return best
-}
 
 // dial opens a connection and says hello.
 func (t *Framed) dial(ctx context.Context, addr string) (*cliConn, error) {
@@ -214,7 +48,11 @@ func (t *Framed) dial(ctx context.Context, addr string) (*cliConn, error) {
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	d := net.Dialer{KeepAlive: 30 * time.Second}
-	nc, err := d.DialContext(dctx, "tcp", addr)
+	network := "tcp"
+	if strings.HasPrefix(addr, "/") {
+		network = "unix" // a worker's socket on this host
+	}
+	nc, err := d.DialContext(dctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", wire.ErrWorker, err)
 	}
@@ -287,6 +125,26 @@ func (t *Framed) Read(ctx context.Context, addr string, r wire.ReadRequest, buf 
 		return t.fallback.Read(ctx, addr, r, buf)
 	}
 	return cl.srcs[0], cl.errs[0]
+}
+
+// ErrHTTPOnly is Locate's error for a worker that does not speak the block
+// protocol (one older than it): ask it over HTTP instead.
+var ErrHTTPOnly = errors.New("the worker speaks HTTP only")
+
+// Locate asks the worker at addr, on this host (addr is then the path of
+// its unix socket), to make a whole block cached and say where its file is.
+// Errors keep their class as Read's do.
+func (t *Framed) Locate(ctx context.Context, addr string, lr wire.LocateRequest) (wire.LocalBlock, error) {
+	cl := &call{locate: &lr}
+	cl.one.read[0] = lr.Read
+	cl.reads, cl.bufs = cl.one.read[:], cl.one.buf[:]
+	if err := t.do(ctx, addr, cl, wire.KindLocate); err != nil {
+		return wire.LocalBlock{}, err
+	}
+	if cl.fellBack {
+		return wire.LocalBlock{}, ErrHTTPOnly
+	}
+	return cl.located, cl.errs[0]
 }
 
 // ReadBatch implements Reader.
@@ -400,6 +258,9 @@ type call struct {
 	fellBack bool   // the worker speaks HTTP only
 	id       uint64 // its frames' id
 
+	locate  *wire.LocateRequest // a locate call (reads holds its block)
+	located wire.LocalBlock     // its answer
+
 	one struct { // a lone read: its request, its state and its frame
 		read  [1]wire.ReadRequest
 		buf   [1][]byte
@@ -456,9 +317,12 @@ func (c *cliConn) roundTrip(ctx context.Context, cl *call, kind byte) error {
 	cl.left, cl.done = n, make(chan struct{})
 	var body []byte
 	var err error
-	if kind == wire.KindBatch {
+	switch kind {
+	case wire.KindBatch:
 		body, err = wire.AppendBatch(make([]byte, wire.FrameHeaderLen, 256), cl.reads)
-	} else {
+	case wire.KindLocate:
+		body, err = cl.locate.Append(append(cl.one.frame[:0], make([]byte, wire.FrameHeaderLen)...))
+	default:
 		body, err = cl.reads[0].Append(append(cl.one.frame[:0], make([]byte, wire.FrameHeaderLen)...))
 	}
 	if err != nil {
@@ -651,6 +515,19 @@ func (c *cliConn) fill(cl *call, h wire.FrameHeader, have int) error {
 		if h.Flags&wire.FlagLast != 0 && cl.got[i] != len(buf) {
 			cl.errs[i] = wire.MarkAnswered(fmt.Errorf("%w: block %d of /%s/%s: %d of %d bytes", wire.ErrWorker, r.Block.Index, r.Block.Dataset, r.Block.Path, cl.got[i], len(buf)))
 		}
+	case wire.KindLocated:
+		if cl.locate == nil {
+			return fmt.Errorf("%w: %s answered a read with a block's location", wire.ErrWorker, c.addr)
+		}
+		body := make([]byte, h.Len)
+		if _, err := io.ReadFull(c.in, body); err != nil {
+			return err
+		}
+		lb, err := wire.ParseLocalBlock(body)
+		if err != nil {
+			err = wire.MarkAnswered(fmt.Errorf("%w: locate block %d of /%s/%s: %v", wire.ErrWorker, r.Block.Index, r.Block.Dataset, r.Block.Path, err))
+		}
+		cl.located, cl.errs[i] = lb, err
 	case wire.KindError:
 		if h.Len > 64<<10 {
 			return fmt.Errorf("%w: %s sent an error frame of %d bytes", wire.ErrWorker, c.addr, h.Len)

@@ -149,14 +149,21 @@ func (c *sniffedConn) ReadFrom(r io.Reader) (int64, error) {
 	return io.Copy(struct{ io.Writer }{c.Conn}, r)
 }
 
+// Underlying is the connection under one Listen returned (c itself for
+// any other), for what needs its type: the peer's credentials of a unix
+// socket, a TLS state.
+func Underlying(c net.Conn) net.Conn {
+	if sc, ok := c.(*sniffedConn); ok {
+		return sc.Conn
+	}
+	return c
+}
+
 // TLSState is the TLS state of a connection Listen returned (for an
 // http.Server's ConnContext: the server sets Request.TLS only for a
 // *tls.Conn); nil without TLS.
 func TLSState(c net.Conn) *tls.ConnectionState {
-	if sc, ok := c.(*sniffedConn); ok {
-		c = sc.Conn
-	}
-	if tc, ok := c.(*tls.Conn); ok {
+	if tc, ok := Underlying(c).(*tls.Conn); ok {
 		st := tc.ConnectionState()
 		return &st
 	}

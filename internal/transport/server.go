@@ -23,6 +23,14 @@ type Server struct {
 	// Authorize checks a connection once, at its hello: the token it sent
 	// and its TLS state (nil without TLS). Nil lets every connection in.
 	Authorize func(token string, tlsState *tls.ConnectionState) error
+	// Admit, when set, checks a connection before its hello (for example
+	// the user at the other end of a unix socket); an error refuses it as
+	// unauthorised.
+	Admit func(nc net.Conn) error
+	// Locate, when set, answers locate requests (wire.KindLocate): where
+	// the file of a whole block is, for a client on the worker's host.
+	// Without it they are refused.
+	Locate func(ctx context.Context, r wire.LocateRequest) (wire.LocalBlock, error)
 	// MaxInFlight bounds the reads served at once on one connection
 	// (default 64); more wait in the socket.
 	MaxInFlight int
@@ -194,7 +202,15 @@ func (c *srvConn) loop() error {
 			return err
 		}
 		var reads []wire.ReadRequest
+		var locate *wire.LocateRequest
 		switch h.Kind {
+		case wire.KindLocate:
+			lr, err := wire.ParseLocateRequest(body)
+			if err != nil {
+				c.answerError(h.ID, 0, fmt.Errorf("%w: malformed locate: %v", wire.ErrWorker, err))
+				continue
+			}
+			locate, reads = &lr, []wire.ReadRequest{lr.Read}
 		case wire.KindRead:
 			r, err := wire.ParseReadRequest(body)
 			if err != nil {
@@ -228,11 +244,11 @@ func (c *srvConn) loop() error {
 		}
 		c.reqs[h.ID] = req
 		c.mu.Unlock()
-		if h.Kind == wire.KindRead && c.br.Buffered() == 0 {
-			// A lone read: served here, unless it takes long.
+		if h.Kind != wire.KindBatch && c.br.Buffered() == 0 {
+			// A lone read (or locate): served here, unless it takes long.
 			c.reading.Store(loopServing)
 			c.handoff.Reset(handoffAfter)
-			c.serveItem(ctx, h.ID, 0, reads[0], req)
+			c.serve(ctx, h.ID, reads[0], locate, req)
 			c.handoff.Stop()
 			if !c.reading.CompareAndSwap(loopServing, loopReading) {
 				return errHandedOff
@@ -247,6 +263,10 @@ func (c *srvConn) loop() error {
 			}
 			c.wg.Go(func() {
 				defer func() { <-c.sem }()
+				if locate != nil {
+					c.serve(ctx, h.ID, r, locate, req)
+					return
+				}
 				c.serveItem(ctx, h.ID, uint16(i), r, req)
 			})
 		}
@@ -263,6 +283,8 @@ func (c *srvConn) hello() error {
 	status, msg := wire.HelloOK, ""
 	if version != wire.FrameVersion {
 		status, msg = wire.HelloBadVersion, fmt.Sprintf("this worker speaks version %d", wire.FrameVersion)
+	} else if err := c.admit(); err != nil {
+		status, msg = wire.HelloUnauthorized, err.Error()
 	} else if c.s.Authorize != nil {
 		var state *tls.ConnectionState
 		if tc, ok := c.nc.(*tls.Conn); ok {
@@ -280,6 +302,42 @@ func (c *srvConn) hello() error {
 		return fmt.Errorf("hello refused: %s", msg)
 	}
 	return c.nc.SetDeadline(time.Time{})
+}
+
+func (c *srvConn) admit() error {
+	if c.s.Admit == nil {
+		return nil
+	}
+	return c.s.Admit(c.nc)
+}
+
+// serve serves a lone read, or the locate request lr when not nil.
+func (c *srvConn) serve(ctx context.Context, id uint64, r wire.ReadRequest, lr *wire.LocateRequest, req *srvReq) {
+	if lr == nil {
+		c.serveItem(ctx, id, 0, r, req)
+		return
+	}
+	defer func() {
+		req.cancel()
+		c.mu.Lock()
+		delete(c.reqs, id)
+		c.mu.Unlock()
+	}()
+	if c.s.Locate == nil {
+		c.answerError(id, 0, fmt.Errorf("%w: locate is served on the worker's unix socket only", wire.ErrWorker))
+		return
+	}
+	lb, err := c.s.Locate(ctx, *lr)
+	var body []byte
+	if err == nil {
+		body, err = wire.AppendLocalBlock(make([]byte, 0, wire.LocalBlockLen(lb)), lb)
+	}
+	if err != nil {
+		c.answerError(id, 0, err)
+		return
+	}
+	fw := &frameWriter{c: c, id: id}
+	fw.frame(wire.KindLocated, wire.FlagLast, body, nil, 0, 0)
 }
 
 // serveItem serves one read (an item of req) and answers it; the last

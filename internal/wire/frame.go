@@ -53,6 +53,7 @@ package wire
 //	0x02 batch   body: count (2 bytes), then count ReadRequests, each
 //	             prefixed by its length (2 bytes); items are numbered from 0
 //	0x03 cancel  body: empty; the worker stops serving the request
+//	0x04 locate  body: one LocateRequest (only on the worker's unix socket)
 //
 // Kinds, worker to client:
 //
@@ -62,6 +63,7 @@ package wire
 //	             the source of the bytes (SourceMem ... SourceUFS)
 //	0x82 error   body: class (1 byte), then a message (the rest); ends the
 //	             item
+//	0x83 located body: one LocalBlock; flags: bit 0 set (it ends the item)
 //
 // A ReadRequest names a block and a range within it:
 //
@@ -74,6 +76,24 @@ package wire
 //	36      2+n   dataset (length, bytes)
 //	.       2+n   path within the dataset
 //	.       2+n   version
+//
+// A LocateRequest asks a worker on the client's host to make a whole block
+// cached and say where its file is (short-circuit reads, FUSE
+// passthrough), as PathLocal does over HTTP:
+//
+//	offset  size  field
+//	0       1     verify: 0 none, 1 changed, 2 all (see QueryVerify)
+//	1       1     flags: bit 0 near (see QueryNear)
+//	2       .     a ReadRequest naming the block (offset and length 0)
+//
+// A LocalBlock answers it:
+//
+//	offset  size  field
+//	0       8     block length
+//	8       8     page size
+//	16      4     pages n
+//	20      4n    the pages' CRC32C, in order
+//	20+4n   2+m   the block file's path (length, bytes)
 //
 // The worker answers every item with data frames ending in one marked last,
 // or with an error frame, possibly after data frames (a page that fails its
@@ -113,11 +133,13 @@ const (
 
 // Frame kinds.
 const (
-	KindRead   byte = 0x01
-	KindBatch  byte = 0x02
-	KindCancel byte = 0x03
-	KindData   byte = 0x81
-	KindError  byte = 0x82
+	KindRead    byte = 0x01
+	KindBatch   byte = 0x02
+	KindCancel  byte = 0x03
+	KindLocate  byte = 0x04
+	KindData    byte = 0x81
+	KindError   byte = 0x82
+	KindLocated byte = 0x83
 )
 
 // FlagLast marks the last frame of an item's answer.

@@ -1,35 +1,68 @@
 package worker
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
 )
 
-// handleLocal, on the unix socket only, makes a whole block cached and says
-// where its file is, so that a client on this host can read it directly
-// (short-circuit) or hand it to the kernel (FUSE passthrough). Unless the
-// client says it checks every page against the CRCs itself (verify=0),
-// every page of the block not checked since its file last changed (every
-// page with verify=all) is checked first, and one that fails is fetched
-// again: the kernel reads a passthrough file without any check. A block
-// that cannot be cached is refused; the client then reads it over HTTP.
-func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
-	req, ok := w.parseBlockRequest(rw, r)
-	if !ok {
-		return
+// errNotLocal: a block this worker cannot hand out as a file now (no room
+// to cache it, or held in memory only); the client reads it over the
+// network instead.
+var errNotLocal = fmt.Errorf("%w: block cannot be cached on this worker now", wire.ErrWorker)
+
+// locate, for a client on this host (the unix socket only), makes a whole
+// block cached and says where its file is, so that the client can read it
+// directly (short-circuit) or hand it to the kernel (FUSE passthrough).
+// Unless the client says it checks every page against the CRCs itself
+// (wire.VerifyNone), every page of the block not checked since its file
+// last changed (every page with wire.VerifyAll) is checked first, and one
+// that fails is fetched again: the kernel reads a passthrough file without
+// any check. A block that cannot be cached is refused (errNotLocal).
+func (w *Worker) locate(ctx context.Context, ref block.Ref, verify string, near bool) (wire.LocalBlock, error) {
+	req, err := w.blockRequest(ref)
+	if err != nil {
+		return wire.LocalBlock{}, err
 	}
 	req.first, req.last = 0, w.layout.Pages(req.blen)-1
-	if r.URL.Query().Get(wire.QueryNear) == "1" {
+	if near {
 		req.near = w.nearOwners(req)
 	}
-	ctx := r.Context()
 	l, err := w.load(ctx, req)
 	if errors.Is(err, errNoRoom) {
+		return wire.LocalBlock{}, fmt.Errorf("%w: %v", errNotLocal, err)
+	}
+	if err != nil {
+		return wire.LocalBlock{}, err
+	}
+	defer l.close()
+	if l.file != nil && verify != wire.VerifyNone {
+		if err := w.verifyBlock(ctx, l, req, verify == wire.VerifyAll); err != nil {
+			return wire.LocalBlock{}, fmt.Errorf("check %s: %w", req.key, err)
+		}
+	}
+	if l.file == nil || len(l.mem) > 0 {
+		return wire.LocalBlock{}, errNotLocal
+	}
+	return wire.LocalBlock{File: l.file.Path, Length: req.blen, PageSize: w.layout.PageSize, CRCs: w.store.PageCRCs(l.b)}, nil
+}
+
+// handleLocal serves locate over HTTP (wire.PathLocal).
+func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	ref, err := wire.ParseRef(q)
+	if err != nil {
+		wire.WriteError(rw, ufs.NewError("read", ref.Path, ufs.ClassInvalid, err))
+		return
+	}
+	lb, err := w.locate(r.Context(), ref, q.Get(wire.QueryVerify), q.Get(wire.QueryNear) == "1")
+	if errors.Is(err, errNotLocal) {
 		http.Error(rw, err.Error(), http.StatusConflict)
 		return
 	}
@@ -37,33 +70,11 @@ func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
 		wire.WriteError(rw, err)
 		return
 	}
-	defer l.close()
-	if verify := r.URL.Query().Get(wire.QueryVerify); l.file != nil && verify != wire.VerifyNone {
-		if err := w.verifyBlock(ctx, l, req, verify == wire.VerifyAll); err != nil {
-			wire.WriteError(rw, fmt.Errorf("check %s: %w", req.key, err))
-			return
-		}
-	}
-	if l.file == nil || len(l.mem) > 0 {
-		http.Error(rw, "block cannot be cached on this worker now", http.StatusConflict)
-		return
-	}
 	rw.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(rw).Encode(wire.LocalBlock{File: l.file.Path, Length: req.blen, PageSize: w.layout.PageSize, CRCs: w.store.PageCRCs(l.b)})
+	json.NewEncoder(rw).Encode(lb)
 }
 
-// parseBlockRequest reads and checks the block a request names, answering
-// the error itself when there is one.
-func (w *Worker) parseBlockRequest(rw http.ResponseWriter, r *http.Request) (blockReq, bool) {
-	ref, err := wire.ParseRef(r.URL.Query())
-	if err != nil {
-		wire.WriteError(rw, ufs.NewError("read", ref.Path, ufs.ClassInvalid, err))
-		return blockReq{}, false
-	}
-	req, err := w.blockRequest(ref)
-	if err != nil {
-		wire.WriteError(rw, err)
-		return blockReq{}, false
-	}
-	return req, true
+// locateFrame serves locate on the block protocol.
+func (w *Worker) locateFrame(ctx context.Context, r wire.LocateRequest) (wire.LocalBlock, error) {
+	return w.locate(ctx, r.Read.Block, r.Verify, r.Near)
 }

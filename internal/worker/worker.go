@@ -72,9 +72,11 @@ type Worker struct {
 	advertised string                          // the data address peers and clients dial
 	reach      *membership.Reach
 	peerHTTP   *http.Client
-	peerBlocks transport.Reader // block reads from other workers (near copies)
-	frames     *transport.Server
-	started    time.Time
+	peerBlocks transport.Reader  // block reads from other workers (near copies)
+	frames     *transport.Server // the block protocol on the data port
+	// localFrames serves it on the unix socket, with locate requests.
+	localFrames *transport.Server
+	started     time.Time
 
 	data, admin, unix net.Listener
 	servers           []*http.Server
@@ -132,6 +134,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 	w.peerBlocks = transport.NewFramed(transport.Options{Token: cfg.Auth.Token, TLS: cfg.Auth.TLS.ClientConfig(),
 		ConnectTimeout: time.Duration(cfg.Client.ConnectTimeout)})
 	w.frames = &transport.Server{Handler: w, Authorize: w.authorizeConn, Log: w.log, Observe: w.observeFramed}
+	w.localFrames = &transport.Server{Handler: w, Admit: admitPeer, Locate: w.locateFrame, Log: w.log, Observe: w.observeFramed}
 	w.registerMembershipHealth()
 	w.bgCtx, w.bgCancel = context.WithCancel(context.Background())
 	// Enough pages for the fetches of a few blocks at once (64 MiB of 4 MiB
@@ -230,15 +233,15 @@ func (w *Worker) Serve(ctx context.Context) error {
 	servers := []struct {
 		l net.Listener
 		h http.Handler
-	}{{transport.Listen(w.data, w.frames), api}, {w.unix, local}, {w.admin, w.adminMux()}}
+	}{{transport.Listen(w.data, w.frames), api}, {transport.Listen(w.unix, w.localFrames), local}, {w.admin, w.adminMux()}}
 	errs := make(chan error, len(servers))
 	for _, s := range servers {
 		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute,
 			ErrorLog: slog.NewLogLogger(w.log.Handler(), slog.LevelDebug)}
 		switch s.l {
-		case w.unix:
-			srv.ConnContext = peerContext
 		case w.admin:
+		case servers[1].l: // the unix socket
+			srv.ConnContext = peerContext
 		default:
 			srv.ConnContext = tlsContext // Request.TLS is not set through the split listener
 		}
@@ -268,6 +271,7 @@ func (w *Worker) Serve(ctx context.Context) error {
 		srv.Shutdown(shutdown)
 	}
 	w.frames.Close()
+	w.localFrames.Close()
 	w.wg.Wait()
 	return errors.Join(err, w.Close())
 }
