@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/ufs"
@@ -74,7 +76,19 @@ func (w *Worker) handleLocal(rw http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(rw).Encode(lb)
 }
 
-// locateFrame serves locate on the block protocol.
+// locateFrame serves locate on the block protocol, counted as the HTTP
+// endpoint counts it (op "local", with the status HTTP would answer).
 func (w *Worker) locateFrame(ctx context.Context, r wire.LocateRequest) (wire.LocalBlock, error) {
-	return w.locate(ctx, r.Read.Block, r.Verify, r.Near)
+	start := time.Now()
+	lb, err := w.locate(ctx, r.Read.Block, r.Verify, r.Near)
+	code := http.StatusOK
+	switch {
+	case errors.Is(err, errNotLocal):
+		code = http.StatusConflict
+	case err != nil:
+		code = wire.StatusOf(err)
+	}
+	w.m.latency.WithLabelValues("local").Observe(time.Since(start).Seconds())
+	w.m.requests.WithLabelValues("local", strconv.Itoa(code)).Inc()
+	return lb, err
 }

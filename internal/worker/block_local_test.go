@@ -26,6 +26,7 @@ func TestLocateOnUnixSocket(t *testing.T) {
 	defer fr.Close()
 	ctx := context.Background()
 
+	requests := tw.metric(t, "granary_worker_requests_total")
 	lb, err := fr.Locate(ctx, tw.Socket(), wire.LocateRequest{Read: wire.ReadRequest{Block: ref}, Verify: wire.VerifyChanged})
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +39,9 @@ func TestLocateOnUnixSocket(t *testing.T) {
 	}
 	if got, err := os.ReadFile(lb.File); err != nil || string(got) != string(want) {
 		t.Errorf("the block file: %d bytes, %v", len(got), err)
+	}
+	if n := tw.metric(t, "granary_worker_requests_total") - requests; n != 1 {
+		t.Errorf("%v requests counted for one locate; want 1", n)
 	}
 	if viaHTTP := tw.local(t, ref, wire.VerifyChanged); !reflect.DeepEqual(viaHTTP, lb) {
 		t.Errorf("over HTTP %+v; on the block protocol %+v", viaHTTP, lb)
