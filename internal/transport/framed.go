@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
 )
 
@@ -125,6 +126,25 @@ func (t *Framed) Read(ctx context.Context, addr string, r wire.ReadRequest, buf 
 		return t.fallback.Read(ctx, addr, r, buf)
 	}
 	return cl.srcs[0], cl.errs[0]
+}
+
+// ReadUFS fills buf with the range of a UFS file that r names (see
+// wire.KindUFSRead), read by the worker at addr for this one, uncached.
+// ErrHTTPOnly says the worker speaks HTTP only. A UFS error keeps its
+// class, a retryable one too: the worker reached the UFS, which did not
+// answer, and reading it from here would wait as long again.
+func (t *Framed) ReadUFS(ctx context.Context, addr string, r wire.ReadRequest, buf []byte) error {
+	r.Length = int64(len(buf))
+	cl := &call{}
+	cl.one.read[0], cl.one.buf[0] = r, buf
+	cl.reads, cl.bufs = cl.one.read[:], cl.one.buf[:]
+	if err := t.do(ctx, addr, cl, wire.KindUFSRead); err != nil {
+		return err
+	}
+	if cl.fellBack {
+		return ErrHTTPOnly
+	}
+	return cl.errs[0]
 }
 
 // ErrHTTPOnly is Locate's error for a worker that does not speak the block
@@ -257,6 +277,7 @@ type call struct {
 	done     chan struct{}
 	fellBack bool   // the worker speaks HTTP only
 	id       uint64 // its frames' id
+	kind     byte   // of its request frame
 
 	locate  *wire.LocateRequest // a locate call (reads holds its block)
 	located wire.LocalBlock     // its answer
@@ -335,7 +356,7 @@ func (c *cliConn) roundTrip(ctx context.Context, cl *call, kind byte) error {
 	}
 	c.nextID++
 	id := c.nextID
-	cl.id = id
+	cl.id, cl.kind = id, kind
 	c.calls[id] = cl
 	c.mu.Unlock()
 	wire.FrameHeader{Len: uint32(len(body) - wire.FrameHeaderLen), Kind: kind, ID: id}.Put(body)
@@ -537,6 +558,10 @@ func (c *cliConn) fill(cl *call, h wire.FrameHeader, have int) error {
 			return err
 		}
 		cl.errs[i] = wire.ParseError("read", r.Block.Dataset, r.Block.Path, body)
+		if cl.kind == wire.KindUFSRead && len(body) > 0 && body[0] == wire.ErrClassRetryable {
+			cl.errs[i] = &ufs.Error{Op: "read", Dataset: r.Block.Dataset, Path: r.Block.Path, Class: ufs.ClassRetryable,
+				Err: wire.MarkAnswered(fmt.Errorf("through the worker at %s: %s", c.addr, body[1:]))}
+		}
 	default:
 		return fmt.Errorf("%w: %s sent a frame of kind %#x", wire.ErrWorker, c.addr, h.Kind)
 	}

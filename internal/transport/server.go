@@ -36,8 +36,9 @@ type Server struct {
 	MaxInFlight int
 	// Log gets connection errors, at debug level.
 	Log *slog.Logger
-	// Observe, when set, is called after each read with its outcome.
-	Observe func(r wire.ReadRequest, err error, took time.Duration)
+	// Observe, when set, is called after each read with its kind
+	// (wire.KindRead for the items of a batch too) and its outcome.
+	Observe func(kind byte, r wire.ReadRequest, err error, took time.Duration)
 
 	mu     sync.Mutex
 	conns  map[*srvConn]struct{}
@@ -211,7 +212,7 @@ func (c *srvConn) loop() error {
 				continue
 			}
 			locate, reads = &lr, []wire.ReadRequest{lr.Read}
-		case wire.KindRead:
+		case wire.KindRead, wire.KindUFSRead:
 			r, err := wire.ParseReadRequest(body)
 			if err != nil {
 				c.answerError(h.ID, 0, fmt.Errorf("%w: malformed read: %v", wire.ErrWorker, err))
@@ -248,7 +249,7 @@ func (c *srvConn) loop() error {
 			// A lone read (or locate): served here, unless it takes long.
 			c.reading.Store(loopServing)
 			c.handoff.Reset(handoffAfter)
-			c.serve(ctx, h.ID, reads[0], locate, req)
+			c.serve(ctx, h.ID, h.Kind, reads[0], locate, req)
 			c.handoff.Stop()
 			if !c.reading.CompareAndSwap(loopServing, loopReading) {
 				return errHandedOff
@@ -263,11 +264,11 @@ func (c *srvConn) loop() error {
 			}
 			c.wg.Go(func() {
 				defer func() { <-c.sem }()
-				if locate != nil {
-					c.serve(ctx, h.ID, r, locate, req)
+				if h.Kind != wire.KindBatch {
+					c.serve(ctx, h.ID, h.Kind, r, locate, req)
 					return
 				}
-				c.serveItem(ctx, h.ID, uint16(i), r, req)
+				c.serveItem(ctx, h.ID, wire.KindRead, uint16(i), r, req)
 			})
 		}
 	}
@@ -311,10 +312,11 @@ func (c *srvConn) admit() error {
 	return c.s.Admit(c.nc)
 }
 
-// serve serves a lone read, or the locate request lr when not nil.
-func (c *srvConn) serve(ctx context.Context, id uint64, r wire.ReadRequest, lr *wire.LocateRequest, req *srvReq) {
+// serve serves a request of one item: a read of kind (wire.KindRead or
+// wire.KindUFSRead), or the locate request lr when not nil.
+func (c *srvConn) serve(ctx context.Context, id uint64, kind byte, r wire.ReadRequest, lr *wire.LocateRequest, req *srvReq) {
 	if lr == nil {
-		c.serveItem(ctx, id, 0, r, req)
+		c.serveItem(ctx, id, kind, 0, r, req)
 		return
 	}
 	defer func() {
@@ -340,9 +342,9 @@ func (c *srvConn) serve(ctx context.Context, id uint64, r wire.ReadRequest, lr *
 	fw.frame(wire.KindLocated, wire.FlagLast, body, nil, 0, 0)
 }
 
-// serveItem serves one read (an item of req) and answers it; the last
-// item of req to end forgets req.
-func (c *srvConn) serveItem(ctx context.Context, id uint64, item uint16, r wire.ReadRequest, req *srvReq) {
+// serveItem serves one read of kind (an item of req) and answers it; the
+// last item of req to end forgets req.
+func (c *srvConn) serveItem(ctx context.Context, id uint64, kind byte, item uint16, r wire.ReadRequest, req *srvReq) {
 	defer func() {
 		if req.items.Add(-1) == 0 {
 			req.cancel()
@@ -353,7 +355,16 @@ func (c *srvConn) serveItem(ctx context.Context, id uint64, item uint16, r wire.
 	}()
 	start := time.Now()
 	fw := &frameWriter{c: c, id: id, item: item, left: r.Length}
-	err := c.s.Handler.ServeRead(ctx, r, fw)
+	var err error
+	if kind == wire.KindUFSRead {
+		if ur, ok := c.s.Handler.(UFSReader); ok {
+			err = ur.ServeUFSRead(ctx, r, fw)
+		} else {
+			err = fmt.Errorf("%w: this server reads no UFS for peers", wire.ErrWorker)
+		}
+	} else {
+		err = c.s.Handler.ServeRead(ctx, r, fw)
+	}
 	if err == nil && fw.left > 0 {
 		err = fmt.Errorf("%w: the block engine sent %d of %d bytes", wire.ErrWorker, r.Length-fw.left, r.Length)
 	}
@@ -364,7 +375,7 @@ func (c *srvConn) serveItem(ctx context.Context, id uint64, item uint16, r wire.
 		c.answerError(id, item, err)
 	}
 	if obs := c.s.Observe; obs != nil {
-		obs(r, err, time.Since(start))
+		obs(kind, r, err, time.Since(start))
 	}
 }
 

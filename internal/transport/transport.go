@@ -86,6 +86,15 @@ type Handler interface {
 	ServeRead(ctx context.Context, r wire.ReadRequest, w RangeWriter) error
 }
 
+// UFSReader is a Handler that also reads ranges of the UFS's files for
+// peers, uncached (wire.KindUFSRead): a worker that listed a directory
+// reads its small files for the others.
+type UFSReader interface {
+	// ServeUFSRead writes the r.Length bytes at r.Offset of the file r's
+	// block names (r.Block.Version is the version it must have) to w.
+	ServeUFSRead(ctx context.Context, r wire.ReadRequest, w RangeWriter) error
+}
+
 // RangeWriter receives the bytes of one range, in order.
 type RangeWriter interface {
 	// Write sends bytes in hand.

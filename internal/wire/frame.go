@@ -54,6 +54,10 @@ package wire
 //	             prefixed by its length (2 bytes); items are numbered from 0
 //	0x03 cancel  body: empty; the worker stops serving the request
 //	0x04 locate  body: one LocateRequest (only on the worker's unix socket)
+//	0x05 ufsread body: one ReadRequest for a range of a file read from the
+//	             UFS, uncached, for a peer that stores it (a directory reader,
+//	             see the worker's package): its block is block 0 of the file,
+//	             Offset and Length the range within the file
 //
 // Kinds, worker to client:
 //
@@ -137,6 +141,7 @@ const (
 	KindBatch   byte = 0x02
 	KindCancel  byte = 0x03
 	KindLocate  byte = 0x04
+	KindUFSRead byte = 0x05
 	KindData    byte = 0x81
 	KindError   byte = 0x82
 	KindLocated byte = 0x83

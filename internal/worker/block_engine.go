@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
 	"time"
@@ -347,16 +346,7 @@ func (w *Worker) fetchPage(ctx context.Context, req blockReq, b *cache.Block, p 
 		if req.near != nil {
 			read = w.readOwner
 		}
-		rc, err := read(ctx, req, r)
-		if err == nil {
-			_, err = io.ReadFull(rc, buf)
-			rc.Close()
-			if err == io.EOF || err == io.ErrUnexpectedEOF {
-				err = &ufs.Error{Op: "read", Dataset: req.ds.Name(), Path: req.key.Path, Class: ufs.ClassVersionChanged,
-					Err: fmt.Errorf("%w: the file is shorter than its listed size", ufs.ErrVersionChanged)}
-			}
-		}
-		if err != nil {
+		if err := read(ctx, req, r, buf); err != nil {
 			w.pageBufs.Put(bufp)
 			return nil, err
 		}

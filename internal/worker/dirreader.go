@@ -11,9 +11,11 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/meta"
 	"github.com/granary-cache/granary/internal/placement"
+	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -40,54 +42,110 @@ func (w *Worker) dirReader(req blockReq) (placement.Member, bool) {
 	return m, true
 }
 
-// readUFS reads a range of a file of the UFS, through the file's directory
-// reader when there is one and it answers.
-func (w *Worker) readUFS(ctx context.Context, req blockReq, r ufs.Range) (io.ReadCloser, error) {
+// readUFS fills buf with a range of a file of the UFS (r.Len -1: the whole
+// file, len(buf) bytes), through the file's directory reader when there is
+// one and it answers.
+func (w *Worker) readUFS(ctx context.Context, req blockReq, r ufs.Range, buf []byte) error {
 	if m, ok := w.dirReader(req); ok {
-		rc, err := w.readThrough(ctx, m, req, r)
+		err := w.readThrough(ctx, m, req, r, buf)
 		if !errors.Is(err, wire.ErrWorker) {
-			return rc, err
+			return err
 		}
 		if !wire.Answered(err) {
 			w.reach.MarkDown(m.ID, m.Addr, err)
 		}
 		w.log.Debug("directory reader failed; reading the UFS directly", "peer", m.ID, "err", err)
 	}
-	return req.ds.FS.ReadRange(ctx, req.key.Path, r)
+	rc, err := req.ds.FS.ReadRange(ctx, req.key.Path, r)
+	if err != nil {
+		return err
+	}
+	return fillFrom(rc, req, buf)
 }
 
-func (w *Worker) readThrough(ctx context.Context, m placement.Member, req blockReq, r ufs.Range) (io.ReadCloser, error) {
+// fillFrom reads buf full from rc and closes it; a file that ends first
+// changed since it was listed.
+func fillFrom(rc io.ReadCloser, req blockReq, buf []byte) error {
+	_, err := io.ReadFull(rc, buf)
+	rc.Close()
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return &ufs.Error{Op: "read", Dataset: req.ds.Name(), Path: req.key.Path, Class: ufs.ClassVersionChanged,
+			Err: fmt.Errorf("%w: the file is shorter than its listed size", ufs.ErrVersionChanged)}
+	}
+	return err
+}
+
+// readThrough has worker m read the range for this one: on the block
+// protocol (wire.KindUFSRead), or over HTTP from a worker older than it.
+func (w *Worker) readThrough(ctx context.Context, m placement.Member, req blockReq, r ufs.Range, buf []byte) error {
+	gctx, done := w.reach.Guard(ctx, m.ID, m.Addr)
+	defer done()
+	ref := block.Ref{ID: block.ID{Dataset: req.ds.Name(), Path: req.key.Path, Version: r.IfVersion, BlockSize: req.key.BlockSize}, Size: req.size}
+	err := w.peerBlocks.ReadUFS(gctx, m.Addr, wire.ReadRequest{Block: ref, Offset: r.Off}, buf)
+	if errors.Is(err, transport.ErrHTTPOnly) {
+		err = w.readThroughHTTP(gctx, m, req, r, buf)
+	}
+	if err != nil && ctx.Err() != nil {
+		return ufs.NewError("read", req.key.Path, ufs.ClassCanceled, ctx.Err())
+	}
+	if err == nil {
+		w.m.peerReads.Inc()
+	}
+	return err
+}
+
+// readThroughHTTP is readThrough over HTTP (wire.PathUFSRead).
+func (w *Worker) readThroughHTTP(ctx context.Context, m placement.Member, req blockReq, r ufs.Range, buf []byte) error {
 	q := url.Values{"ds": {req.ds.Name()}, "path": {req.key.Path}, "ver": {r.IfVersion},
 		"off": {strconv.FormatInt(r.Off, 10)}, "len": {strconv.FormatInt(r.Len, 10)}}
-	gctx, done := w.reach.Guard(ctx, m.ID, m.Addr)
-	hr, err := http.NewRequestWithContext(gctx, http.MethodGet, w.peerURL(m.Addr, wire.PathUFSRead)+"?"+q.Encode(), nil)
+	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, w.peerURL(m.Addr, wire.PathUFSRead)+"?"+q.Encode(), nil)
 	if err != nil {
-		done()
-		return nil, fmt.Errorf("%w: %v", wire.ErrWorker, err)
+		return fmt.Errorf("%w: %v", wire.ErrWorker, err)
 	}
 	if w.token != "" {
 		hr.Header.Set("Authorization", "Bearer "+w.token)
 	}
 	resp, err := w.peerHTTP.Do(hr)
 	if err != nil {
-		done()
-		if ctx.Err() != nil {
-			return nil, ufs.NewError("read", req.key.Path, ufs.ClassCanceled, ctx.Err())
-		}
-		return nil, fmt.Errorf("%w: %s: %v", wire.ErrWorker, m.ID, err)
+		return fmt.Errorf("%w: %s: %v", wire.ErrWorker, m.ID, err)
 	}
-	w.m.peerReads.Inc()
 	if resp.StatusCode == http.StatusOK {
-		return guardedBody{resp.Body, done}, nil
+		return fillFrom(drainingBody{resp.Body}, req, buf)
 	}
-	defer done()
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusServiceUnavailable {
 		// The peer reached the UFS and the UFS did not answer: reading it
 		// from here would only wait as long again.
-		return nil, ufs.NewError("read", req.key.Path, ufs.ClassRetryable, fmt.Errorf("through worker %s: %w", m.ID, wire.ReadError("read", req.ds.Name(), req.key.Path, resp)))
+		return ufs.NewError("read", req.key.Path, ufs.ClassRetryable, fmt.Errorf("through worker %s: %w", m.ID, wire.ReadError("read", req.ds.Name(), req.key.Path, resp)))
 	}
-	return nil, wire.ReadError("read", req.ds.Name(), req.key.Path, resp)
+	return wire.ReadError("read", req.ds.Name(), req.key.Path, resp)
+}
+
+// ServeUFSRead reads a range of a file from the UFS for a peer, uncached
+// (transport.UFSReader): the peer stores it.
+func (w *Worker) ServeUFSRead(ctx context.Context, r wire.ReadRequest, out transport.RangeWriter) error {
+	ds, p, err := w.dataset(r.Block.Dataset, r.Block.Path)
+	if err != nil {
+		return err
+	}
+	if r.Length > w.layout.PageSize {
+		return ufs.NewError("read", p, ufs.ClassInvalid, fmt.Errorf("a read of %d bytes for a peer: at most a page (%d)", r.Length, w.layout.PageSize))
+	}
+	rng := ufs.Range{Off: r.Offset, Len: r.Length, IfVersion: r.Block.Version}
+	if r.Offset == 0 && r.Length == r.Block.Size {
+		rng.Len = -1 // the whole file: a plain read, which servers answer fastest
+	}
+	rc, err := ds.FS.ReadRange(ctx, p, rng)
+	if err != nil {
+		return err
+	}
+	bufp := w.pageBufs.Get()
+	defer w.pageBufs.Put(bufp)
+	buf := (*bufp)[:r.Length]
+	if err := fillFrom(rc, blockReq{ds: ds, key: block.ID{Dataset: ds.Name(), Path: p}}, buf); err != nil {
+		return err
+	}
+	return out.Write(buf, wire.SourceUFS)
 }
 
 // handleUFSRead reads a range of a file from the UFS for a peer, uncached:
@@ -125,11 +183,8 @@ func (w *Worker) handleUFSRead(rw http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// guardedBody ends a guarded request when its body is closed.
-type guardedBody struct {
-	io.ReadCloser
-	done func()
-}
+// drainingBody is the body of a read through a peer over HTTP.
+type drainingBody struct{ io.ReadCloser }
 
 // bodyTail bounds what Close reads of a body past the bytes its reader
 // took: the end of a chunked body, not a page nobody wants.
@@ -140,11 +195,9 @@ const bodyTail = 4 << 10
 // last chunk of a chunked answer); an HTTP client closes a connection
 // whose body was closed before its end, so without this every read
 // through a peer dialled a new connection.
-func (b guardedBody) Close() error {
+func (b drainingBody) Close() error {
 	io.CopyN(io.Discard, b.ReadCloser, bodyTail)
-	err := b.ReadCloser.Close()
-	b.done()
-	return err
+	return b.ReadCloser.Close()
 }
 
 // newPeerHTTP is the HTTP client of worker-to-worker requests: the same

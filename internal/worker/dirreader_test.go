@@ -3,12 +3,14 @@ package worker
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
 	"sync/atomic"
 	"testing"
 
+	"github.com/granary-cache/granary/internal/transport"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -65,5 +67,51 @@ func TestUFSReadForPeerOneRead(t *testing.T) {
 		if n := counting.reads.Load(); n != 1 {
 			t.Errorf("off %s len %s: %d reads of the UFS file; want 1", r.off, r.n, n)
 		}
+	}
+}
+
+// TestUFSReadForPeerFramed: the same service on the block protocol, as
+// peers use it: one UFS read per range, UFS errors with their class, and
+// no read larger than a page.
+func TestUFSReadForPeerFramed(t *testing.T) {
+	tw := startWorker(t, testBlock, testPage, "")
+	data := tw.writeFile(t, "f", 100<<10)
+	ref := tw.ref(t, "f")
+	ds, _ := tw.datasets.Get("d")
+	counting := &readCounting{FS: ds.FS}
+	ds.FS = counting
+	fr := transport.NewFramed(transport.Options{})
+	defer fr.Close()
+	ctx := context.Background()
+	for _, r := range []struct{ off, n int64 }{{0, int64(len(data))}, {4096, 50 << 10}} {
+		counting.reads.Store(0)
+		buf := make([]byte, r.n)
+		if err := fr.ReadUFS(ctx, tw.Addr(), wire.ReadRequest{Block: ref, Offset: r.off}, buf); err != nil {
+			t.Fatalf("off %d len %d: %v", r.off, r.n, err)
+		}
+		if !bytes.Equal(buf, data[r.off:r.off+r.n]) {
+			t.Errorf("off %d len %d: wrong bytes", r.off, r.n)
+		}
+		if n := counting.reads.Load(); n != 1 {
+			t.Errorf("off %d len %d: %d reads of the UFS file; want 1", r.off, r.n, n)
+		}
+	}
+	if n := tw.metric(t, "granary_worker_requests_total"); n < 2 {
+		t.Errorf("%v requests counted", n)
+	}
+
+	var ue *ufs.Error
+	gone := ref
+	gone.Path = "gone"
+	if err := fr.ReadUFS(ctx, tw.Addr(), wire.ReadRequest{Block: gone}, make([]byte, 10)); !errors.As(err, &ue) || ue.Class != ufs.ClassNotExist {
+		t.Errorf("a missing file: %v", err)
+	}
+	changed := ref
+	changed.Version = "another"
+	if err := fr.ReadUFS(ctx, tw.Addr(), wire.ReadRequest{Block: changed}, make([]byte, len(data))); !errors.As(err, &ue) || ue.Class != ufs.ClassVersionChanged {
+		t.Errorf("a file changed since it was listed: %v", err)
+	}
+	if err := fr.ReadUFS(ctx, tw.Addr(), wire.ReadRequest{Block: ref}, make([]byte, testPage+1)); !errors.As(err, &ue) || ue.Class != ufs.ClassInvalid {
+		t.Errorf("a read larger than a page: %v", err)
 	}
 }

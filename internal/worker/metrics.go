@@ -115,7 +115,16 @@ func (s *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 // observeFramed counts a read of the block protocol as instrument counts
 // the same read over HTTP (op block, the status HTTP would have answered),
 // and in a counter of its own.
-func (w *Worker) observeFramed(_ wire.ReadRequest, err error, took time.Duration) {
+func (w *Worker) observeFramed(kind byte, _ wire.ReadRequest, err error, took time.Duration) {
+	if kind == wire.KindUFSRead {
+		code := http.StatusOK
+		if err != nil {
+			code = wire.StatusOf(err)
+		}
+		w.m.latency.WithLabelValues("ufs_read").Observe(took.Seconds())
+		w.m.requests.WithLabelValues("ufs_read", strconv.Itoa(code)).Inc()
+		return
+	}
 	w.m.blockLatency.Observe(took.Seconds())
 	if err == nil {
 		w.m.blockOK.Inc()

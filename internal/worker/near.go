@@ -1,11 +1,9 @@
 package worker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/granary-cache/granary/internal/block"
 	"github.com/granary-cache/granary/internal/cache"
@@ -40,44 +38,38 @@ func (w *Worker) nearOwners(req blockReq) []placement.Member {
 
 // readOwner reads a range of a file from the block's owners, for a near
 // copy: the first that answers.
-func (w *Worker) readOwner(ctx context.Context, req blockReq, r ufs.Range) (io.ReadCloser, error) {
+func (w *Worker) readOwner(ctx context.Context, req blockReq, r ufs.Range, buf []byte) error {
 	off := r.Off - req.key.Index*req.key.BlockSize
-	n := r.Len
-	if n < 0 {
-		n = req.blen - off
-	}
 	ref := block.Ref{ID: block.ID{Dataset: req.ds.Name(), Path: req.key.Path, Version: req.key.Version, BlockSize: req.key.BlockSize, Index: req.key.Index}, Size: req.size}
 	var errs []error
 	for _, m := range req.near {
 		if w.reach.Down(m.ID) {
 			continue
 		}
-		rc, err := w.readBlockFrom(ctx, m, ref, off, n)
+		err := w.readBlockFrom(ctx, m, ref, off, buf)
 		if err == nil {
 			w.m.nearPages.Inc()
-			return rc, nil
+			return nil
 		}
 		var ue *ufs.Error
 		if errors.As(err, &ue) && ue.Class != ufs.ClassRetryable && ue.Class != ufs.ClassCanceled {
-			return nil, err // an error of the UFS: another owner would say the same
+			return err // an error of the UFS: another owner would say the same
 		}
 		if !wire.Answered(err) {
 			w.reach.MarkDown(m.ID, m.Addr, err) // no answer: read around it
 		}
 		errs = append(errs, fmt.Errorf("worker %s: %w", m.ID, err))
 	}
-	return nil, fmt.Errorf("%w: no owner answered for a near copy: %w", wire.ErrWorker, errors.Join(errs...))
+	return fmt.Errorf("%w: no owner answered for a near copy: %w", wire.ErrWorker, errors.Join(errs...))
 }
 
-// readBlockFrom reads bytes [off, off+n) of a block from worker m.
-func (w *Worker) readBlockFrom(ctx context.Context, m placement.Member, ref block.Ref, off, n int64) (io.ReadCloser, error) {
+// readBlockFrom fills buf with the bytes of a block from off on, from
+// worker m.
+func (w *Worker) readBlockFrom(ctx context.Context, m placement.Member, ref block.Ref, off int64, buf []byte) error {
 	gctx, done := w.reach.Guard(ctx, m.ID, m.Addr)
 	defer done()
-	buf := make([]byte, n)
-	if _, err := w.peerBlocks.Read(gctx, m.Addr, wire.ReadRequest{Block: ref, Offset: off, Length: n}, buf); err != nil {
-		return nil, err
-	}
-	return io.NopCloser(bytes.NewReader(buf)), nil
+	_, err := w.peerBlocks.Read(gctx, m.Addr, wire.ReadRequest{Block: ref, Offset: off, Length: int64(len(buf))}, buf)
+	return err
 }
 
 // createBlock makes room for a block this request will fill: a near copy

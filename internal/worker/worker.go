@@ -72,7 +72,7 @@ type Worker struct {
 	advertised string                          // the data address peers and clients dial
 	reach      *membership.Reach
 	peerHTTP   *http.Client
-	peerBlocks transport.Reader  // block reads from other workers (near copies)
+	peerBlocks *transport.Framed // reads from other workers (near copies, reads through a directory reader)
 	frames     *transport.Server // the block protocol on the data port
 	// localFrames serves it on the unix socket, with locate requests.
 	localFrames *transport.Server
