@@ -124,7 +124,7 @@ func NewWithMembership(cfg *config.Config, src membership.Source) *Client {
 		c.blocks = transport.NewHTTP(topts)
 	} else {
 		c.blocks = transport.NewFramed(topts)
-		c.localFrames = transport.NewFramed(transport.Options{ConnectTimeout: connect})
+		c.localFrames = transport.NewFramed(transport.Options{Token: cfg.Auth.Token, ConnectTimeout: connect})
 	}
 	c.reach = &membership.Reach{
 		ProbeAfter: time.Duration(cfg.Client.ProbeAfter), ProbeTimeout: connect,

@@ -113,7 +113,13 @@ type srvConn struct {
 
 	mu   sync.Mutex
 	reqs map[uint64]*srvReq // in flight, by id
-	wg   sync.WaitGroup     // the goroutines serving reads
+
+	// body holds request bodies as the read loop reads them. One loop
+	// reads at a time and parses (copies) a request before it reads the
+	// next frame, so a loop handed over leaves it to the one that took
+	// over: no new buffer per hand-off, that is per cold read.
+	body []byte
+	wg   sync.WaitGroup // the goroutines serving reads
 }
 
 // The states of a connection's read loop.
@@ -183,7 +189,10 @@ func (c *srvConn) close() {
 // loop is handed over (errHandedOff).
 func (c *srvConn) loop() error {
 	var hdr [wire.FrameHeaderLen]byte
-	body := make([]byte, 0, 4096)
+	if c.body == nil {
+		c.body = make([]byte, 0, 4096)
+	}
+	body := c.body
 	for {
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 			return err
@@ -197,6 +206,7 @@ func (c *srvConn) loop() error {
 		}
 		if cap(body) < int(h.Len) {
 			body = make([]byte, h.Len)
+			c.body = body // before any hand-off: the next loop starts after
 		}
 		body = body[:h.Len] // requests are parsed (and copied) before the next frame
 		if _, err := io.ReadFull(c.br, body); err != nil {

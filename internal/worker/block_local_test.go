@@ -26,7 +26,7 @@ func TestLocateOnUnixSocket(t *testing.T) {
 	defer fr.Close()
 	ctx := context.Background()
 
-	requests := tw.metric(t, "granary_worker_requests_total")
+	requests := tw.localRequests(t)
 	lb, err := fr.Locate(ctx, tw.Socket(), wire.LocateRequest{Read: wire.ReadRequest{Block: ref}, Verify: wire.VerifyChanged})
 	if err != nil {
 		t.Fatal(err)
@@ -40,8 +40,8 @@ func TestLocateOnUnixSocket(t *testing.T) {
 	if got, err := os.ReadFile(lb.File); err != nil || string(got) != string(want) {
 		t.Errorf("the block file: %d bytes, %v", len(got), err)
 	}
-	if n := tw.metric(t, "granary_worker_requests_total") - requests; n != 1 {
-		t.Errorf("%v requests counted for one locate; want 1", n)
+	if n := tw.localRequests(t) - requests; n != 1 {
+		t.Errorf("%v local requests counted for one locate; want 1", n)
 	}
 	if viaHTTP := tw.local(t, ref, wire.VerifyChanged); !reflect.DeepEqual(viaHTTP, lb) {
 		t.Errorf("over HTTP %+v; on the block protocol %+v", viaHTTP, lb)
@@ -110,4 +110,48 @@ func TestSocketPeers(t *testing.T) {
 	if err := admitPeer(a); !errors.Is(err, errNotPeer) {
 		t.Errorf("admitPeer of a connection with no peer credentials: %v", err)
 	}
+}
+
+// TestLocateWantsTheToken: with auth.token, the unix socket wants it on
+// the block protocol as over HTTP, beside the peer's user.
+func TestLocateWantsTheToken(t *testing.T) {
+	tg := startTokenWorker(t)
+	ref := tg.Put(t, "f", make([]byte, 5000))
+	req := wire.LocateRequest{Read: wire.ReadRequest{Block: ref}, Verify: wire.VerifyNone}
+	ctx := context.Background()
+	for _, c := range []struct{ token, want string }{{"", "missing or wrong token"}, {"guess", "missing or wrong token"}, {tg.token, ""}} {
+		fr := transport.NewFramed(transport.Options{Token: c.token})
+		lb, err := fr.Locate(ctx, tg.w.Socket(), req)
+		fr.Close()
+		switch {
+		case c.want == "" && (err != nil || lb.Length != 5000):
+			t.Errorf("token %q: %+v, %v", c.token, lb, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("token %q: %v; want %q", c.token, err, c.want)
+		}
+	}
+}
+
+// localRequests is the count of the worker's local requests (op "local"),
+// whatever their answer.
+func (tw *testWorker) localRequests(tb testing.TB) float64 {
+	tb.Helper()
+	families, err := tw.Registry().Gather()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != "granary_worker_requests_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "op" && l.GetValue() == "local" {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
 }

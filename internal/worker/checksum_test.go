@@ -37,8 +37,9 @@ type testWorker struct {
 	ufsDir, stateDir string
 }
 
-// startWorker starts a worker; extra is more YAML of its worker section.
-func startWorker(tb testing.TB, blockSize, pageSize int64, extra string) *testWorker {
+// startWorker starts a worker; extra is more YAML of its worker section,
+// and prepare (if any) runs on it before it serves.
+func startWorker(tb testing.TB, blockSize, pageSize int64, extra string, prepare ...func(*Worker)) *testWorker {
 	tb.Helper()
 	ufsDir, stateDir := tb.TempDir(), tb.TempDir()
 	doc := fmt.Sprintf(`datasets:
@@ -53,14 +54,15 @@ worker:
 %s  tiers:
     - {name: MEM, path: %q, quota: 1GiB}
 `, ufsDir, stateDir, blockSize, pageSize, extra, filepath.Join(stateDir, "mem"))
-	w, stop := serveWorker(tb, doc)
+	w, stop := serveWorker(tb, doc, prepare...)
 	tb.Cleanup(stop)
 	return &testWorker{Worker: w, ufsDir: ufsDir, stateDir: stateDir}
 }
 
 // serveWorker parses a worker's configuration, starts it and returns it
-// with the function that stops it (once, however often called).
-func serveWorker(tb testing.TB, doc string) (*Worker, func()) {
+// with the function that stops it (once, however often called); prepare
+// runs on the worker before it serves.
+func serveWorker(tb testing.TB, doc string, prepare ...func(*Worker)) (*Worker, func()) {
 	tb.Helper()
 	cfg, err := config.Parse("worker.yaml", []byte(doc))
 	if err != nil {
@@ -69,6 +71,9 @@ func serveWorker(tb testing.TB, doc string) (*Worker, func()) {
 	w, err := New(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		tb.Fatal(err)
+	}
+	for _, p := range prepare {
+		p(w)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -22,6 +22,12 @@ type readCounting struct {
 	reads atomic.Int64
 }
 
+// install puts f in front of dataset d's UFS, before w serves.
+func (f *readCounting) install(w *Worker) {
+	ds, _ := w.datasets.Get("d")
+	f.FS, ds.FS = ds.FS, f
+}
+
 func (f *readCounting) ReadRange(ctx context.Context, name string, r ufs.Range) (io.ReadCloser, error) {
 	rc, err := f.FS.ReadRange(ctx, name, r)
 	if err != nil {
@@ -47,11 +53,9 @@ func (b countedBody) Read(p []byte) (int, error) {
 // directory reader's service) costs the UFS one read, not a first one of
 // 512 bytes to sniff its type and another for the rest.
 func TestUFSReadForPeerOneRead(t *testing.T) {
-	tw := startWorker(t, testBlock, testPage, "")
+	counting := &readCounting{}
+	tw := startWorker(t, testBlock, testPage, "", counting.install)
 	data := tw.writeFile(t, "f", 100<<10)
-	ds, _ := tw.datasets.Get("d")
-	counting := &readCounting{FS: ds.FS}
-	ds.FS = counting
 	for _, r := range []struct{ off, n string }{{"0", "-1"}, {"0", "102400"}} {
 		counting.reads.Store(0)
 		q := url.Values{"ds": {"d"}, "path": {"f"}, "off": {r.off}, "len": {r.n}}
@@ -74,12 +78,10 @@ func TestUFSReadForPeerOneRead(t *testing.T) {
 // peers use it: one UFS read per range, UFS errors with their class, and
 // no read larger than a page.
 func TestUFSReadForPeerFramed(t *testing.T) {
-	tw := startWorker(t, testBlock, testPage, "")
+	counting := &readCounting{}
+	tw := startWorker(t, testBlock, testPage, "", counting.install)
 	data := tw.writeFile(t, "f", 100<<10)
 	ref := tw.ref(t, "f")
-	ds, _ := tw.datasets.Get("d")
-	counting := &readCounting{FS: ds.FS}
-	ds.FS = counting
 	fr := transport.NewFramed(transport.Options{})
 	defer fr.Close()
 	ctx := context.Background()

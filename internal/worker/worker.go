@@ -134,7 +134,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 	w.peerBlocks = transport.NewFramed(transport.Options{Token: cfg.Auth.Token, TLS: cfg.Auth.TLS.ClientConfig(),
 		ConnectTimeout: time.Duration(cfg.Client.ConnectTimeout)})
 	w.frames = &transport.Server{Handler: w, Authorize: w.authorizeConn, Log: w.log, Observe: w.observeFramed}
-	w.localFrames = &transport.Server{Handler: w, Admit: admitPeer, Locate: w.locateFrame, Log: w.log, Observe: w.observeFramed}
+	w.localFrames = &transport.Server{Handler: w, Admit: admitPeer, Authorize: w.authorizeLocal, Locate: w.locateFrame,
+		Log: w.log, Observe: w.observeFramed}
 	w.registerMembershipHealth()
 	w.bgCtx, w.bgCancel = context.WithCancel(context.Background())
 	// Enough pages for the fetches of a few blocks at once (64 MiB of 4 MiB
@@ -389,6 +390,17 @@ func (w *Worker) authorizeConn(token string, state *tls.ConnectionState) error {
 		return errors.New("missing or wrong token")
 	}
 	return errors.New("a client certificate of the cluster's CA or the token is required")
+}
+
+// authorizeLocal checks a connection of the block protocol on the unix
+// socket, as authenticate does its HTTP: the token when there is one (the
+// socket has no TLS).
+func (w *Worker) authorizeLocal(token string, _ *tls.ConnectionState) error {
+	if w.token == "" || subtle.ConstantTimeCompare([]byte(token), []byte(w.token)) == 1 {
+		return nil
+	}
+	w.m.unauthorized.Inc()
+	return errors.New("missing or wrong token")
 }
 
 type tlsKey struct{}
