@@ -431,10 +431,13 @@ func TestColdReadsAfterIdleUnmount(t *testing.T) {
 
 // TestSmallFileOneOSDRead: a small file read whole costs the OSD one read,
 // even when the caller reads it in small pieces (io.ReadAll starts at 512
-// bytes), and the bytes come back whole.
+// bytes), and the bytes come back whole. The OSD's counter also counts what
+// the test cluster reads for itself meanwhile (its manager, the MDS, the
+// gateway), so the bound is 1.5 reads per file on average: without the
+// reader's minimum read a file of 100 KiB costs about 13.
 func TestSmallFileOneOSDRead(t *testing.T) {
 	dir := cephtest.Dir(t)
-	const n = 24
+	const n = 48
 	files := map[string]string{}
 	for i := range n {
 		files[fmt.Sprintf("d/f%03d", i)] = strings.Repeat(strconv.Itoa(i)+"|", (100<<10)/4)
@@ -453,9 +456,9 @@ func TestSmallFileOneOSDRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	reads := after.Since(before)
-	t.Logf("%d files of 100 KiB: %v OSD reads, %v bytes", n, reads.Reads, reads.ReadBytes)
-	if reads.Reads > n+2 { // the test cluster may read a little for itself
-		t.Errorf("%v OSD reads for %d small files read whole; want one each", reads.Reads, n)
+	t.Logf("%d small files: %v OSD reads, %v bytes", n, reads.Reads, reads.ReadBytes)
+	if reads.Reads > n*3/2 {
+		t.Errorf("%v OSD reads for %d small files read whole; want about one each", reads.Reads, n)
 	}
 }
 
