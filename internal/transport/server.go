@@ -329,12 +329,7 @@ func (c *srvConn) serve(ctx context.Context, id uint64, kind byte, r wire.ReadRe
 		c.serveItem(ctx, id, kind, 0, r, req)
 		return
 	}
-	defer func() {
-		req.cancel()
-		c.mu.Lock()
-		delete(c.reqs, id)
-		c.mu.Unlock()
-	}()
+	defer c.itemEnded(id, req)
 	if c.s.Locate == nil {
 		c.answerError(id, 0, fmt.Errorf("%w: locate is served on the worker's unix socket only", wire.ErrWorker))
 		return
@@ -355,14 +350,7 @@ func (c *srvConn) serve(ctx context.Context, id uint64, kind byte, r wire.ReadRe
 // serveItem serves one read of kind (an item of req) and answers it; the
 // last item of req to end forgets req.
 func (c *srvConn) serveItem(ctx context.Context, id uint64, kind byte, item uint16, r wire.ReadRequest, req *srvReq) {
-	defer func() {
-		if req.items.Add(-1) == 0 {
-			req.cancel()
-			c.mu.Lock()
-			delete(c.reqs, id)
-			c.mu.Unlock()
-		}
-	}()
+	defer c.itemEnded(id, req)
 	start := time.Now()
 	fw := &frameWriter{c: c, id: id, item: item, left: r.Length}
 	var err error
@@ -386,6 +374,16 @@ func (c *srvConn) serveItem(ctx context.Context, id uint64, kind byte, item uint
 	}
 	if obs := c.s.Observe; obs != nil {
 		obs(kind, r, err, time.Since(start))
+	}
+}
+
+// itemEnded counts one item of req answered; the last one forgets req.
+func (c *srvConn) itemEnded(id uint64, req *srvReq) {
+	if req.items.Add(-1) == 0 {
+		req.cancel()
+		c.mu.Lock()
+		delete(c.reqs, id)
+		c.mu.Unlock()
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/granary-cache/granary/internal/block"
@@ -88,7 +87,6 @@ func (w *Worker) locateFrame(ctx context.Context, r wire.LocateRequest) (wire.Lo
 	case err != nil:
 		code = wire.StatusOf(err)
 	}
-	w.m.latency.WithLabelValues("local").Observe(time.Since(start).Seconds())
-	w.m.requests.WithLabelValues("local", strconv.Itoa(code)).Inc()
+	w.m.request("local", code, time.Since(start))
 	return lb, err
 }

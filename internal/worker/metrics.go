@@ -121,8 +121,7 @@ func (w *Worker) observeFramed(kind byte, _ wire.ReadRequest, err error, took ti
 		if err != nil {
 			code = wire.StatusOf(err)
 		}
-		w.m.latency.WithLabelValues("ufs_read").Observe(took.Seconds())
-		w.m.requests.WithLabelValues("ufs_read", strconv.Itoa(code)).Inc()
+		w.m.request("ufs_read", code, took)
 		return
 	}
 	w.m.blockLatency.Observe(took.Seconds())
@@ -135,14 +134,19 @@ func (w *Worker) observeFramed(kind byte, _ wire.ReadRequest, err error, took ti
 }
 
 func (w *Worker) instrument(op string, h http.HandlerFunc) http.HandlerFunc {
-	lat := w.m.latency.WithLabelValues(op)
 	return func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: rw, code: http.StatusOK}
 		h(sw, r)
-		lat.Observe(time.Since(start).Seconds())
-		w.m.requests.WithLabelValues(op, strconv.Itoa(sw.code)).Inc()
+		w.m.request(op, sw.code, time.Since(start))
 	}
+}
+
+// request counts one request of op, answered with code (an HTTP status,
+// or the one HTTP would have answered on the block protocol).
+func (m *metrics) request(op string, code int, took time.Duration) {
+	m.latency.WithLabelValues(op).Observe(took.Seconds())
+	m.requests.WithLabelValues(op, strconv.Itoa(code)).Inc()
 }
 
 // served counts n bytes served from source (a tier's label, or ufs).
