@@ -53,3 +53,16 @@ func (r Ref) Len() int64 {
 	}
 	return max(0, min(r.BlockSize, r.Size-r.Index*r.BlockSize))
 }
+
+// SizeFor is the block size of a file of size bytes in a dataset of
+// blocks of bs bytes whose files up to whole bytes are one block each
+// (config.Dataset.WholeFile; 0: none is). Such a file's block size is its
+// size rounded up to a multiple of bs, so that it still fits the worker's
+// pages; every other file is in blocks of bs. Every reader and loader of
+// the dataset computes it the same way, from the file's size.
+func SizeFor(size, bs, whole int64) int64 {
+	if size > bs && size <= whole {
+		return (size + bs - 1) / bs * bs
+	}
+	return bs
+}

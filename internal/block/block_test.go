@@ -38,3 +38,26 @@ func TestString(t *testing.T) {
 		t.Errorf("%q, want %q", got, want)
 	}
 }
+
+func TestSizeFor(t *testing.T) {
+	const mib = 1 << 20
+	for _, c := range []struct{ size, bs, whole, want int64 }{
+		{0, 64 * mib, 1024 * mib, 64 * mib},
+		{100 << 10, 64 * mib, 1024 * mib, 64 * mib},    // a small file: the plain block size, as before
+		{64 * mib, 64 * mib, 1024 * mib, 64 * mib},     // one block already
+		{64*mib + 1, 64 * mib, 1024 * mib, 128 * mib},  // one block, rounded up to the block size
+		{1024 * mib, 64 * mib, 1024 * mib, 1024 * mib}, // the bound itself
+		{1024*mib + 1, 64 * mib, 1024 * mib, 64 * mib}, // past it: blocks of bs
+		{300 * mib, 64 * mib, 0, 64 * mib},             // whole files off
+		{300 * mib, 64 * mib, 100 * mib, 64 * mib},     // larger than the bound
+		{5 * mib, 4 * mib, 1024 * mib, 8 * mib},        // a small block size
+	} {
+		got := SizeFor(c.size, c.bs, c.whole)
+		if got != c.want {
+			t.Errorf("SizeFor(%d, %d, %d) = %d, want %d", c.size, c.bs, c.whole, got, c.want)
+		}
+		if n := (Ref{ID: ID{BlockSize: got}, Size: c.size}); c.size > 0 && c.size <= c.whole && n.Len() != c.size {
+			t.Errorf("a whole file of %d bytes: its one block has %d", c.size, n.Len())
+		}
+	}
+}

@@ -193,7 +193,7 @@ func chooseOpenModes(cfg *config.Config, root string, sample func(ds string) (cl
 			out[ds.Name] = mount.OpenChoice{Mode: config.OpenPassthrough, Reason: fmt.Sprintf("auto, but the dataset could not be listed (%v): passthrough", err)}
 			continue
 		}
-		ch := mount.ChooseOpenMode(sizes, int64(ds.BlockSize))
+		ch := mount.ChooseOpenMode(sizes, int64(max(ds.BlockSize, ds.WholeFile)))
 		ch.Reason = "auto: " + ch.Reason
 		out[ds.Name] = ch
 	}

@@ -96,12 +96,14 @@ func (c *Client) Open(ctx context.Context, p string) (*File, error) {
 	return &File{c: c, ds: ds, path: rel, info: fi}, nil
 }
 
-// blockSize is the dataset's block size.
+// blockSize is the file's block size: the dataset's, or the whole file
+// rounded up to it (block.SizeFor).
 func (f *File) blockSize() int64 {
-	if f.ds.BlockSize > 0 {
-		return int64(f.ds.BlockSize)
+	bs := int64(f.ds.BlockSize)
+	if bs <= 0 {
+		bs = f.c.layout.BlockSize
 	}
-	return f.c.layout.BlockSize
+	return block.SizeFor(f.info.Size, bs, int64(f.ds.WholeFile))
 }
 
 // Info returns the attributes the file was opened with.

@@ -54,6 +54,10 @@ type Worker struct {
 	ScrubBytesPerSecond *Size `yaml:"scrub_bytes_per_second"`
 	// ScrubInterval is the pause between two full scrub passes.
 	ScrubInterval Duration `yaml:"scrub_interval"`
+
+	// wholeFiles: block_size was not set, so datasets that do not set
+	// theirs get whole-file blocks (Dataset.WholeFile).
+	wholeFiles bool
 }
 
 // ScrubRate is the scrub's bound in bytes per second, 0 when it is off.
@@ -193,14 +197,20 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d)
 
 // Worker and client defaults.
 const (
-	DefaultListen        = "127.0.0.1:7700"
-	DefaultAdmin         = "127.0.0.1:7701"
-	DefaultStateDir      = "/var/lib/granary"
-	DefaultMemPath       = "/dev/shm/granary"
-	DefaultMemQuota      = 4 << 30
-	DefaultHigh          = 0.95
-	DefaultLow           = 0.70
-	DefaultReadahead     = 4
+	DefaultListen    = "127.0.0.1:7700"
+	DefaultAdmin     = "127.0.0.1:7701"
+	DefaultStateDir  = "/var/lib/granary"
+	DefaultMemPath   = "/dev/shm/granary"
+	DefaultMemQuota  = 4 << 30
+	DefaultHigh      = 0.95
+	DefaultLow       = 0.70
+	DefaultReadahead = 4
+	DefaultBlockSize = 64 << 20
+	// DefaultWholeFile: files up to 1 GiB (the usual training shard) are
+	// one block each, and read by passthrough once cached.
+	DefaultWholeFile = 1 << 30
+	// MaxWholeFile bounds whole_file by the largest block a worker takes.
+	MaxWholeFile         = 64 << 30
 	DefaultScrubRate     = 32 << 20
 	DefaultScrubInterval = Duration(time.Hour)
 	DefaultClientTimeout = Duration(30 * time.Second)
@@ -267,7 +277,7 @@ func (c *Config) checkCluster(at func(string) *yaml.Node) []problem {
 		w.Socket = filepath.Join(w.StateDir, "worker.sock")
 	}
 	if w.BlockSize == 0 {
-		w.BlockSize = 64 << 20
+		w.BlockSize, w.wholeFiles = DefaultBlockSize, true
 	}
 	if w.PageSize == 0 {
 		w.PageSize = 4 << 20
@@ -278,10 +288,16 @@ func (c *Config) checkCluster(at func(string) *yaml.Node) []problem {
 	for i := range c.Datasets {
 		ds := &c.Datasets[i]
 		if ds.BlockSize == 0 {
+			if ds.WholeFile == 0 && w.wholeFiles {
+				ds.WholeFile = DefaultWholeFile
+			}
 			ds.BlockSize = w.BlockSize
 		}
 		if ds.BlockSize < w.PageSize || ds.BlockSize%w.PageSize != 0 {
 			bad(fmt.Sprintf("datasets[%d].block_size", i), "%s is not a multiple of worker.page_size %s", ds.BlockSize, w.PageSize)
+		}
+		if ds.WholeFile > MaxWholeFile {
+			bad(fmt.Sprintf("datasets[%d].whole_file", i), "%s exceeds %s: a block is one file on one tier", ds.WholeFile, Size(MaxWholeFile))
 		}
 	}
 	if w.Readahead == 0 {

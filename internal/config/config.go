@@ -54,6 +54,14 @@ type Dataset struct {
 	// worker.block_size). A file of one block can be read with FUSE
 	// passthrough, so datasets of large shards want large blocks.
 	BlockSize Size `yaml:"block_size"`
+	// WholeFile: a file larger than block_size but no larger than this is
+	// one block of its own, so that FUSE passthrough can serve it whole
+	// and it is cached, placed and evicted as one. The default is
+	// DefaultWholeFile, unless block_size is set (for the dataset or the
+	// worker): blocks are then always of block_size, as random reads of
+	// large files want. A file larger than this is in blocks of
+	// block_size.
+	WholeFile Size `yaml:"whole_file"`
 	// OpenMode says how a FUSE mount opens the dataset's files: "auto"
 	// (the default: decided at mount time from the sizes of the files of
 	// the first listings, see mount.ChooseOpenMode), "passthrough" (a file
@@ -405,6 +413,9 @@ func (c *Config) Add(ds Dataset) error {
 		return fmt.Errorf("dataset %q is defined twice", ds.Name)
 	}
 	if ds.BlockSize == 0 {
+		if ds.WholeFile == 0 && c.Worker.wholeFiles {
+			ds.WholeFile = DefaultWholeFile
+		}
 		ds.BlockSize = c.Worker.BlockSize
 	}
 	c.Datasets = append(c.Datasets, ds)

@@ -246,3 +246,44 @@ func TestScrubSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestWholeFileDefaults: files up to DefaultWholeFile are one block unless
+// a block size is set for the dataset or the worker; whole_file set
+// explicitly is kept, and bounded.
+func TestWholeFileDefaults(t *testing.T) {
+	for name, c := range map[string]struct {
+		doc  string
+		want Size
+	}{
+		"default":                {`datasets: [{name: d, ufs: "file:///x"}]`, DefaultWholeFile},
+		"dataset block_size":     {`datasets: [{name: d, ufs: "file:///x", block_size: 8MiB}]`, 0},
+		"worker block_size":      {"datasets: [{name: d, ufs: \"file:///x\"}]\nworker: {block_size: 128MiB}", 0},
+		"set with a block size":  {`datasets: [{name: d, ufs: "file:///x", block_size: 8MiB, whole_file: 256MiB}]`, 256 << 20},
+		"set without block size": {`datasets: [{name: d, ufs: "file:///x", whole_file: 2GiB}]`, 2 << 30},
+	} {
+		cfg, err := Parse("c.yaml", []byte(c.doc))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got := cfg.Datasets[0].WholeFile; got != c.want {
+			t.Errorf("%s: whole_file %v; want %v", name, got, c.want)
+		}
+	}
+	_, err := Parse("c.yaml", []byte(`datasets: [{name: d, ufs: "file:///x", whole_file: 65GiB}]`))
+	if err == nil || !strings.Contains(err.Error(), "datasets[0].whole_file") {
+		t.Errorf("whole_file past the largest block: %v", err)
+	}
+
+	// A dataset added later follows the same rule.
+	cfg, err := Parse("c.yaml", []byte(`datasets: []`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, _ := FromURI("later", "file:///y")
+	if err := cfg.Add(ds); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := cfg.Dataset("later"); got.WholeFile != DefaultWholeFile || got.BlockSize != DefaultBlockSize {
+		t.Errorf("an added dataset: block_size %v, whole_file %v", got.BlockSize, got.WholeFile)
+	}
+}

@@ -146,6 +146,7 @@ func Run(ctx context.Context, c *client.Client, o Options) (Result, error) {
 		fs := &fileState{size: f.info.Size}
 		fs.cached.Store(true)
 		r.files[f.path] = fs
+		bs := block.SizeFor(f.info.Size, bs, int64(ds.WholeFile))
 		nblocks := (f.info.Size + bs - 1) / bs
 		if o.MetadataOnly || nblocks == 0 {
 			r.p.filesDone.Add(1)

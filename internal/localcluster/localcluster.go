@@ -170,7 +170,7 @@ func writeConfig(path string, cfg *config.Config) error {
 	}
 	for _, ds := range cfg.Datasets {
 		out.Datasets = append(out.Datasets, clientDataset{Name: ds.Name, UFS: ds.UFS, Options: ds.Options,
-			MetadataSync: ds.MetadataSync, Replicas: ds.Replicas, Fallback: ds.Fallback, BlockSize: ds.BlockSize, OpenMode: ds.OpenMode, NearCache: ds.NearCache})
+			MetadataSync: ds.MetadataSync, Replicas: ds.Replicas, Fallback: ds.Fallback, BlockSize: ds.BlockSize, WholeFile: ds.WholeFile, OpenMode: ds.OpenMode, NearCache: ds.NearCache})
 	}
 	b, err := yaml.Marshal(out)
 	if err != nil {
@@ -190,8 +190,11 @@ type clientDataset struct {
 	Replicas     int               `yaml:"replicas"`
 	Fallback     string            `yaml:"fallback"`
 	BlockSize    config.Size       `yaml:"block_size"`
-	OpenMode     string            `yaml:"open_mode"`
-	NearCache    bool              `yaml:"near_cache,omitempty"`
+	// WholeFile is written as resolved: the block size written above would
+	// otherwise turn whole-file blocks off for the clients.
+	WholeFile config.Size `yaml:"whole_file,omitempty"`
+	OpenMode  string      `yaml:"open_mode"`
+	NearCache bool        `yaml:"near_cache,omitempty"`
 }
 
 func shortHash(s string) string {

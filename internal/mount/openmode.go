@@ -24,9 +24,10 @@ type OpenChoice struct {
 // ChooseOpenMode decides open_mode auto from the sizes of the files the
 // first listings show: zero-message opens for a dataset of small files,
 // passthrough for one of large files. Passthrough reads only files of one
-// block, so a dataset whose typical file spans several blocks gains
+// block, so a dataset whose typical file spans several blocks (is larger
+// than maxBlock: its block_size, or whole_file when that is larger) gains
 // nothing from it either.
-func ChooseOpenMode(s client.FileSizes, blockSize int64) OpenChoice {
+func ChooseOpenMode(s client.FileSizes, maxBlock int64) OpenChoice {
 	median := config.Size((s.Median + 512) &^ 1023) // to the KiB, for people
 	seen := fmt.Sprintf("%d files in %d directories listed", s.Files, s.Dirs)
 	switch {
@@ -34,8 +35,8 @@ func ChooseOpenMode(s client.FileSizes, blockSize int64) OpenChoice {
 		return OpenChoice{config.OpenPassthrough, "no files seen in the first listings (" + seen + "): passthrough, the mode for large files"}
 	case s.Median < SmallFile:
 		return OpenChoice{config.OpenZeroMessage, fmt.Sprintf("%s, median size %s (under %s): small files open fastest without a round trip", seen, median, config.Size(SmallFile))}
-	case s.Median > blockSize:
-		return OpenChoice{config.OpenZeroMessage, fmt.Sprintf("%s, median size %s (more than a block of %s): passthrough could not serve them", seen, median, config.Size(blockSize))}
+	case s.Median > maxBlock:
+		return OpenChoice{config.OpenZeroMessage, fmt.Sprintf("%s, median size %s (more than a block of %s): passthrough could not serve them", seen, median, config.Size(maxBlock))}
 	}
 	return OpenChoice{config.OpenPassthrough, fmt.Sprintf("%s, median size %s: large files read fastest by passthrough", seen, median)}
 }

@@ -283,8 +283,15 @@ func (w *Worker) load(ctx context.Context, req blockReq) (*loaded, error) {
 	}
 }
 
-// fetchMissing fetches, in parallel, the pages of the request that are
-// neither stored nor already in l.mem.
+// pagesInFlight bounds the pages one request fetches at once: each holds
+// a page buffer until its bytes are stored, so a request for a whole large
+// block (a locate, a load) would otherwise take a buffer per page of it at
+// once — 256 of 4 MiB for a block of 1 GiB. 16 is a whole block of the
+// fixed size (64 MiB), which keeps such blocks fetched all at once.
+const pagesInFlight = 16
+
+// fetchMissing fetches, pagesInFlight at a time, the pages of the request
+// that are neither stored nor already in l.mem.
 func (w *Worker) fetchMissing(ctx context.Context, req blockReq, l *loaded) error {
 	var missing []int
 	for p := req.first; p <= req.last; p++ {
@@ -307,8 +314,11 @@ func (w *Worker) fetchMissing(ctx context.Context, req blockReq, l *loaded) erro
 	var mu sync.Mutex
 	var firstErr error
 	var wg sync.WaitGroup
+	slots := make(chan struct{}, pagesInFlight)
 	for _, p := range missing {
+		slots <- struct{}{}
 		wg.Go(func() {
+			defer func() { <-slots }()
 			data, err := w.fetchPage(ctx, req, l.b, p)
 			mu.Lock()
 			defer mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/granary-cache/granary/internal/block"
+	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/ufs"
 	"github.com/granary-cache/granary/internal/wire"
 )
@@ -26,6 +27,12 @@ var errNotLocal = fmt.Errorf("%w: block cannot be cached on this worker now", wi
 // last changed (every page with wire.VerifyAll) is checked first, and one
 // that fails is fetched again: the kernel reads a passthrough file without
 // any check. A block that cannot be cached is refused (errNotLocal).
+//
+// A block larger than locateFetchMax (a whole-file block of a large file)
+// is answered only once it is all cached: fetching it first would hold the
+// client's read, or its open, for as long as the whole file takes. It is
+// refused meanwhile, and fetched whole in the background (fill), while
+// the client reads what it needs through the worker, page by page.
 func (w *Worker) locate(ctx context.Context, ref block.Ref, verify string, near bool) (wire.LocalBlock, error) {
 	req, err := w.blockRequest(ref)
 	if err != nil {
@@ -34,6 +41,12 @@ func (w *Worker) locate(ctx context.Context, ref block.Ref, verify string, near 
 	req.first, req.last = 0, w.layout.Pages(req.blen)-1
 	if near {
 		req.near = w.nearOwners(req)
+	}
+	if req.blen > w.locateFetchMax {
+		if b := w.store.Lookup(req.key); b == nil || !w.store.Complete(b) {
+			w.fill(req)
+			return wire.LocalBlock{}, fmt.Errorf("%w: %s (%d bytes) is not all cached yet, and is being fetched", errNotLocal, req.key, req.blen)
+		}
 	}
 	l, err := w.load(ctx, req)
 	if errors.Is(err, errNoRoom) {
@@ -89,4 +102,53 @@ func (w *Worker) locateFrame(ctx context.Context, r wire.LocateRequest) (wire.Lo
 	}
 	w.m.request("local", code, time.Since(start))
 	return lb, err
+}
+
+// fixedLocateFetch is the default locateFetchMax: a block of the fixed
+// block size, which a locate fetches at once (pagesInFlight pages).
+const fixedLocateFetch = config.DefaultBlockSize
+
+// fill fetches a whole block in the background, once at a time per block,
+// as a load does (it yields to jobs' reads and takes a load's slot; with
+// none free it is left to the next locate).
+func (w *Worker) fill(req blockReq) {
+	if _, busy := w.fills.LoadOrStore(req.key, struct{}{}); busy {
+		return
+	}
+	select {
+	case w.loads.slots <- struct{}{}:
+	default:
+		w.fills.Delete(req.key)
+		return
+	}
+	w.bg.Go(func() {
+		defer func() {
+			<-w.loads.slots
+			w.fills.Delete(req.key)
+		}()
+		end, err := w.prio.background(w.bgCtx, req.ds.Name())
+		if err != nil {
+			return
+		}
+		defer end()
+		req.background = true
+		l, err := w.load(w.bgCtx, req)
+		if err != nil {
+			w.log.Debug("block not filled", "block", req.key.String(), "err", err)
+			return
+		}
+		defer l.close()
+		if l.file == nil || len(l.mem) > 0 {
+			return // no room for it
+		}
+		w.m.fills.Inc()
+		// Check it now, read back from its file, so that the open that
+		// hands it to the kernel need not (locate checks what was not
+		// checked since the file last changed, and every stored page
+		// changed it).
+		back := &loaded{b: l.b, file: l.file, tier: l.tier}
+		if err := w.verifyBlock(w.bgCtx, back, req, false); err != nil {
+			w.log.Debug("filled block failed its check", "block", req.key.String(), "err", err)
+		}
+	})
 }

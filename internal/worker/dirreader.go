@@ -23,7 +23,7 @@ import (
 // On CephFS, opening a file costs the MDS a lookup unless the client that
 // opens it has listed its directory, and every worker is a client. The
 // worker that owns a directory's metadata has listed it, so a worker that
-// misses a page of a small file (one block) of such a dataset reads it
+// misses a page of a small file (up to one block_size) of such a dataset reads it
 // through that worker, its "directory reader", instead of from the UFS
 // itself: the MDS then pays for a directory once, as for one ceph-fuse
 // client, however many workers store its files. Large files are read
@@ -32,7 +32,7 @@ import (
 
 // dirReader returns the worker to read a file through, if not this one.
 func (w *Worker) dirReader(req blockReq) (placement.Member, bool) {
-	if !req.ds.DirAffine || req.size > req.key.BlockSize {
+	if !req.ds.DirAffine || req.size > int64(req.ds.Config.BlockSize) { // a whole-file block is no small file
 		return placement.Member{}, false
 	}
 	m, ok := w.view().Table().Owner(wire.MetaKey(req.ds.Name(), meta.Parent(req.key.Path)))

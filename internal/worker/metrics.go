@@ -24,6 +24,7 @@ type metrics struct {
 	members      *prometheus.GaugeVec
 	nearPages    prometheus.Counter
 	framedReads  prometheus.Counter
+	fills        prometheus.Counter
 
 	// Resolved once: the series every warm read touches.
 	pageHits     prometheus.Counter
@@ -68,11 +69,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		framedReads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "granary_worker_framed_reads_total", Help: "Block reads served on the framed block protocol (also counted in granary_worker_requests_total as op block).",
 		}),
+		fills: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "granary_worker_block_fills_total", Help: "Large blocks fetched whole in the background after a client of this host asked for their file before they were all cached.",
+		}),
 		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "granary_membership_members", Help: "Workers of the cluster as this worker sees them, by state (live, not live, leaving).",
 		}, []string{"state"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.bytes, m.pages, m.merged, m.unauthorized, m.readahead, m.uncached, m.peerReads, m.members, m.nearPages, m.framedReads)
+	reg.MustRegister(m.requests, m.latency, m.bytes, m.pages, m.merged, m.unauthorized, m.readahead, m.uncached, m.peerReads, m.members, m.nearPages, m.framedReads, m.fills)
 	m.sourceBytes = map[string]prometheus.Counter{}
 	for _, s := range []string{"mem", "ssd", "hdd", "ufs"} {
 		m.sourceBytes[s] = m.bytes.WithLabelValues(s)

@@ -65,15 +65,21 @@ type Worker struct {
 	readahead chan struct{} // bounds background page fetches
 	pageBufs  bufpool.Pool  // a page's bytes on their way from the UFS or a file
 
-	loads      *loadRegistry
-	prio       priority // jobs' reads before loads
-	members    atomic.Pointer[membership.Source]
-	lastView   atomic.Pointer[membership.View] // kept while draining
-	advertised string                          // the data address peers and clients dial
-	reach      *membership.Reach
-	peerHTTP   *http.Client
-	peerBlocks *transport.Framed // reads from other workers (near copies, reads through a directory reader)
-	frames     *transport.Server // the block protocol on the data port
+	loads *loadRegistry
+	prio  priority // jobs' reads before loads
+	// fills are the large blocks being fetched whole in the background
+	// because a client of this host asked where they are (see locate).
+	fills sync.Map // block.ID -> struct{}
+	// locateFetchMax is the largest block a locate fetches before it
+	// answers (fixedLocateFetch; tests lower it).
+	locateFetchMax int64
+	members        atomic.Pointer[membership.Source]
+	lastView       atomic.Pointer[membership.View] // kept while draining
+	advertised     string                          // the data address peers and clients dial
+	reach          *membership.Reach
+	peerHTTP       *http.Client
+	peerBlocks     *transport.Framed // reads from other workers (near copies, reads through a directory reader)
+	frames         *transport.Server // the block protocol on the data port
 	// localFrames serves it on the unix socket, with locate requests.
 	localFrames *transport.Server
 	started     time.Time
@@ -115,13 +121,14 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w := &Worker{
 		cfg: cfg, log: log.With("worker", wc.ID), token: cfg.Auth.Token, reg: reg, m: newMetrics(reg),
-		metas:      map[string]*meta.Cache{},
-		scans:      map[string]*scan{},
-		layout:     cache.Layout{BlockSize: int64(wc.BlockSize), PageSize: int64(wc.PageSize)},
-		readahead:  make(chan struct{}, 8),
-		started:    time.Now(),
-		loads:      newLoadRegistry(),
-		storeReady: make(chan struct{}),
+		metas:          map[string]*meta.Cache{},
+		scans:          map[string]*scan{},
+		layout:         cache.Layout{BlockSize: int64(wc.BlockSize), PageSize: int64(wc.PageSize)},
+		readahead:      make(chan struct{}, 8),
+		started:        time.Now(),
+		loads:          newLoadRegistry(),
+		locateFetchMax: fixedLocateFetch,
+		storeReady:     make(chan struct{}),
 	}
 	w.reach = &membership.Reach{
 		ProbeAfter: time.Duration(cfg.Client.ProbeAfter), ProbeTimeout: time.Duration(cfg.Client.ConnectTimeout),
