@@ -26,7 +26,9 @@ type CacheRuntimeSpec struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	Replicas *int32 `json:"replicas,omitempty"`
-	// BlockSize is the unit of placement (default 4Mi).
+	// BlockSize is the unit of placement (default 64Mi; when it is not set,
+	// a file up to 1Gi is one block of its own, which FUSE passthrough
+	// reads whole).
 	// +optional
 	BlockSize *resource.Quantity `json:"blockSize,omitempty"`
 	// Mount configures the FUSE mounts of the Datasets' volumes.

@@ -51,7 +51,8 @@ type DatasetSpec struct {
 	// from others.
 	// +optional
 	NearCache bool `json:"nearCache,omitempty"`
-	// BlockSize is the unit of placement (default: the runtime's).
+	// BlockSize is the unit of placement (default: the runtime's; when
+	// neither is set, a file up to 1Gi is one block of its own).
 	// +optional
 	BlockSize *resource.Quantity `json:"blockSize,omitempty"`
 	// NodeAffinity limits where pods that use the dataset run (and so where

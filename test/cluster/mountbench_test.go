@@ -22,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/s3test"
 )
 
@@ -407,9 +408,11 @@ func s3BenchCluster(b *testing.B, bucket string) *cluster {
 
 // s3BenchClusterAt is s3BenchCluster with the S3 server at endpoint.
 func s3BenchClusterAt(b *testing.B, endpoint, bucket string) *cluster {
-	return startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
-		datasets: fmt.Sprintf("  - name: s3\n    ufs: s3://%s\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
-			bucket, endpoint, s3test.AccessKey, s3test.SecretKey),
+	// The defaults: the harness writes block_size, which would otherwise
+	// turn whole-file blocks off.
+	return startCluster(b, clusterOpts{workers: 1, blockSize: config.DefaultBlockSize, pageSize: 4 << 20,
+		datasets: fmt.Sprintf("  - name: s3\n    ufs: s3://%s\n    whole_file: %d\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
+			bucket, config.DefaultWholeFile, endpoint, s3test.AccessKey, s3test.SecretKey),
 		tiers: func(_ int, d string) string {
 			mem, _ := os.MkdirTemp("/dev/shm", "granary-bench")
 			b.Cleanup(func() { os.RemoveAll(mem) })
