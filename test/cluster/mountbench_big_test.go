@@ -70,7 +70,7 @@ func BenchmarkMountBigS3(b *testing.B) {
 	}
 	epoch(b, dir, big, len(big), 0) // the local files in the page cache
 	var cold, warm, warm2, sdkTime, local time.Duration
-	var coldCPU float64 // seconds, of the worker and the mount's server
+	var coldCPU float64                  // seconds, of the worker and the mount's server
 	var warmReads, warmPassthrough int64 // of the warm epochs: READs the mount served, passthrough opens
 	b.SetBytes(size)
 	b.ResetTimer()
