@@ -29,6 +29,10 @@ type blockReq struct {
 	near []placement.Member
 	// background: a load's, which yields to jobs' reads (priority.go).
 	background bool
+	// wantsFile: the request is for the block's file (a locate, a load, a
+	// fill), not for bytes to send: more than pagesInFlight pages of it
+	// are never held in memory for want of room (errNoSpaceForBlock).
+	wantsFile bool
 }
 
 // loaded is a block made ready to serve pages [first, last]: stored pages
@@ -264,6 +268,9 @@ func (w *Worker) load(ctx context.Context, req blockReq) (*loaded, error) {
 		} else if req.near == nil && w.store.Near(l.b) {
 			w.store.Own(l.b)
 		}
+		if l.b == nil && req.wantsFile && req.last-req.first >= pagesInFlight {
+			return nil, fmt.Errorf("%w: %s (%d bytes)", errNoSpaceForBlock, req.key, req.blen)
+		}
 		if err := w.fetchMissing(ctx, req, l); err != nil {
 			return nil, err
 		}
@@ -282,6 +289,12 @@ func (w *Worker) load(ctx context.Context, req blockReq) (*loaded, error) {
 		// The block was evicted meanwhile: fetch what is missing again.
 	}
 }
+
+// errNoSpaceForBlock: no tier has room for a block whose file a request
+// wants (blockReq.wantsFile) and which has more than pagesInFlight pages:
+// they are not fetched to be held in memory, a GiB at worst. A read is
+// served from memory instead, as ever.
+var errNoSpaceForBlock = errors.New("no cache space for the block now")
 
 // pagesInFlight bounds the pages one request fetches at once: each holds
 // a page buffer until its bytes are stored, so a request for a whole large
@@ -322,6 +335,11 @@ func (w *Worker) fetchMissing(ctx context.Context, req blockReq, l *loaded) erro
 			data, err := w.fetchPage(ctx, req, l.b, p)
 			mu.Lock()
 			defer mu.Unlock()
+			if err == nil && data != nil && req.wantsFile && len(missing) > pagesInFlight {
+				// Not stored (a full disk): the rest would be held in
+				// memory too.
+				err = fmt.Errorf("%w: page %d of %s could not be stored", errNoSpaceForBlock, p, req.key)
+			}
 			if err != nil {
 				if firstErr == nil {
 					firstErr = err

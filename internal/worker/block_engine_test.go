@@ -3,9 +3,11 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,5 +142,39 @@ func TestLocateFillsLargeBlock(t *testing.T) {
 	// A block up to locateFetchMax is still fetched by the locate itself.
 	if _, err := tw.locate(ctx, tw.ref(t, "small"), wire.VerifyChanged, false); err != nil {
 		t.Errorf("locate of a block of locateFetchMax: %v", err)
+	}
+}
+
+// TestNoRoomForLargeBlock: a block with no room in any tier, whose file a
+// locate wants, is refused before anything is fetched (its pages would all
+// be held in memory); a read of some of its bytes is served as ever.
+func TestNoRoomForLargeBlock(t *testing.T) {
+	const page, pages = 64 << 10, 2 * pagesInFlight
+	counting := &inFlight{}
+	dir, state := t.TempDir(), t.TempDir()
+	w, stop := serveWorker(t, fmt.Sprintf(`datasets:
+  - {name: d, ufs: "file://%s"}
+worker:
+  id: w1
+  listen: 127.0.0.1:0
+  admin: 127.0.0.1:0
+  state_dir: %q
+  block_size: %d
+  page_size: %d
+  tiers:
+    - {name: MEM, path: %q, quota: 1MiB}
+`, dir, state, pages*page, page, filepath.Join(state, "mem")), counting.install, func(w *Worker) { w.locateFetchMax = pages * page })
+	defer stop()
+	tw := &testWorker{Worker: w, ufsDir: dir, stateDir: state}
+	want := tw.writeFile(t, "big", pages*page)
+	ref := tw.ref(t, "big")
+	if _, err := tw.locate(context.Background(), ref, wire.VerifyNone, false); !errors.Is(err, errNotLocal) {
+		t.Fatalf("locate of a block larger than the cache: %v; want errNotLocal", err)
+	}
+	if n := counting.reads.Load(); n != 0 {
+		t.Errorf("%d UFS reads for a block refused for want of room; want none", n)
+	}
+	if got := tw.readHTTP(t, http.DefaultClient, ref, 5*page, 3*page); string(got) != string(want[5*page:8*page]) {
+		t.Error("a read of the block: wrong bytes")
 	}
 }

@@ -38,7 +38,7 @@ func (w *Worker) locate(ctx context.Context, ref block.Ref, verify string, near 
 	if err != nil {
 		return wire.LocalBlock{}, err
 	}
-	req.first, req.last = 0, w.layout.Pages(req.blen)-1
+	req.first, req.last, req.wantsFile = 0, w.layout.Pages(req.blen)-1, true
 	if near {
 		req.near = w.nearOwners(req)
 	}
@@ -49,7 +49,7 @@ func (w *Worker) locate(ctx context.Context, ref block.Ref, verify string, near 
 		}
 	}
 	l, err := w.load(ctx, req)
-	if errors.Is(err, errNoRoom) {
+	if errors.Is(err, errNoRoom) || errors.Is(err, errNoSpaceForBlock) {
 		return wire.LocalBlock{}, fmt.Errorf("%w: %v", errNotLocal, err)
 	}
 	if err != nil {

@@ -204,7 +204,7 @@ func (w *Worker) loadBlock(r *http.Request, ds string, it wire.LoadItem) wire.Lo
 		return fail(ufs.NewError("load", it.Path, ufs.ClassCanceled, err))
 	}
 	defer end()
-	req.first, req.last, req.background = 0, w.layout.Pages(req.blen)-1, true
+	req.first, req.last, req.background, req.wantsFile = 0, w.layout.Pages(req.blen)-1, true, true
 	l, err := w.load(r.Context(), req)
 	if err != nil {
 		return fail(err)
