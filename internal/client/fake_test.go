@@ -57,6 +57,7 @@ const (
 	localCorruptOnce         // a flipped byte, unless the worker is asked to verify all
 	localCorruptAlways       // a flipped byte every time
 	localWrongLength         // a description that does not match the block
+	localNotYet              // 409: not all cached yet (a large block being filled)
 )
 
 // TestMain keeps the expected "worker marked down" warnings out of the
@@ -275,6 +276,10 @@ func (fw *fakeWorker) handleLocal(rw http.ResponseWriter, r *http.Request) {
 	mode := fw.local.Load()
 	if mode == localRefuse {
 		wire.WriteError(rw, ufs.NewError("read", q.Get("path"), ufs.ClassRetryable, errors.New("no room for a near copy")))
+		return
+	}
+	if mode == localNotYet {
+		http.Error(rw, "not all cached yet, and being fetched", http.StatusConflict)
 		return
 	}
 	ref, err := wire.ParseRef(q)

@@ -64,6 +64,40 @@ func TestShortCircuitRead(t *testing.T) {
 	}
 }
 
+// TestRefusedBlockNotAskedAgain: a block whose file the worker of this
+// host refuses (a large block it is still fetching whole) is read through
+// the worker, and not asked for again for refusedFor: a reader's every
+// window would otherwise cost a round trip more.
+func TestRefusedBlockNotAskedAgain(t *testing.T) {
+	e := nearEnv(t)
+	name, want := e.fileOwned("plain", true, testBlockSize-1000)
+	e.local.local.Store(localNotYet)
+	start := time.Now()
+	for range 3 {
+		if got := readAll(t, e.open("/plain/"+name)); !bytes.Equal(got, want) {
+			t.Fatal("wrong bytes")
+		}
+	}
+	if time.Since(start) < refusedFor {
+		if q := e.local.localQueries(); len(q) != 1 {
+			t.Errorf("the worker was asked %d times for a file it refused (%q); want once", len(q), q)
+		}
+	}
+	if st := e.c.Stats(); st.RemoteReads != 3 || st.ShortCircuitReads != 0 {
+		t.Errorf("stats %+v; want 3 reads through the worker", st)
+	}
+	// Once refusedFor has passed, it is asked again, and read from its
+	// file when it is there.
+	time.Sleep(refusedFor + 10*time.Millisecond)
+	e.local.local.Store(localOK)
+	if got := readAll(t, e.open("/plain/"+name)); !bytes.Equal(got, want) {
+		t.Fatal("wrong bytes")
+	}
+	if st := e.c.Stats(); st.ShortCircuitReads != 1 {
+		t.Errorf("stats %+v; want the block read from its file once it is handed out", st)
+	}
+}
+
 // testBlock writes data to a block file and opens it as a localBlock
 // described by the CRCs of want (data itself when want is nil).
 func testBlock(t *testing.T, data, want []byte, ps int64, expires time.Time) *localBlock {

@@ -113,7 +113,9 @@ func (t *Framed) dial(ctx context.Context, addr string) (*cliConn, error) {
 	return c, nil
 }
 
-// Read implements Reader.
+// Read implements Reader. addr may be the path of a worker's unix socket
+// (on this host): one that speaks HTTP only is then ErrHTTPOnly, for the
+// caller to read from its data port instead.
 func (t *Framed) Read(ctx context.Context, addr string, r wire.ReadRequest, buf []byte) (wire.Source, error) {
 	r.Length = int64(len(buf))
 	cl := &call{}
@@ -123,6 +125,9 @@ func (t *Framed) Read(ctx context.Context, addr string, r wire.ReadRequest, buf 
 		return wire.SourceUnknown, err
 	}
 	if fb := cl.fellBack; fb {
+		if strings.HasPrefix(addr, "/") {
+			return wire.SourceUnknown, ErrHTTPOnly
+		}
 		return t.fallback.Read(ctx, addr, r, buf)
 	}
 	return cl.srcs[0], cl.errs[0]

@@ -159,6 +159,11 @@ func TestLocateRefused(t *testing.T) {
 	if _, err := fr.Locate(ctx, sock, locateOf("a")); !errors.Is(err, transport.ErrHTTPOnly) {
 		t.Errorf("an HTTP-only worker: %v", err)
 	}
+	// Reads from its socket too: HTTP is the client's to try on the data
+	// port, not on the socket's path.
+	if _, err := fr.Read(ctx, sock, locateOf("a").Read, make([]byte, 10)); !errors.Is(err, transport.ErrHTTPOnly) {
+		t.Errorf("a read from an HTTP-only worker's socket: %v", err)
+	}
 
 	// No socket at all: the worker is not there.
 	if _, err := fr.Locate(ctx, filepath.Join(dir, "none.sock"), locateOf("a")); !errors.Is(err, wire.ErrWorker) {
