@@ -25,6 +25,7 @@ type mountFlags struct {
 	admin                     string
 	entryTimeout, attrTimeout time.Duration
 	noPassthrough, allowOther bool
+	subdir                    string // with a dataset at the root: the directory of it mounted
 	zeroMessageOpens          bool
 	debug                     bool
 	prefetch                  bool
@@ -71,6 +72,9 @@ func (f *mountFlags) args() []string {
 	if f.zeroMessageOpens {
 		a = append(a, "--zero-message-opens")
 	}
+	if f.subdir != "" {
+		a = append(a, "--subdir", f.subdir)
+	}
 	if f.debug {
 		a = append(a, "--fuse-debug")
 	}
@@ -100,11 +104,19 @@ func (g *globals) rootDataset() (string, error) {
 func newMountCmd(g *globals) *cobra.Command {
 	var f mountFlags
 	cmd := &cobra.Command{
-		Use:   "mount --config FILE [--dataset NAME] MOUNTPOINT",
+		Use:   "mount --config FILE [--dataset NAME [--subdir DIR]] MOUNTPOINT",
 		Short: "Mount the datasets read-only with FUSE (each dataset a directory, or one at the root)",
 		Long: `mount serves every dataset as a top-level directory of MOUNTPOINT (or, with
---dataset NAME, that dataset at the root), read through the cache workers of the
-configuration. It runs until interrupted (SIGINT/SIGTERM), then unmounts.
+--dataset NAME, that dataset at the root; with --subdir DIR as well, that
+directory of it), read through the cache workers of the configuration. It runs
+until interrupted (SIGINT/SIGTERM), then unmounts.
+
+Files open in the dataset's open_mode. With open_mode auto (the default), the
+first listings decide: zero-message opens for small files, passthrough for
+large ones; a top-level directory whose files differ from the rest of its
+dataset (checkpoints among images) gets a FUSE connection of its own, mounted
+at that directory, in the other mode. The log and the status say which mode
+each got and why.
 
 The mount survives its serving process: this process holds the FUSE connection
 and starts the server as a child; when the child dies it starts another on the
@@ -133,6 +145,7 @@ same connection, so readers see at most the requests in flight fail.`,
 		},
 	}
 	f.register(cmd, "")
+	cmd.Flags().StringVar(&f.subdir, "subdir", "", "with --dataset NAME: mount this directory of the dataset at the root")
 	return cmd
 }
 
@@ -150,11 +163,15 @@ func (g *globals) serveMount(ctx context.Context, mountpoint string, f mountFlag
 	defer c.Close()
 	var pf *prefetch.Prefetcher
 	if f.prefetch {
-		pf = prefetch.New(c, prefetch.Options{Idle: f.prefetchIdle, Log: slog.Default()})
+		o := prefetch.Options{Idle: f.prefetchIdle, Log: slog.Default()}
+		if root != "" && f.subdir != "" {
+			o.Dirs = map[string]string{root: f.subdir}
+		}
+		pf = prefetch.New(c, o)
 		defer pf.Close() // after the mount is gone (deferred calls run last first)
 		c.SetReadHook(pf.Touch)
 	}
-	m, err := mount.Serve(mountpoint, mount.Options{Client: c, Config: cfg, Dataset: root,
+	m, err := mount.Serve(mountpoint, mount.Options{Client: c, Config: cfg, Dataset: root, Dir: f.subdir,
 		EntryTimeout: f.entryTimeout, AttrTimeout: f.attrTimeout, NoPassthrough: f.noPassthrough,
 		ZeroMessageOpens: f.zeroMessageOpens, Debug: f.debug, Log: slog.Default()})
 	if err != nil {

@@ -3,117 +3,180 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/mount"
+	"github.com/granary-cache/granary/internal/ufs"
 )
 
 // A FUSE connection opens every file one way: zero-message opens (no round
 // trip per open, the fastest for many small files) rule out passthrough
 // (the fastest for large files), since the kernel stops sending OPEN for
-// the whole connection. A mount of several datasets gets both by serving
-// the datasets whose open_mode differs from the rest on a connection of
-// their own, mounted at their directory of the namespace.
+// the whole connection. A mount gets both by serving what differs from the
+// rest on a connection of its own, mounted at its directory: a dataset
+// whose open_mode differs from the other datasets', and a top-level
+// directory of a dataset whose files differ from the rest of it (open_mode
+// auto: a directory of checkpoints in a dataset of images, say).
 
-// openModes decides how a mount opens files: whether the mount at the
-// mount point uses zero-message opens, and which datasets get a mount of
-// their own (at MOUNTPOINT/DATASET, with zero-message opens). root is the
-// dataset mounted at the root, if any.
-func openModes(cfg *config.Config, root string, f mountFlags) (zeroMessage bool, own []string) {
-	if f.zeroMessageOpens { // the flag sets the whole mount
-		return true, nil
-	}
-	if root != "" {
-		ds, ok := cfg.Dataset(root)
-		return ok && ds.OpenMode == config.OpenZeroMessage, nil
-	}
-	for _, ds := range cfg.Datasets {
-		if ds.OpenMode == config.OpenZeroMessage {
-			own = append(own, ds.Name)
-		}
-	}
-	if len(own) > 0 && len(own) == len(cfg.Datasets) {
-		return true, nil
-	}
-	return false, own
+// plannedMount is one FUSE connection of a mount.
+type plannedMount struct {
+	dir         string // its mount point
+	dataset     string // the dataset at its root; "" for the namespace
+	subdir      string // with dataset: the directory of it at the root
+	zeroMessage bool
+	parent      int // the mount below which dir lies (an earlier one); -1 for the first
 }
 
-// serverFunc returns the command of the server of a mount: of the whole
-// namespace when dataset is "", else of that dataset alone.
-type serverFunc func(mountpoint, dataset string, f mountFlags) *exec.Cmd
+// planMounts lays out the connections of a mount at mountpoint: the first
+// serves the namespace (or root, with subdir), the others what differs
+// from the connection they lie in. modes holds the open mode of each
+// dataset ("name") and of the directories open_mode auto split off
+// ("name/dir"); a dataset missing from it keeps its configured mode.
+func planMounts(cfg *config.Config, root, subdir, mountpoint string, f mountFlags, modes map[string]mount.OpenChoice) []plannedMount {
+	zero := func(key string) bool {
+		if ch, ok := modes[key]; ok {
+			return ch.Mode == config.OpenZeroMessage
+		}
+		ds, _ := cfg.Dataset(key)
+		return ds.OpenMode == config.OpenZeroMessage
+	}
+	first := plannedMount{dir: mountpoint, dataset: root, subdir: subdir, parent: -1}
+	switch {
+	case f.zeroMessageOpens: // the flag sets the whole mount
+		return []plannedMount{{dir: mountpoint, dataset: root, subdir: subdir, zeroMessage: true, parent: -1}}
+	case root != "":
+		first.zeroMessage = zero(root)
+	default:
+		first.zeroMessage = len(cfg.Datasets) > 0
+		for _, ds := range cfg.Datasets {
+			first.zeroMessage = first.zeroMessage && zero(ds.Name)
+		}
+	}
+	plan := []plannedMount{first}
+	servedBy := map[string]int{} // dataset: the connection that serves it
+	for _, ds := range cfg.Datasets {
+		switch {
+		case root != "" && ds.Name == root:
+			servedBy[ds.Name] = 0
+		case root != "":
+		case zero(ds.Name) != first.zeroMessage:
+			servedBy[ds.Name] = len(plan)
+			plan = append(plan, plannedMount{dir: filepath.Join(mountpoint, ds.Name), dataset: ds.Name,
+				zeroMessage: !first.zeroMessage, parent: 0})
+		default:
+			servedBy[ds.Name] = 0
+		}
+	}
+	if subdir != "" {
+		return plan // the split directories are those of the whole dataset
+	}
+	for _, key := range slices.Sorted(maps.Keys(modes)) {
+		name, dir, ok := strings.Cut(key, "/")
+		parent, served := servedBy[name]
+		if !ok || !served || zero(key) == plan[parent].zeroMessage {
+			continue
+		}
+		at := filepath.Join(plan[parent].dir, dir)
+		if plan[parent].dataset == "" {
+			at = filepath.Join(plan[parent].dir, name, dir)
+		}
+		plan = append(plan, plannedMount{dir: at, dataset: name, subdir: dir, zeroMessage: zero(key), parent: parent})
+	}
+	return plan
+}
 
-// superviseMounts mounts mountpoint, and the datasets of own each at its
-// directory below it with zero-message opens, and keeps a server on each
-// until ctx ends or the mount point is unmounted (granary umount takes the
-// mounts below with it). The datasets' own mounts go first, so that the
-// mount point is never left busy.
-func superviseMounts(ctx context.Context, mountpoint string, f mountFlags, own []string, server serverFunc) error {
-	opts := func(mp, ds string, f mountFlags, started func(int)) mount.SuperviseOptions {
-		return mount.SuperviseOptions{AllowOther: f.allowOther, Log: slog.Default(), Started: started,
-			Server: func() *exec.Cmd { return server(mp, ds, f) }}
+// serverFunc returns the command of the server of one connection of a
+// mount.
+type serverFunc func(pm plannedMount, f mountFlags) *exec.Cmd
+
+// superviseMounts mounts the connections of plan, each once the one it
+// lies in is up, and keeps a server on each until ctx ends or the first
+// is unmounted (granary umount takes the mounts below with it). They stop
+// in the reverse order, so that no mount point is left busy. When a
+// connection other than the first fails, the one it lies in serves its
+// directory, only without its open mode.
+func superviseMounts(ctx context.Context, plan []plannedMount, f mountFlags, server serverFunc) error {
+	type running struct {
+		up, gone chan struct{}
+		err      error // set before gone is closed
+		stop     context.CancelFunc
 	}
-	if len(own) == 0 {
-		return mount.Supervise(ctx, mountpoint, opts(mountpoint, "", f, nil))
-	}
-	rootCtx, stopRoot := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopRoot()
-	up := make(chan struct{})
-	var once sync.Once
-	rootDone := make(chan error, 1)
-	go func() {
-		rootDone <- mount.Supervise(rootCtx, mountpoint, opts(mountpoint, "", f, func(int) { once.Do(func() { close(up) }) }))
-	}()
-	select {
-	case <-up:
-	case err := <-rootDone:
-		return err
-	}
-	if ctx.Err() != nil { // stopped while the root was starting
-		stopRoot()
-		return <-rootDone
-	}
-	ownCtx, stopOwn := context.WithCancel(ctx)
-	defer stopOwn()
-	sf := f
-	sf.zeroMessageOpens, sf.admin = true, "" // one admin address per process
-	var wg sync.WaitGroup
-	for _, ds := range own {
-		dir := filepath.Join(mountpoint, ds)
-		wg.Go(func() {
-			err := mount.Supervise(ownCtx, dir, opts(dir, ds, sf, nil))
-			switch {
-			case ownCtx.Err() != nil:
-			case err != nil:
-				// The namespace's mount still serves the dataset, only
-				// without zero-message opens.
-				slog.Warn("the dataset's own mount (zero-message opens) failed; the namespace mount serves it", "dataset", ds, "mountpoint", dir, "err", err)
-			default: // unmounted: by granary umount, or detached by the kernel
-				slog.Info("the dataset's own mount is gone; the namespace mount serves it", "dataset", ds, "mountpoint", dir)
+	rs := make([]*running, len(plan))
+	base := context.WithoutCancel(ctx)
+	for i, pm := range plan {
+		mctx, stop := context.WithCancel(base)
+		r := &running{up: make(chan struct{}), gone: make(chan struct{}), stop: stop}
+		rs[i] = r
+		sf := f
+		sf.zeroMessageOpens, sf.subdir = pm.zeroMessage, pm.subdir
+		if i > 0 {
+			sf.admin = "" // one admin address per process
+		}
+		var once sync.Once
+		o := mount.SuperviseOptions{AllowOther: f.allowOther, Log: slog.Default(),
+			Started: func(int) { once.Do(func() { close(r.up) }) },
+			Server:  func() *exec.Cmd { return server(pm, sf) }}
+		go func() {
+			defer close(r.gone)
+			if pm.parent >= 0 {
+				p := rs[pm.parent]
+				select {
+				case <-p.up:
+				case <-p.gone:
+					return
+				case <-mctx.Done():
+					return
+				}
 			}
-		})
+			r.err = mount.Supervise(mctx, pm.dir, o)
+			if i == 0 {
+				return
+			}
+			what := []any{"dataset", pm.dataset, "mountpoint", pm.dir, "zero_message_opens", pm.zeroMessage}
+			if pm.subdir != "" {
+				what = append(what, "dir", pm.subdir)
+			}
+			switch {
+			case mctx.Err() != nil:
+			case r.err != nil:
+				slog.Warn("a connection of its own failed; the mount around it serves its files, in its open mode", append(what, "err", r.err)...)
+			default: // unmounted: by granary umount, or detached by the kernel
+				slog.Info("a connection of its own is gone; the mount around it serves its files", what...)
+			}
+		}()
 	}
-	var err error
+	stopAll := func() {
+		for i := len(rs) - 1; i >= 0; i-- {
+			rs[i].stop()
+			<-rs[i].gone
+		}
+	}
+	select {
+	case <-rs[0].up:
+	case <-rs[0].gone:
+		stopAll()
+		return rs[0].err
+	case <-ctx.Done(): // stopped while the first was starting
+	}
 	select {
 	case <-ctx.Done():
-		stopOwn()
-		wg.Wait()
-		stopRoot()
-		err = <-rootDone
-	case err = <-rootDone: // unmounted from outside
-		stopOwn()
-		wg.Wait()
+	case <-rs[0].gone: // unmounted from outside
 	}
-	return err
+	stopAll()
+	return rs[0].err
 }
 
 // mountNamespace mounts the datasets of cfg (root: one dataset at the root,
@@ -121,27 +184,42 @@ func superviseMounts(ctx context.Context, mountpoint string, f mountFlags, own [
 // mount` processes started from the executable self, reading configPath and
 // the dataset definitions defs.
 func (g *globals) mountNamespace(ctx context.Context, cfg *config.Config, root, mountpoint string, f mountFlags, self, configPath string, defs []string) error {
+	var c *client.Client
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	getClient := func() (*client.Client, error) {
+		var err error
+		if c == nil {
+			c, err = client.New(cfg)
+		}
+		return c, err
+	}
+	if f.subdir != "" {
+		if err := checkSubdir(ctx, root, f.subdir, getClient); err != nil {
+			return err
+		}
+	}
 	choices := map[string]mount.OpenChoice{}
 	if !f.zeroMessageOpens {
-		var c *client.Client
-		defer func() {
-			if c != nil {
-				c.Close()
-			}
-		}()
-		choices = chooseOpenModes(cfg, root, func(ds string) (client.FileSizes, error) {
-			if c == nil {
-				var err error
-				if c, err = client.New(cfg); err != nil {
-					return client.FileSizes{}, err
-				}
+		split := !f.noPassthrough && f.subdir == ""
+		choices = chooseOpenModes(cfg, root, f.subdir, split, func(p string) (client.FileSizes, error) {
+			c, err := getClient()
+			if err != nil {
+				return client.FileSizes{}, err
 			}
 			sctx, cancel := context.WithTimeout(ctx, sampleTimeout)
 			defer cancel()
-			return c.SampleSizes(sctx, ds, sampleDirs, sampleFiles)
+			return c.SampleSizes(sctx, p, sampleDirs, sampleFiles)
 		})
-		for _, name := range slices.Sorted(maps.Keys(choices)) {
-			slog.Info("open mode", "dataset", name, "mode", choices[name].Mode, "why", choices[name].Reason)
+		for _, key := range slices.Sorted(maps.Keys(choices)) {
+			what := []any{"dataset", key}
+			if name, dir, ok := strings.Cut(key, "/"); ok {
+				what = []any{"dataset", name, "dir", dir}
+			}
+			slog.Info("open mode", append(what, "mode", choices[key].Mode, "why", choices[key].Reason)...)
 		}
 		resolved := *cfg
 		resolved.Datasets = slices.Clone(cfg.Datasets)
@@ -153,17 +231,43 @@ func (g *globals) mountNamespace(ctx context.Context, cfg *config.Config, root, 
 		cfg = &resolved
 	}
 	env := openModesEnv(choices)
-	var own []string
-	f.zeroMessageOpens, own = openModes(cfg, root, f)
-	return superviseMounts(ctx, mountpoint, f, own, func(mp, ds string, f mountFlags) *exec.Cmd {
-		if ds == "" {
-			ds = root
-		}
-		c := exec.Command(self, g.mountArgs(configPath, defs, mp, ds, f)...)
+	plan := planMounts(cfg, root, f.subdir, mountpoint, f, choices)
+	return superviseMounts(ctx, plan, f, func(pm plannedMount, f mountFlags) *exec.Cmd {
+		c := exec.Command(self, g.mountArgs(configPath, defs, pm.dir, pm.dataset, f)...)
 		c.Stdout, c.Stderr = g.stdout, g.stderr
 		c.Env = append(os.Environ(), env)
 		return c
 	})
+}
+
+// checkSubdir makes sure that --subdir names a directory of the dataset
+// mounted at the root. A dataset that cannot be listed yet (its workers
+// are starting) is not held against it: the mount serves it once they
+// answer.
+func checkSubdir(ctx context.Context, root, subdir string, getClient func() (*client.Client, error)) error {
+	if root == "" {
+		return fmt.Errorf("--subdir %s: mounts a directory of the dataset at the root; name it with --dataset NAME", subdir)
+	}
+	clean, err := ufs.CleanPath(subdir)
+	if err != nil {
+		return fmt.Errorf("--subdir: %w", err)
+	}
+	c, err := getClient()
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, sampleTimeout)
+	defer cancel()
+	fi, err := c.Stat(sctx, "/"+root+"/"+clean)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("--subdir %s: dataset %s has no such directory", subdir, root)
+	case err != nil:
+		slog.Warn("cannot check --subdir yet; mounting it anyway", "dataset", root, "dir", clean, "err", err)
+	case !fi.IsDir():
+		return fmt.Errorf("--subdir %s: not a directory of dataset %s", subdir, root)
+	}
+	return nil
 }
 
 // How much of a dataset open_mode auto looks at: the first listings, within
@@ -175,10 +279,13 @@ const (
 )
 
 // chooseOpenModes decides the open mode of each dataset of the mount (root
-// alone when set): the configured one, or for open_mode auto the one
-// mount.ChooseOpenMode picks from sample. A dataset that cannot be listed
-// gets passthrough, and says why.
-func chooseOpenModes(cfg *config.Config, root string, sample func(ds string) (client.FileSizes, error)) map[string]mount.OpenChoice {
+// alone when set, or its directory subdir): the configured one, or for
+// open_mode auto the one mount.ChooseOpenMode picks from sample (given the
+// path it lists: "dataset" or "dataset/dir"); with split, also the
+// top-level directories of an auto dataset that want the other mode
+// (mount.SplitOpenModes), keyed "dataset/dir". A dataset that cannot be
+// listed gets passthrough, and says why.
+func chooseOpenModes(cfg *config.Config, root, subdir string, split bool, sample func(p string) (client.FileSizes, error)) map[string]mount.OpenChoice {
 	out := map[string]mount.OpenChoice{}
 	for _, ds := range cfg.Datasets {
 		if root != "" && ds.Name != root {
@@ -188,12 +295,23 @@ func chooseOpenModes(cfg *config.Config, root string, sample func(ds string) (cl
 			out[ds.Name] = mount.OpenChoice{Mode: ds.OpenMode, Reason: "set in the configuration"}
 			continue
 		}
-		sizes, err := sample(ds.Name)
+		p := ds.Name
+		if root != "" && subdir != "" {
+			p += "/" + subdir
+		}
+		sizes, err := sample(p)
 		if err != nil {
 			out[ds.Name] = mount.OpenChoice{Mode: config.OpenPassthrough, Reason: fmt.Sprintf("auto, but the dataset could not be listed (%v): passthrough", err)}
 			continue
 		}
-		ch := mount.ChooseOpenMode(sizes, int64(max(ds.BlockSize, ds.WholeFile)))
+		maxBlock := int64(max(ds.BlockSize, ds.WholeFile))
+		ch := mount.ChooseOpenMode(sizes, maxBlock)
+		if split {
+			for dir, dch := range mount.SplitOpenModes(ch, sizes, maxBlock) {
+				dch.Reason = "auto: " + dch.Reason
+				out[ds.Name+"/"+dir] = dch
+			}
+		}
 		ch.Reason = "auto: " + ch.Reason
 		out[ds.Name] = ch
 	}

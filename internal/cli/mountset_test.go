@@ -8,9 +8,10 @@ import (
 
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/mount"
 )
 
-func TestOpenModes(t *testing.T) {
+func TestPlanMounts(t *testing.T) {
 	cfg := func(modes ...string) *config.Config {
 		c := &config.Config{}
 		for i, m := range modes {
@@ -19,25 +20,52 @@ func TestOpenModes(t *testing.T) {
 		return c
 	}
 	const pt, zm = config.OpenPassthrough, config.OpenZeroMessage
+	choice := func(mode string) mount.OpenChoice { return mount.OpenChoice{Mode: mode} }
 	for _, c := range []struct {
-		name        string
-		cfg         *config.Config
-		root        string
-		flag        bool
-		zeroMessage bool
-		own         []string
+		name         string
+		cfg          *config.Config
+		root, subdir string
+		flag         bool
+		modes        map[string]mount.OpenChoice
+		want         []plannedMount
 	}{
-		{"all passthrough", cfg(pt, pt), "", false, false, nil},
-		{"all zero-message: the whole mount", cfg(zm, zm), "", false, true, nil},
-		{"mixed: own mounts for zero-message", cfg(pt, zm, pt, zm), "", false, false, []string{"b", "d"}},
-		{"the flag sets every dataset", cfg(pt, zm), "", true, true, nil},
-		{"one dataset at the root: its mode", cfg(pt, zm), "b", false, true, nil},
-		{"one dataset at the root: passthrough", cfg(pt, zm), "a", false, false, nil},
+		{name: "all passthrough", cfg: cfg(pt, pt),
+			want: []plannedMount{{dir: "/m", parent: -1}}},
+		{name: "all zero-message: the whole mount", cfg: cfg(zm, zm),
+			want: []plannedMount{{dir: "/m", zeroMessage: true, parent: -1}}},
+		{name: "mixed: connections of their own for zero-message", cfg: cfg(pt, zm, pt, zm),
+			want: []plannedMount{{dir: "/m", parent: -1}, {dir: "/m/b", dataset: "b", zeroMessage: true}, {dir: "/m/d", dataset: "d", zeroMessage: true}}},
+		{name: "the flag sets every dataset", cfg: cfg(pt, zm), flag: true,
+			want: []plannedMount{{dir: "/m", zeroMessage: true, parent: -1}}},
+		{name: "the flag sets a directory mount too", cfg: cfg(pt), root: "a", subdir: "x/y", flag: true,
+			modes: map[string]mount.OpenChoice{"a/z": choice(pt)},
+			want:  []plannedMount{{dir: "/m", dataset: "a", subdir: "x/y", zeroMessage: true, parent: -1}}},
+		{name: "one dataset at the root: its mode", cfg: cfg(pt, zm), root: "b",
+			want: []plannedMount{{dir: "/m", dataset: "b", zeroMessage: true, parent: -1}}},
+		{name: "one dataset at the root: passthrough", cfg: cfg(pt, zm), root: "a",
+			want: []plannedMount{{dir: "/m", dataset: "a", parent: -1}}},
+		{name: "the choices of auto override the configuration", cfg: cfg("", ""),
+			modes: map[string]mount.OpenChoice{"a": choice(pt), "b": choice(zm)},
+			want:  []plannedMount{{dir: "/m", parent: -1}, {dir: "/m/b", dataset: "b", zeroMessage: true}}},
+		{name: "directories split off, inside the connection that serves their dataset", cfg: cfg("", "", ""),
+			modes: map[string]mount.OpenChoice{"a": choice(pt), "a/imgs": choice(zm), "a/more": choice(pt),
+				"b": choice(zm), "b/ckpt": choice(pt), "c": choice(pt), "c/thumbs": choice(zm)},
+			want: []plannedMount{{dir: "/m", parent: -1}, {dir: "/m/b", dataset: "b", zeroMessage: true},
+				{dir: "/m/a/imgs", dataset: "a", subdir: "imgs", zeroMessage: true},
+				{dir: "/m/b/ckpt", dataset: "b", subdir: "ckpt", parent: 1},
+				{dir: "/m/c/thumbs", dataset: "c", subdir: "thumbs", zeroMessage: true}}},
+		{name: "a directory of the dataset at the root", cfg: cfg("", ""), root: "b",
+			modes: map[string]mount.OpenChoice{"b": choice(zm), "b/ckpt": choice(pt), "a/x": choice(pt)},
+			want: []plannedMount{{dir: "/m", dataset: "b", zeroMessage: true, parent: -1},
+				{dir: "/m/ckpt", dataset: "b", subdir: "ckpt"}}},
+		{name: "a mount of a directory splits nothing", cfg: cfg(""), root: "a", subdir: "x",
+			modes: map[string]mount.OpenChoice{"a": choice(zm), "a/ckpt": choice(pt)},
+			want:  []plannedMount{{dir: "/m", dataset: "a", subdir: "x", zeroMessage: true, parent: -1}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			zeroMessage, own := openModes(c.cfg, c.root, mountFlags{zeroMessageOpens: c.flag})
-			if zeroMessage != c.zeroMessage || !slices.Equal(own, c.own) {
-				t.Errorf("openModes = %v, %v; want %v, %v", zeroMessage, own, c.zeroMessage, c.own)
+			got := planMounts(c.cfg, c.root, c.subdir, "/m", mountFlags{zeroMessageOpens: c.flag}, c.modes)
+			if !slices.Equal(got, c.want) {
+				t.Errorf("planMounts =\n%+v\nwant\n%+v", got, c.want)
 			}
 		})
 	}
@@ -61,7 +89,7 @@ func TestChooseOpenModes(t *testing.T) {
 		}
 		return client.FileSizes{}, errors.New("no live workers")
 	}
-	got := chooseOpenModes(cfg, "", sample)
+	got := chooseOpenModes(cfg, "", "", false, sample)
 	want := map[string]string{"small": config.OpenZeroMessage, "large": config.OpenPassthrough, "set": config.OpenZeroMessage, "down": config.OpenPassthrough}
 	for ds, mode := range want {
 		if got[ds].Mode != mode {
@@ -75,12 +103,34 @@ func TestChooseOpenModes(t *testing.T) {
 		t.Error("a dataset with its mode set was sampled")
 	}
 	asked = nil
-	if got := chooseOpenModes(cfg, "large", sample); len(got) != 1 || got["large"].Mode != config.OpenPassthrough || !slices.Equal(asked, []string{"large"}) {
+	if got := chooseOpenModes(cfg, "large", "", false, sample); len(got) != 1 || got["large"].Mode != config.OpenPassthrough || !slices.Equal(asked, []string{"large"}) {
 		t.Errorf("one dataset at the root: %+v (sampled %v)", got, asked)
 	}
 	// The servers get the choices for their status.
 	t.Setenv(openModesVar, strings.TrimPrefix(openModesEnv(got), openModesVar+"="))
 	if back := openModesFromEnv(); back["large"] != got["large"] {
 		t.Errorf("through the environment: %+v", back)
+	}
+}
+
+func TestChooseOpenModesSplit(t *testing.T) {
+	cfg := &config.Config{Datasets: []config.Dataset{{Name: "d", OpenMode: config.OpenAuto, BlockSize: 64 << 20}}}
+	var asked []string
+	sample := func(p string) (client.FileSizes, error) {
+		asked = append(asked, p)
+		return client.FileSizes{Files: 504, Dirs: 3, Median: 100 << 10, TopDirs: map[string]client.FileSizes{
+			"imgs": {Files: 500, Dirs: 1, Median: 100 << 10}, "ckpt": {Files: 4, Dirs: 1, Median: 8 << 20}}}, nil
+	}
+	got := chooseOpenModes(cfg, "", "", true, sample)
+	if len(got) != 2 || got["d"].Mode != config.OpenZeroMessage || got["d/ckpt"].Mode != config.OpenPassthrough ||
+		!strings.HasPrefix(got["d/ckpt"].Reason, "auto: directory ckpt") {
+		t.Errorf("split: %+v", got)
+	}
+	if got := chooseOpenModes(cfg, "", "", false, sample); len(got) != 1 {
+		t.Errorf("without split: %+v", got)
+	}
+	asked = nil
+	if got := chooseOpenModes(cfg, "d", "a/b", false, sample); len(got) != 1 || !slices.Equal(asked, []string{"d/a/b"}) {
+		t.Errorf("a directory at the root: %+v (sampled %v)", got, asked)
 	}
 }

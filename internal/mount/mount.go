@@ -43,6 +43,9 @@ type Options struct {
 	// Dataset, when set, shows that dataset at the root instead of one
 	// directory per dataset.
 	Dataset string
+	// Dir, with Dataset, shows that directory of the dataset at the root
+	// instead (a path inside the dataset, as `granary mount --subdir`).
+	Dir string
 	// EntryTimeout and AttrTimeout override the timeouts derived from
 	// metadata_sync (default: 1h for "never").
 	EntryTimeout, AttrTimeout time.Duration
@@ -118,6 +121,16 @@ func newMount(mountpoint string, o Options) (*Mount, error) {
 		if _, ok := m.timeouts[o.Dataset]; !ok {
 			return nil, fmt.Errorf("mount: no dataset named %q", o.Dataset)
 		}
+	}
+	if o.Dir != "" {
+		if o.Dataset == "" {
+			return nil, fmt.Errorf("mount: directory %q without a dataset to find it in", o.Dir)
+		}
+		dir, err := ufs.CleanPath(o.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("mount: directory %q of dataset %s: %w", o.Dir, o.Dataset, err)
+		}
+		m.opts.Dir = dir
 	}
 	return m, nil
 }

@@ -1,7 +1,10 @@
 package mount
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
@@ -39,4 +42,43 @@ func ChooseOpenMode(s client.FileSizes, maxBlock int64) OpenChoice {
 		return OpenChoice{config.OpenZeroMessage, fmt.Sprintf("%s, median size %s (more than a block of %s): passthrough could not serve them", seen, median, config.Size(maxBlock))}
 	}
 	return OpenChoice{config.OpenPassthrough, fmt.Sprintf("%s, median size %s: large files read fastest by passthrough", seen, median)}
+}
+
+// MaxSplitDirs bounds the directories of one dataset that get a FUSE
+// connection (and a serving process) of their own.
+const MaxSplitDirs = 8
+
+// SplitOpenModes picks the top-level directories of a dataset whose files
+// call for the other open mode than the dataset as a whole got (dataset,
+// from ChooseOpenMode on the whole sample): a directory of checkpoints in
+// a dataset of images, say. Each gets a connection of its own, so that
+// both kinds of files open the fastest way. At most MaxSplitDirs, the
+// ones with the most bytes listed first; the keys are the directories'
+// names.
+func SplitOpenModes(dataset OpenChoice, s client.FileSizes, maxBlock int64) map[string]OpenChoice {
+	type cand struct {
+		name   string
+		total  int64
+		choice OpenChoice
+	}
+	var cands []cand
+	for name, sub := range s.TopDirs {
+		ch := ChooseOpenMode(sub, maxBlock)
+		if sub.Files == 0 || ch.Mode == dataset.Mode {
+			continue
+		}
+		ch.Reason = fmt.Sprintf("directory %s differs from the rest of its dataset (%s): %s", name, dataset.Mode, ch.Reason)
+		cands = append(cands, cand{name, sub.Total, ch})
+	}
+	slices.SortFunc(cands, func(a, b cand) int {
+		if c := cmp.Compare(b.total, a.total); c != 0 {
+			return c
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	out := map[string]OpenChoice{}
+	for _, c := range cands[:min(len(cands), MaxSplitDirs)] {
+		out[c.name] = c.choice
+	}
+	return out
 }

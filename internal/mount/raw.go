@@ -116,7 +116,7 @@ func (f *FS) resolve(id uint64) (*nodeInfo, fuse.Status) {
 		return nil, fuse.Status(syscall.ESTALE)
 	}
 	if id == fuse.FUSE_ROOT_ID && f.m.opts.Dataset != "" {
-		return &nodeInfo{ds: f.m.opts.Dataset}, fuse.OK
+		return &nodeInfo{ds: f.m.opts.Dataset, path: f.m.opts.Dir}, fuse.OK
 	}
 	return n, fuse.OK
 }

@@ -60,7 +60,11 @@ type Options struct {
 	// Retry is how long to wait before looking at a dataset's size again
 	// while it is being measured (default 5s).
 	Retry time.Duration
-	Log   *slog.Logger
+	// Dirs limits the prefetch of a dataset (by name) to one directory of
+	// it: that of a mount of the directory alone. The room it needs is
+	// still measured by the whole dataset.
+	Dirs map[string]string
+	Log  *slog.Logger
 }
 
 // Prefetcher prefetches the datasets of one client.
@@ -280,7 +284,11 @@ func (p *Prefetcher) load(ctx context.Context, d *dataset, why string) {
 	d.mu.Unlock()
 	p.o.Log.Info("prefetch", "dataset", d.cfg.Name, "why", why)
 	var last int64
-	res, err := load.Run(ctx, p.c, load.Options{Targets: []string{"/" + d.cfg.Name}, Progress: func(lp wire.LoadProgress) {
+	target := "/" + d.cfg.Name
+	if dir := p.o.Dirs[d.cfg.Name]; dir != "" {
+		target += "/" + dir
+	}
+	res, err := load.Run(ctx, p.c, load.Options{Targets: []string{target}, Progress: func(lp wire.LoadProgress) {
 		loaded := lp.BytesDone - lp.BytesSkipped
 		d.loaded.Add(loaded - last)
 		last = loaded
