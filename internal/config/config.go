@@ -70,7 +70,8 @@ type Dataset struct {
 	// (opens cost no round trip to granary: the fastest for many small
 	// files, without passthrough). A mount of several datasets serves those
 	// whose mode differs from the rest on a mount of their own at their
-	// directory.
+	// directory; with "auto", so are the top-level directories whose files
+	// differ from the rest of the dataset (mount.SplitOpenModes).
 	OpenMode string `yaml:"open_mode"`
 	// NearCache lets the worker on a reader's own machine keep a copy of
 	// the blocks its clients read from other owners, when it has room (they
