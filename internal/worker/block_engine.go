@@ -136,12 +136,14 @@ func (w *Worker) blockRequest(ref block.Ref) (blockReq, error) {
 // one tier.
 const maxBlockSize = 64 << 30
 
-// send writes bytes [off, off+n) of the block, page by page. A stored
-// page checked since the file last changed (cache.Store.Trusted) goes from
-// its file (sendfile, runs of such pages in one call); any other is read
-// into buf, checked against its CRC32C, and written from there — before it
-// is written, so that a page failing its check is an error the reader gets
-// instead of bad bytes.
+// send writes bytes [off, off+n) of the block, page by page. A page
+// that can go from its file as it is goes by sendfile (runs of such pages
+// from one source in one call): a stored page checked since the file last
+// changed (cache.Store.Trusted), or one this request just fetched and
+// stored, whose CRC was computed from the very bytes written. Any other is
+// read into buf, checked against its CRC32C, and written from there —
+// before it is written, so that a page failing its check is an error the
+// reader gets instead of bad bytes.
 func (w *Worker) send(ctx context.Context, out transport.RangeWriter, l *loaded, req blockReq, off, n int64) error {
 	var bufp *[]byte // a page buffer, taken when a page must be read
 	defer func() {
@@ -151,13 +153,16 @@ func (w *Worker) send(ctx context.Context, out transport.RangeWriter, l *loaded,
 	}()
 	ps := w.layout.PageSize
 	end := off + n
-	var run struct{ start, stop int64 } // trusted bytes not yet sent
+	var run struct { // bytes to send from the file, not sent yet
+		start, stop int64
+		src         string
+	}
 	flush := func() error {
 		if run.stop > run.start {
-			if err := out.WriteFile(l.file.File, run.start, run.stop-run.start, wire.SourceOf(l.tier)); err != nil {
+			if err := out.WriteFile(l.file.File, run.start, run.stop-run.start, wire.SourceOf(run.src)); err != nil {
 				return err
 			}
-			w.m.served(l.tier, run.stop-run.start)
+			w.m.served(run.src, run.stop-run.start)
 		}
 		run.start, run.stop = 0, 0
 		return nil
@@ -165,12 +170,13 @@ func (w *Worker) send(ctx context.Context, out transport.RangeWriter, l *loaded,
 	for p := req.first; p <= req.last; p++ {
 		base := int64(p) * ps
 		start, stop := max(off, base), min(end, base+w.layout.PageLen(req.blen, p))
-		if _, inMem := l.mem[p]; !inMem && !l.fetched[p] && w.store.Trusted(l.file, p) {
-			if run.stop != start {
+		_, inMem := l.mem[p]
+		if !inMem && (l.fetched[p] || w.store.Trusted(l.file, p)) {
+			if src := l.source(p); run.stop != start || run.src != src {
 				if err := flush(); err != nil {
 					return err
 				}
-				run.start = start
+				run.start, run.src = start, src
 			}
 			run.stop = stop
 			continue

@@ -178,3 +178,62 @@ worker:
 		t.Error("a read of the block: wrong bytes")
 	}
 }
+
+// rangeRecorder is a transport.RangeWriter that keeps what it is given,
+// and how: from memory (Write) or from a file (WriteFile, sendfile on a
+// real connection), by source.
+type rangeRecorder struct {
+	data              []byte
+	fromFile, fromMem map[wire.Source]int64
+}
+
+func (r *rangeRecorder) Write(p []byte, src wire.Source) error {
+	r.data = append(r.data, p...)
+	r.fromMem[src] += int64(len(p))
+	return nil
+}
+
+func (r *rangeRecorder) WriteFile(f *os.File, off, n int64, src wire.Source) error {
+	buf := make([]byte, n)
+	if _, err := f.ReadAt(buf, off); err != nil {
+		return err
+	}
+	r.data = append(r.data, buf...)
+	r.fromFile[src] += n
+	return nil
+}
+
+// TestSendFromFile: the pages a read fetches and stores go to the reader
+// from the block file (sendfile), not read back into memory first, and
+// count as bytes from the UFS; the same pages read again, checked once,
+// go from the file too, as bytes of the tier (checksum_test.go has the
+// pages that fail their check).
+func TestSendFromFile(t *testing.T) {
+	const page, pages = 64 << 10, 4
+	tw := startWorker(t, pages*page, page, "")
+	want := tw.writeFile(t, "f", pages*page-100)
+	ref := tw.ref(t, "f")
+	read := func(off, n int64) *rangeRecorder {
+		t.Helper()
+		rec := &rangeRecorder{fromFile: map[wire.Source]int64{}, fromMem: map[wire.Source]int64{}}
+		if err := tw.ServeRead(context.Background(), wire.ReadRequest{Block: ref, Offset: off, Length: n}, rec); err != nil {
+			t.Fatal(err)
+		}
+		if string(rec.data) != string(want[off:off+n]) {
+			t.Fatalf("bytes %d+%d differ", off, n)
+		}
+		return rec
+	}
+	n := int64(len(want))
+	cold := read(100, n-100)
+	if ufsSrc := wire.SourceOf("ufs"); cold.fromFile[ufsSrc] != n-100 || len(cold.fromMem) != 0 {
+		t.Errorf("cold: from file %v, from memory %v; want all %d bytes from the file, as the UFS's", cold.fromFile, cold.fromMem, n-100)
+	}
+	// The first read of stored pages checks them (from memory), the next
+	// sends them from the file.
+	read(0, n)
+	warm := read(0, n)
+	if mem := wire.SourceOf("mem"); warm.fromFile[mem] != n || len(warm.fromMem) != 0 {
+		t.Errorf("warm: from file %v, from memory %v; want all %d bytes from the file", warm.fromFile, warm.fromMem, n)
+	}
+}
