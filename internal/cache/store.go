@@ -85,7 +85,11 @@ type Block struct {
 	moving  bool // being demoted: no new pages
 	removed bool
 	elem    *list.Element
-	stamp   stamp   // the file state the checked pages were checked in
+	stamp   stamp   // the latest file state the checked pages' checks hold in
+	since   int64   // and the change time from which they hold (see trust.go)
+	// writes serialises the store's page writes of the block, so that each
+	// sees the file as the one before left it (see ownWriteLocked).
+	writes sync.Mutex
 	near    bool    // a near copy: evicted first (see near.go)
 	handle  *handle // its file, open for shared readers (see handle.go)
 }
@@ -395,6 +399,8 @@ func (s *Store) WritePage(b *Block, p int, data []byte) error {
 	if p < 0 || p >= len(b.pages) || int64(len(data)) != s.layout.PageLen(b.Length, p) {
 		return fmt.Errorf("cache: page %d of %s: %d bytes do not fit the layout", p, b.Key, len(data))
 	}
+	b.writes.Lock()
+	defer b.writes.Unlock()
 	s.mu.Lock()
 	if b.removed || b.moving {
 		s.mu.Unlock()
@@ -410,7 +416,7 @@ func (s *Store) WritePage(b *Block, p int, data []byte) error {
 
 	crc := crc32c(data)
 	path := t.blockPath(b.id)
-	err := regfile.WriteAt(path, data, int64(p)*s.layout.PageSize, 0o600)
+	before, after, err := regfile.WriteAtStat(path, data, int64(p)*s.layout.PageSize, 0o600)
 	if errors.Is(err, fs.ErrNotExist) {
 		// Its directory went away under the store (removed by hand):
 		// make it again, once.
@@ -419,7 +425,7 @@ func (s *Store) WritePage(b *Block, p int, data []byte) error {
 		derr := t.makeDir(b.id)
 		s.mu.Unlock()
 		if derr == nil {
-			err = regfile.WriteAt(path, data, int64(p)*s.layout.PageSize, 0o600)
+			before, after, err = regfile.WriteAtStat(path, data, int64(p)*s.layout.PageSize, 0o600)
 		}
 	}
 	if err == nil {
@@ -441,6 +447,7 @@ func (s *Store) WritePage(b *Block, p int, data []byte) error {
 		return err
 	}
 	b.pages[p] = page{crc: crc, present: true, gen: b.pages[p].gen + 1}
+	s.ownWriteLocked(b, p, stampOfStat(&before), stampOfStat(&after))
 	t.live++
 	s.mu.Unlock()
 	return nil

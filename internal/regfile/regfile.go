@@ -43,6 +43,31 @@ func WriteAt(name string, data []byte, off int64, perm fs.FileMode) error {
 	return nil
 }
 
+// WriteAtStat is WriteAt that also returns the file's status just before
+// and just after the write (fstat on the descriptor it wrote through), so
+// that a caller can tell its own change from another's.
+func WriteAtStat(name string, data []byte, off int64, perm fs.FileMode) (before, after syscall.Stat_t, err error) {
+	fd, err := open(name, syscall.O_WRONLY|syscall.O_CREAT, uint32(perm.Perm()))
+	if err != nil {
+		return before, after, &fs.PathError{Op: "open", Path: name, Err: err}
+	}
+	werr := syscall.Fstat(fd, &before)
+	if werr == nil {
+		werr = pwriteAll(fd, data, off)
+	}
+	if werr == nil {
+		werr = syscall.Fstat(fd, &after)
+	}
+	cerr := syscall.Close(fd)
+	if werr != nil {
+		return before, after, &fs.PathError{Op: "write", Path: name, Err: werr}
+	}
+	if cerr != nil {
+		return before, after, &fs.PathError{Op: "close", Path: name, Err: cerr}
+	}
+	return before, after, nil
+}
+
 func open(name string, flag int, perm uint32) (int, error) {
 	for {
 		fd, err := syscall.Open(name, flag|syscall.O_CLOEXEC, perm)

@@ -142,10 +142,10 @@ func (w *Worker) fill(req blockReq) {
 			return // no room for it
 		}
 		w.m.fills.Inc()
-		// Check it now, read back from its file, so that the open that
-		// hands it to the kernel need not (locate checks what was not
-		// checked since the file last changed, and every stored page
-		// changed it).
+		// Check now, read back from its file, whatever the checks no
+		// longer hold for (pages stored before something else changed
+		// the file), so that the open that hands it to the kernel need
+		// not: the pages the store wrote itself are trusted as written.
 		back := &loaded{b: l.b, file: l.file, tier: l.tier}
 		if err := w.verifyBlock(w.bgCtx, back, req, false); err != nil {
 			w.log.Debug("filled block failed its check", "block", req.key.String(), "err", err)
