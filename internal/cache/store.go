@@ -85,13 +85,13 @@ type Block struct {
 	moving  bool // being demoted: no new pages
 	removed bool
 	elem    *list.Element
-	stamp   stamp   // the latest file state the checked pages' checks hold in
-	since   int64   // and the change time from which they hold (see trust.go)
+	stamp   stamp // the latest file state the checked pages' checks hold in
+	since   int64 // and the change time from which they hold (see trust.go)
 	// writes serialises the store's page writes of the block, so that each
 	// sees the file as the one before left it (see ownWriteLocked).
 	writes sync.Mutex
-	near    bool    // a near copy: evicted first (see near.go)
-	handle  *handle // its file, open for shared readers (see handle.go)
+	near   bool    // a near copy: evicted first (see near.go)
+	handle *handle // its file, open for shared readers (see handle.go)
 }
 
 type tier struct {
