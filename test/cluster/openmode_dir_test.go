@@ -125,11 +125,7 @@ func TestMountOpenModePerDirectory(t *testing.T) {
 	if strings.Contains(m.log.String(), "failed") {
 		t.Errorf("the mount's log tells of a failure:\n%s", m.log)
 	}
-	for _, mp := range granaryMountPoints(t) {
-		if strings.HasPrefix(mp, m.dir) {
-			t.Errorf("still mounted after the mount stopped: %s", mp)
-		}
-	}
+	noMountsBelow(t, m.dir, "after the mount stopped")
 }
 
 // TestMountSubdir: `granary mount --dataset NAME --subdir DIR` shows one

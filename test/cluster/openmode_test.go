@@ -86,9 +86,15 @@ func TestMountOpenModes(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("granary mount still runs after granary umount:\n%s", m.log)
 	}
+	noMountsBelow(t, m.dir, "after granary umount")
+}
+
+// noMountsBelow fails the test for every granary mount at or below dir.
+func noMountsBelow(t *testing.T, dir, when string) {
+	t.Helper()
 	for _, mp := range granaryMountPoints(t) {
-		if strings.HasPrefix(mp, m.dir) {
-			t.Errorf("still mounted after granary umount: %s", mp)
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			t.Errorf("still mounted %s: %s", when, mp)
 		}
 	}
 }
