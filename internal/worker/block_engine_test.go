@@ -3,11 +3,9 @@ package worker
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -151,21 +149,7 @@ func TestLocateFillsLargeBlock(t *testing.T) {
 func TestNoRoomForLargeBlock(t *testing.T) {
 	const page, pages = 64 << 10, 2 * pagesInFlight
 	counting := &inFlight{}
-	dir, state := t.TempDir(), t.TempDir()
-	w, stop := serveWorker(t, fmt.Sprintf(`datasets:
-  - {name: d, ufs: "file://%s"}
-worker:
-  id: w1
-  listen: 127.0.0.1:0
-  admin: 127.0.0.1:0
-  state_dir: %q
-  block_size: %d
-  page_size: %d
-  tiers:
-    - {name: MEM, path: %q, quota: 1MiB}
-`, dir, state, pages*page, page, filepath.Join(state, "mem")), counting.install, func(w *Worker) { w.locateFetchMax = pages * page })
-	defer stop()
-	tw := &testWorker{Worker: w, ufsDir: dir, stateDir: state}
+	tw := startWorkerWithQuota(t, pages*page, page, "1MiB", "", counting.install, func(w *Worker) { w.locateFetchMax = pages * page })
 	want := tw.writeFile(t, "big", pages*page)
 	ref := tw.ref(t, "big")
 	if _, err := tw.locate(context.Background(), ref, wire.VerifyNone, false); !errors.Is(err, errNotLocal) {

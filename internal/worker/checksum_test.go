@@ -41,6 +41,12 @@ type testWorker struct {
 // and prepare (if any) runs on it before it serves.
 func startWorker(tb testing.TB, blockSize, pageSize int64, extra string, prepare ...func(*Worker)) *testWorker {
 	tb.Helper()
+	return startWorkerWithQuota(tb, blockSize, pageSize, "1GiB", extra, prepare...)
+}
+
+// startWorkerWithQuota is startWorker with a MEM tier of quota.
+func startWorkerWithQuota(tb testing.TB, blockSize, pageSize int64, quota, extra string, prepare ...func(*Worker)) *testWorker {
+	tb.Helper()
 	ufsDir, stateDir := tb.TempDir(), tb.TempDir()
 	doc := fmt.Sprintf(`datasets:
   - {name: d, ufs: "file://%s"}
@@ -52,8 +58,8 @@ worker:
   block_size: %d
   page_size: %d
 %s  tiers:
-    - {name: MEM, path: %q, quota: 1GiB}
-`, ufsDir, stateDir, blockSize, pageSize, extra, filepath.Join(stateDir, "mem"))
+    - {name: MEM, path: %q, quota: %s}
+`, ufsDir, stateDir, blockSize, pageSize, extra, filepath.Join(stateDir, "mem"), quota)
 	w, stop := serveWorker(tb, doc, prepare...)
 	tb.Cleanup(stop)
 	return &testWorker{Worker: w, ufsDir: ufsDir, stateDir: stateDir}
