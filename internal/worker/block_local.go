@@ -126,21 +126,12 @@ func (w *Worker) fill(req blockReq) {
 			<-w.loads.slots
 			w.fills.Delete(req.key)
 		}()
-		end, err := w.prio.background(w.bgCtx, req.ds.Name())
-		if err != nil {
-			return
-		}
-		defer end()
-		req.background = true
-		l, err := w.load(w.bgCtx, req)
+		l, err := w.loadWhole(w.bgCtx, req)
 		if err != nil {
 			w.log.Debug("block not filled", "block", req.key.String(), "err", err)
 			return
 		}
 		defer l.close()
-		if l.file == nil || len(l.mem) > 0 {
-			return // no room for it
-		}
 		w.m.fills.Inc()
 		// Check now, read back from its file, whatever the checks no
 		// longer hold for (pages stored before something else changed

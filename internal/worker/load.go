@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -199,21 +200,33 @@ func (w *Worker) loadBlock(r *http.Request, ds string, it wire.LoadItem) wire.Lo
 		ev.Cached = true
 		return ev
 	}
-	end, err := w.prio.background(r.Context(), req.ds.Name())
-	if err != nil {
-		return fail(ufs.NewError("load", it.Path, ufs.ClassCanceled, err))
-	}
-	defer end()
-	req.first, req.last, req.background, req.wantsFile = 0, w.layout.Pages(req.blen)-1, true, true
-	l, err := w.load(r.Context(), req)
+	l, err := w.loadWhole(r.Context(), req)
 	if err != nil {
 		return fail(err)
 	}
-	defer l.close()
-	if l.file == nil || len(l.mem) > 0 {
-		return fail(fmt.Errorf("no cache space for it on worker %s", w.ID()))
-	}
+	l.close()
 	return ev
+}
+
+// loadWhole caches all of a block as a load does (`granary load`, the
+// mount's prefetch, a fill): after the reads of jobs (priority.go), and
+// into a tier or not at all.
+func (w *Worker) loadWhole(ctx context.Context, req blockReq) (*loaded, error) {
+	end, err := w.prio.background(ctx, req.ds.Name())
+	if err != nil {
+		return nil, ufs.NewError("load", req.key.Path, ufs.ClassCanceled, err)
+	}
+	defer end()
+	req.first, req.last, req.background, req.wantsFile = 0, w.layout.Pages(req.blen)-1, true, true
+	l, err := w.load(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if l.file == nil || len(l.mem) > 0 {
+		l.close()
+		return nil, fmt.Errorf("no cache space for it on worker %s", w.ID())
+	}
+	return l, nil
 }
 
 // handleLoads lists the loads this worker took part in, newest first.
