@@ -26,6 +26,7 @@ type mountFlags struct {
 	entryTimeout, attrTimeout time.Duration
 	noPassthrough, allowOther bool
 	subdir                    string // with a dataset at the root: the directory of it mounted
+	readyFile                 string // written once every connection is up or has failed
 	zeroMessageOpens          bool
 	debug                     bool
 	prefetch                  bool
@@ -146,6 +147,7 @@ same connection, so readers see at most the requests in flight fail.`,
 	}
 	f.register(cmd, "")
 	cmd.Flags().StringVar(&f.subdir, "subdir", "", "with --dataset NAME: mount this directory of the dataset at the root")
+	cmd.Flags().StringVar(&f.readyFile, "ready-file", "", "write the mount points served to this file once every connection of the mount is up (removed when the mount stops)")
 	return cmd
 }
 

@@ -107,8 +107,10 @@ type serverFunc func(pm plannedMount, f mountFlags) *exec.Cmd
 // is unmounted (granary umount takes the mounts below with it). They stop
 // in the reverse order, so that no mount point is left busy. When a
 // connection other than the first fails, the one it lies in serves its
-// directory, only without its open mode.
-func superviseMounts(ctx context.Context, plan []plannedMount, f mountFlags, server serverFunc) error {
+// directory, only without its open mode. Once every connection is up or
+// has failed, settled (if not nil) is called with the mount points that
+// are up, in the plan's order.
+func superviseMounts(ctx context.Context, plan []plannedMount, f mountFlags, server serverFunc, settled func(up []string)) error {
 	type running struct {
 		up, gone chan struct{}
 		err      error // set before gone is closed
@@ -171,6 +173,20 @@ func superviseMounts(ctx context.Context, plan []plannedMount, f mountFlags, ser
 		return rs[0].err
 	case <-ctx.Done(): // stopped while the first was starting
 	}
+	// Settled: every connection is up or has failed.
+	var up []string
+	for i, r := range rs {
+		select {
+		case <-r.up:
+			up = append(up, plan[i].dir)
+		case <-r.gone:
+		case <-ctx.Done():
+		case <-rs[0].gone:
+		}
+	}
+	if ctx.Err() == nil && settled != nil {
+		settled(up)
+	}
 	select {
 	case <-ctx.Done():
 	case <-rs[0].gone: // unmounted from outside
@@ -232,12 +248,34 @@ func (g *globals) mountNamespace(ctx context.Context, cfg *config.Config, root, 
 	}
 	env := openModesEnv(choices)
 	plan := planMounts(cfg, root, f.subdir, mountpoint, f, choices)
+	var settled func(up []string)
+	if f.readyFile != "" {
+		if err := os.Remove(f.readyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("--ready-file %s: %w", f.readyFile, err)
+		}
+		defer os.Remove(f.readyFile)
+		settled = func(up []string) {
+			if err := writeReadyFile(f.readyFile, up); err != nil {
+				slog.Error("the mount is up, but its ready file could not be written", "path", f.readyFile, "err", err)
+			}
+		}
+	}
 	return superviseMounts(ctx, plan, f, func(pm plannedMount, f mountFlags) *exec.Cmd {
 		c := exec.Command(self, g.mountArgs(configPath, defs, pm.dir, pm.dataset, f)...)
 		c.Stdout, c.Stderr = g.stdout, g.stderr
 		c.Env = append(os.Environ(), env)
 		return c
-	})
+	}, settled)
+}
+
+// writeReadyFile writes the mount points that are up, one a line, to
+// path, all at once: a reader sees the whole list or no file.
+func writeReadyFile(path string, up []string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strings.Join(up, "\n")+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // checkSubdir makes sure that --subdir names a directory of the dataset

@@ -19,7 +19,9 @@ import (
 
 // Dataset mounts: one FUSE mount per dataset and node, at a staging
 // directory, shared by every pod of the node that uses the dataset (each
-// pod's target is a bind mount of it).
+// pod's target is a recursive bind mount of it: a directory of the dataset
+// may have a FUSE connection of its own, mounted below the staging
+// directory).
 //
 // The mount is held by a `granary mount` supervisor, a process of its own
 // session that owns the /dev/fuse connection and restarts its serving
@@ -31,6 +33,7 @@ import (
 //	STATE/datasets/KEY/config.yaml   the granary configuration of the mount
 //	STATE/datasets/KEY/mnt           the staging mount point
 //	STATE/datasets/KEY/pid           the supervisor's PID
+//	STATE/datasets/KEY/ready         the mount points it serves, once all are up
 //	STATE/datasets/KEY/log           its output
 //	STATE/volumes/VOLUME/TARGETHASH  one file per published target (its path)
 
@@ -89,17 +92,34 @@ func mounted(path string) (bool, error) {
 // inMountInfo reports whether path is a mount point in this process's
 // mount table.
 func inMountInfo(path string) (bool, error) {
+	mps, err := mountsAt(path)
+	return len(mps) > 0, err
+}
+
+// mountsAt lists the mount points of this process's mount table that are
+// path or lie below it, in the table's order (a mount before the mounts
+// made on it).
+func mountsAt(path string) ([]string, error) {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
+	return parseMountsAt(string(b), path), nil
+}
+
+func parseMountsAt(mountinfo, path string) []string {
+	var out []string
+	for line := range strings.SplitSeq(mountinfo, "\n") {
 		f := strings.Fields(line)
-		if len(f) > 4 && unescapeMountPath(f[4]) == path {
-			return true, nil
+		if len(f) <= 4 {
+			continue
+		}
+		mp := unescapeMountPath(f[4])
+		if mp == path || strings.HasPrefix(mp, path+"/") || path == "/" {
+			out = append(out, mp)
 		}
 	}
-	return false, nil
+	return out
 }
 
 // unescapeMountPath undoes the octal escapes of /proc/self/mountinfo.
@@ -186,7 +206,9 @@ func (s *Spawner) Ensure(ctx context.Context, key, dataset, config string, opts 
 		return "", err
 	}
 	defer logf.Close()
-	args := []string{"mount", "--config", cfgPath, "--dataset", dataset, "--allow-other"}
+	ready := filepath.Join(dir, "ready")
+	os.Remove(ready)
+	args := []string{"mount", "--config", cfgPath, "--dataset", dataset, "--allow-other", "--ready-file", ready}
 	args = append(args, opts...)
 	args = append(args, mnt)
 	cmd := exec.Command(s.Binary, args...)
@@ -206,9 +228,13 @@ func (s *Spawner) Ensure(ctx context.Context, key, dataset, config string, opts 
 	go func() { exited <- cmd.Wait() }() // reaps it if it ends while the plugin runs
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if m, _ := mounted(mnt); m {
+		// Ready: the dataset's connection answers, and so does each
+		// directory of it that got a connection of its own (open_mode
+		// auto), so that a pod's bind mount takes them all.
+		if up, err := os.ReadFile(ready); err == nil {
 			if _, err := os.ReadDir(mnt); err == nil {
-				s.log().Info("dataset mounted", "key", key, "pid", pid, "staging", mnt)
+				s.log().Info("dataset mounted", "key", key, "pid", pid, "staging", mnt,
+					"connections", strings.Count(string(up), "\n"))
 				return mnt, nil
 			}
 		}

@@ -155,18 +155,60 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 	if err := os.MkdirAll(target, 0o750); err != nil {
 		return nil, status.Errorf(codes.Internal, "target %s: %v", target, err)
 	}
-	if err := unix.Mount(staging, target, "", unix.MS_BIND, ""); err != nil {
-		return nil, status.Errorf(codes.Internal, "bind %s at %s: %v", staging, target, err)
-	}
-	if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
-		unix.Unmount(target, unix.MNT_DETACH)
-		return nil, status.Errorf(codes.Internal, "make %s read-only: %v", target, err)
+	if err := bindReadOnly(staging, target); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
 	}
 	if err := n.record(req.GetVolumeId(), target); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	n.log().Info("published", "volume", req.GetVolumeId(), "target", target)
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// bindReadOnly binds staging at target with the mounts below it (the
+// connections of directories that have one of their own), each of them
+// read-only, nosuid and nodev at target.
+func bindReadOnly(staging, target string) error {
+	if err := unix.Mount(staging, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s at %s: %w", staging, target, err)
+	}
+	mps, err := mountsAt(target)
+	if err == nil && len(mps) == 0 {
+		err = errors.New("not in the mount table after the bind")
+	}
+	for _, mp := range mps {
+		if err != nil {
+			break
+		}
+		if e := unix.Mount("", mp, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); e != nil {
+			err = fmt.Errorf("%s: %w", mp, e)
+		}
+	}
+	if err != nil {
+		unix.Unmount(target, unix.MNT_DETACH)
+		return fmt.Errorf("make %s read-only: %w", target, err)
+	}
+	return nil
+}
+
+// unmountTree unmounts target and the mounts below it, the innermost
+// first; one that is busy is detached.
+func unmountTree(target string) error {
+	mps, err := mountsAt(target)
+	if err != nil {
+		return fmt.Errorf("unmount %s: %w", target, err)
+	}
+	if len(mps) == 0 { // a FUSE mount whose server is gone may not list
+		mps = []string{target}
+	}
+	for i := len(mps) - 1; i >= 0; i-- {
+		if err := unix.Unmount(mps[i], 0); err != nil && !errors.Is(err, unix.EINVAL) {
+			if err := unix.Unmount(mps[i], unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("unmount %s: %w", mps[i], err)
+			}
+		}
+	}
+	return nil
 }
 
 // mountFlags maps the volume's mount options to `granary mount` flags:
@@ -208,10 +250,8 @@ func (n *Node) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolu
 	if m, err := mounted(target); err != nil {
 		return nil, status.Errorf(codes.Internal, "target %s: %v", target, err)
 	} else if m {
-		if err := unix.Unmount(target, 0); err != nil {
-			if err := unix.Unmount(target, unix.MNT_DETACH); err != nil {
-				return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
-			}
+		if err := unmountTree(target); err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
 		}
 	}
 	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {

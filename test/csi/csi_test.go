@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -315,6 +316,94 @@ func TestPublishUnpublish(t *testing.T) {
 			t.Errorf("target %s left behind: %v", p, err)
 		}
 	}
+}
+
+// A directory of the dataset whose files call for the other open mode
+// (thumbnails among shards) has a FUSE connection of its own, mounted
+// below the staging directory. Publishing waits for it, and a pod's target
+// holds it too, read-only like the rest; unpublishing takes both down.
+func TestPublishSplitDirectory(t *testing.T) {
+	f := newFixture(t)
+	if err := os.MkdirAll(filepath.Join(f.data, "thumbs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 6 {
+		name := fmt.Sprintf("thumbs/t%d.png", i)
+		b := bytes.Repeat([]byte{byte(i + 1)}, 8<<10+i)
+		f.files[name] = b
+		if err := os.WriteFile(filepath.Join(f.data, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, n := f.plugin(t)
+	ctx := context.Background()
+	target := filepath.Join(t.TempDir(), "volume")
+	if err := publish(ctx, n, "default/data", target); err != nil {
+		t.Fatal(err)
+	}
+	sup, _ := f.supervisor(t)
+	// No waiting: the publish returned once the directory's connection was
+	// up, and the target took it.
+	thumbs := filepath.Join(target, "thumbs")
+	m, ok := mountEntry(t, thumbs)
+	if !ok {
+		b, _ := os.ReadFile(filepath.Join(f.state, "datasets", "default_data", "log"))
+		t.Fatalf("%s is not a mount point of the target: the directory's connection did not reach it\nmount log:\n%s", thumbs, b)
+	}
+	if !strings.Contains(m, " - fuse.granary ") {
+		t.Errorf("%s: not a granary connection: %s", thumbs, m)
+	}
+	for _, mp := range []string{target, thumbs} {
+		if e, _ := mountEntry(t, mp); !hasMountOption(e, "ro") || !hasMountOption(e, "nosuid") || !hasMountOption(e, "nodev") {
+			t.Errorf("%s: want ro,nosuid,nodev, got %s", mp, e)
+		}
+	}
+	checkFiles(t, target, f.files)
+	if err := os.WriteFile(filepath.Join(thumbs, "new"), []byte("x"), 0o644); err == nil {
+		t.Error("the directory's connection is writable at the target")
+	}
+	if err := unpublish(ctx, n, "default/data", target); err != nil {
+		t.Fatal(err)
+	}
+	for _, mp := range []string{thumbs, target} {
+		if _, ok := mountEntry(t, mp); ok {
+			t.Errorf("%s is still mounted after unpublish", mp)
+		}
+	}
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Errorf("target %s left behind: %v", target, err)
+	}
+	waitFor(t, 10*time.Second, "the dataset's mount to stop with its last target", func() bool {
+		return syscall.Kill(sup, 0) != nil
+	})
+	staging := filepath.Join(f.state, "datasets", "default_data", "mnt")
+	for _, mp := range []string{filepath.Join(staging, "thumbs"), staging} {
+		if _, ok := mountEntry(t, mp); ok {
+			t.Errorf("%s is still mounted after the dataset's mount stopped", mp)
+		}
+	}
+}
+
+// mountEntry is the line of /proc/self/mountinfo whose mount point is mp.
+func mountEntry(t *testing.T, mp string) (string, bool) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 5 && f[4] == mp {
+			return line, true
+		}
+	}
+	return "", false
+}
+
+// hasMountOption reports whether the per-mount options (field 6) of a
+// mountinfo line hold opt.
+func hasMountOption(line, opt string) bool {
+	f := strings.Fields(line)
+	return len(f) > 5 && slices.Contains(strings.Split(f[5], ","), opt)
 }
 
 func TestPublishErrors(t *testing.T) {
