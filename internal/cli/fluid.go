@@ -342,6 +342,10 @@ Alluxio/s3a names); encryptOptions are read from their files.`,
 			g.configPath, g.datasets = writeTo, nil
 			// Fluid's application pods read the mount as any user.
 			f.allowOther = true
+			// Fluid's CSI plugin binds the mount into pods without the
+			// mounts below it: a directory's connection of its own would
+			// not reach them.
+			f.oneConnection = true
 			slog.Info("mounting for Fluid", "config", from, "target", tr.TargetPath, "datasets", tr.Datasets, "root", tr.Root, "granary_config", writeTo)
 			return g.mountNamespace(cmd.Context(), cfg, tr.Root, tr.TargetPath, f, self, writeTo, nil)
 		},

@@ -27,6 +27,10 @@ type mountFlags struct {
 	noPassthrough, allowOther bool
 	subdir                    string // with a dataset at the root: the directory of it mounted
 	readyFile                 string // written once every connection is up or has failed
+	// oneConnection keeps every directory of a dataset on the dataset's
+	// connection (no split by open mode): for Fluid, whose CSI plugin binds
+	// the mount into pods without the mounts below it.
+	oneConnection bool
 	zeroMessageOpens          bool
 	debug                     bool
 	prefetch                  bool

@@ -220,8 +220,7 @@ func (g *globals) mountNamespace(ctx context.Context, cfg *config.Config, root, 
 	}
 	choices := map[string]mount.OpenChoice{}
 	if !f.zeroMessageOpens {
-		split := !f.noPassthrough && f.subdir == ""
-		choices = chooseOpenModes(cfg, root, f.subdir, split, func(p string) (client.FileSizes, error) {
+		choices = chooseOpenModes(cfg, root, f.subdir, f.splitByOpenMode(), func(p string) (client.FileSizes, error) {
 			c, err := getClient()
 			if err != nil {
 				return client.FileSizes{}, err
@@ -276,6 +275,14 @@ func writeReadyFile(path string, up []string) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// splitByOpenMode reports whether directories of a dataset may get a
+// connection of their own in the other open mode: not without passthrough
+// (both would be the same mode), not under --subdir (one directory
+// already), not for Fluid.
+func (f mountFlags) splitByOpenMode() bool {
+	return !f.noPassthrough && f.subdir == "" && !f.oneConnection
 }
 
 // checkSubdir makes sure that --subdir names a directory of the dataset

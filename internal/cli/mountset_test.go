@@ -134,3 +134,19 @@ func TestChooseOpenModesSplit(t *testing.T) {
 		t.Errorf("a directory at the root: %+v (sampled %v)", got, asked)
 	}
 }
+
+func TestSplitByOpenMode(t *testing.T) {
+	for _, c := range []struct {
+		f    mountFlags
+		want bool
+	}{
+		{mountFlags{}, true},
+		{mountFlags{noPassthrough: true}, false},
+		{mountFlags{subdir: "train"}, false},
+		{mountFlags{oneConnection: true}, false}, // Fluid
+	} {
+		if got := c.f.splitByOpenMode(); got != c.want {
+			t.Errorf("%+v: splitByOpenMode = %v, want %v", c.f, got, c.want)
+		}
+	}
+}
