@@ -30,11 +30,11 @@ type mountFlags struct {
 	// oneConnection keeps every directory of a dataset on the dataset's
 	// connection (no split by open mode): for Fluid, whose CSI plugin binds
 	// the mount into pods without the mounts below it.
-	oneConnection bool
-	zeroMessageOpens          bool
-	debug                     bool
-	prefetch                  bool
-	prefetchIdle              time.Duration
+	oneConnection    bool
+	zeroMessageOpens bool
+	debug            bool
+	prefetch         bool
+	prefetchIdle     time.Duration
 }
 
 func (f *mountFlags) register(cmd *cobra.Command, prefix string) {

@@ -133,6 +133,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad bool option", "datasets:\n  - name: a\n    ufs: s3://b\n    options:\n      path_style: maybe\n", []string{"bad.yaml:5: datasets[0].options.path_style: expected true or false"}},
 		{"negative replicas", "datasets:\n  - name: a\n    ufs: file:///x\n    replicas: -1\n", []string{"bad.yaml:4: datasets[0].replicas: must be at least 1"}},
 		{"bad dataset block size", "datasets:\n  - name: a\n    ufs: file:///x\n    block_size: 5MiB\n", []string{"bad.yaml:4: datasets[0].block_size: 5MiB is not a multiple of worker.page_size 4MiB"}},
+		{"bad huge pages", "datasets:\n  - name: a\n    ufs: file:///x\nworker:\n  tiers:\n    - {name: MEM, path: /dev/shm/g, quota: 1GiB, huge_pages: yes}\n", []string{"bad.yaml:6: worker.tiers[0].huge_pages: expected auto or off", `"yes"`}},
 		{"negative inflight", "datasets:\n  - name: a\n    ufs: file:///x\n    ufs_limits:\n      max_inflight: -3\n", []string{"bad.yaml:5: datasets[0].ufs_limits.max_inflight: must not be negative"}},
 	}
 	for _, c := range cases {
@@ -285,5 +286,27 @@ func TestWholeFileDefaults(t *testing.T) {
 	}
 	if got, _ := cfg.Dataset("later"); got.WholeFile != DefaultWholeFile || got.BlockSize != DefaultBlockSize {
 		t.Errorf("an added dataset: block_size %v, whole_file %v", got.BlockSize, got.WholeFile)
+	}
+}
+
+func TestHugePagesDefaults(t *testing.T) {
+	cfg, err := Parse("t.yaml", []byte(`worker:
+  tiers:
+    - {name: MEM, path: /dev/shm/g, quota: 1GiB}
+    - {name: SSD, path: /ssd/g, quota: 1GiB}
+    - {name: HDD, path: /hdd/g, quota: 1GiB, huge_pages: auto}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, tr := range cfg.Worker.Tiers {
+		got = append(got, tr.Name+"="+tr.HugePages)
+	}
+	if s := strings.Join(got, " "); s != "MEM=auto SSD=off HDD=off" {
+		t.Errorf("huge_pages: %s; want auto for MEM alone", s)
+	}
+	if def, err := Parse("d.yaml", nil); err != nil || def.Worker.Tiers[0].HugePages != HugePagesAuto {
+		t.Errorf("the default MEM tier: %+v, %v", def.Worker.Tiers, err)
 	}
 }

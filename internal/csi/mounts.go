@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/granary-cache/granary/internal/mountinfo"
 )
 
 // Dataset mounts: one FUSE mount per dataset and node, at a staging
@@ -100,45 +102,15 @@ func inMountInfo(path string) (bool, error) {
 // path or lie below it, in the table's order (a mount before the mounts
 // made on it).
 func mountsAt(path string) ([]string, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		return nil, err
 	}
-	return parseMountsAt(string(b), path), nil
-}
-
-func parseMountsAt(mountinfo, path string) []string {
 	var out []string
-	for line := range strings.SplitSeq(mountinfo, "\n") {
-		f := strings.Fields(line)
-		if len(f) <= 4 {
-			continue
-		}
-		mp := unescapeMountPath(f[4])
-		if mp == path || strings.HasPrefix(mp, path+"/") || path == "/" {
-			out = append(out, mp)
-		}
+	for _, m := range mountinfo.Below(mounts, path) {
+		out = append(out, m.Point)
 	}
-	return out
-}
-
-// unescapeMountPath undoes the octal escapes of /proc/self/mountinfo.
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return out, nil
 }
 
 // alive reports whether the supervisor whose PID is in dir/pid runs.

@@ -56,29 +56,3 @@ func TestMountFlags(t *testing.T) {
 		t.Errorf("mountFlags = %q, want %q", got, want)
 	}
 }
-
-func TestUnescapeMountPath(t *testing.T) {
-	if got := unescapeMountPath(`/var/lib/kubelet/pods/a\040b/vol`); got != "/var/lib/kubelet/pods/a b/vol" {
-		t.Errorf("got %q", got)
-	}
-}
-
-func TestParseMountsAt(t *testing.T) {
-	const info = `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-40 22 0:40 / /pods/a/volume rw,nosuid,nodev,relatime shared:5 - fuse.granary granary rw
-41 40 0:41 / /pods/a/volume/thumbs rw,nosuid,nodev,relatime shared:6 - fuse.granary granary rw
-42 22 0:40 / /pods/a/volume2 rw shared:5 - fuse.granary granary rw
-43 22 0:42 / /pods/b\040c/volume rw - fuse.granary granary rw
-`
-	for _, c := range []struct{ path, want string }{
-		{"/pods/a/volume", "/pods/a/volume /pods/a/volume/thumbs"},
-		{"/pods/a/volume/thumbs", "/pods/a/volume/thumbs"},
-		{"/pods/a", "/pods/a/volume /pods/a/volume/thumbs /pods/a/volume2"},
-		{"/pods/b c/volume", "/pods/b c/volume"},
-		{"/pods/x", ""},
-	} {
-		if got := strings.Join(parseMountsAt(info, c.path), " "); got != c.want {
-			t.Errorf("parseMountsAt(%q) = %q, want %q", c.path, got, c.want)
-		}
-	}
-}

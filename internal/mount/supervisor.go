@@ -10,11 +10,12 @@ import (
 	"os/exec"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/granary-cache/granary/internal/mountinfo"
 )
 
 // SuperviseOptions configure the supervisor of a mount.
@@ -187,23 +188,18 @@ func mounted(mountpoint string) bool { return slices.Contains(granaryMounts(), m
 // granaryMounts lists the mount points of the granary file systems this
 // process sees.
 func granaryMounts() []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		return nil
 	}
 	var out []string
-	for line := range strings.SplitSeq(string(b), "\n") {
-		// Field 5 is the mount point; the file system type follows " - ".
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.Contains(line, " - fuse.granary ") {
-			out = append(out, mountinfoUnescape.Replace(f[4]))
+	for _, m := range mounts {
+		if m.FSType == "fuse.granary" {
+			out = append(out, m.Point)
 		}
 	}
 	return out
 }
-
-// mountinfoUnescape undoes the octal escapes of /proc/self/mountinfo.
-var mountinfoUnescape = strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
 
 // notifyResend is FUSE_NOTIFY_RESEND: the kernel moves every request that
 // was read but not answered back to its queue.

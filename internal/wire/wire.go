@@ -256,6 +256,9 @@ type TierStatus struct {
 	// NearBlocks and NearBytes are the near copies among them.
 	NearBlocks int   `json:"near_blocks"`
 	NearBytes  int64 `json:"near_bytes"`
+	// Pages, for a MEM tier, says whether its files are in huge pages, and
+	// why not.
+	Pages string `json:"pages,omitempty"`
 }
 
 // DatasetStatus is one dataset's share of a worker's status.

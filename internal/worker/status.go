@@ -30,7 +30,8 @@ func (w *Worker) Status() wire.Status {
 		st.Datasets[name] = ds
 	}
 	for _, t := range w.store.Stats() {
-		st.Tiers = append(st.Tiers, wire.TierStatus(t))
+		st.Tiers = append(st.Tiers, wire.TierStatus{Name: t.Name, Path: t.Path, Capacity: t.Capacity, Used: t.Used, Blocks: t.Blocks,
+			NearBlocks: t.NearBlocks, NearBytes: t.NearBytes, Pages: w.tierPages[t.Name]})
 	}
 	return st
 }

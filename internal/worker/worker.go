@@ -53,6 +53,10 @@ type Worker struct {
 	metas    map[string]*meta.Cache
 	scans    map[string]*scan // the dataset's size on the UFS
 	store    *cache.Store
+	// tierPages describes the pages of each MEM tier (see tierPages);
+	// tierMounts are the tmpfs the worker mounted for them.
+	tierPages  map[string]string
+	tierMounts []string
 	// storeReady is closed once store is set: the store's scrub may call
 	// repair before cache.Open has returned it.
 	storeReady chan struct{}
@@ -160,14 +164,29 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 		pinned[ds.Name] = ds.Pin
 	}
 	tiers := make([]cache.TierConfig, len(wc.Tiers))
+	w.tierPages = map[string]string{}
 	for i, t := range wc.Tiers {
 		tiers[i] = cache.TierConfig{Name: t.Name, Path: t.Path, Quota: int64(t.Quota), High: t.High, Low: t.Low}
+		pages, warn, mounted := tierPages(t)
+		if pages == "" {
+			continue
+		}
+		w.tierPages[t.Name] = pages
+		if mounted {
+			w.tierMounts = append(w.tierMounts, t.Path)
+		}
+		if warn {
+			w.log.Warn("a MEM tier in small pages: warm reads of large files by passthrough run at about half the speed of huge pages", "tier", t.Name, "path", t.Path, "pages", pages)
+		} else {
+			w.log.Info("tier pages", "tier", t.Name, "path", t.Path, "pages", pages)
+		}
 	}
 	w.store, err = cache.Open(cache.Config{Tiers: tiers, Layout: w.layout, Metrics: cache.NewMetrics(reg),
 		Pinned:    func(ds string) bool { return pinned[ds] },
 		ScrubRate: wc.ScrubRate(), ScrubInterval: time.Duration(wc.ScrubInterval), Repair: w.repair})
 	if err != nil {
 		w.datasets.Close()
+		w.releaseTiers()
 		return nil, err
 	}
 	close(w.storeReady)
@@ -302,6 +321,7 @@ func (w *Worker) Close() error {
 	if w.store != nil {
 		errs = append(errs, w.store.Close())
 	}
+	errs = append(errs, w.releaseTiers())
 	if w.datasets != nil {
 		errs = append(errs, w.datasets.Close())
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/granarytest"
+	"github.com/granary-cache/granary/internal/mountinfo"
 	"github.com/granary-cache/granary/internal/promtest"
 	"github.com/granary-cache/granary/internal/s3test"
 	"github.com/granary-cache/granary/internal/wire"
@@ -266,6 +267,18 @@ func (c *cluster) stopAll() {
 		default:
 			c.stop(p, syscall.SIGTERM)
 		}
+	}
+	unmountLeft(c.dir)
+}
+
+// unmountLeft detaches what is still mounted at dir or below it: the
+// tmpfs of a MEM tier whose worker was killed (a worker that stops
+// unmounts its own), which would keep dir from being removed.
+func unmountLeft(dir string) {
+	mounts, _ := mountinfo.Read()
+	below := mountinfo.Below(mounts, dir)
+	for i := len(below) - 1; i >= 0; i-- {
+		syscall.Unmount(below[i].Point, syscall.MNT_DETACH)
 	}
 }
 

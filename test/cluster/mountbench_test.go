@@ -215,11 +215,7 @@ func BenchmarkMountSmallWarm(b *testing.B) {
 		root := filepath.Join(dir, "train")
 		c := startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
 			datasets: fmt.Sprintf("  - {name: s, ufs: \"file://%s\"}\n", root),
-			tiers: func(_ int, d string) string {
-				mem, _ := os.MkdirTemp("/dev/shm", "granary-bench")
-				b.Cleanup(func() { os.RemoveAll(mem) })
-				return fmt.Sprintf("    - {name: MEM, path: %s, quota: 8GiB}\n    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", mem, d)
-			}})
+			tiers:    func(_ int, d string) string { return benchTiers(b, d) }})
 		m := c.mount(b)
 		names := make([]string, len(small))
 		for i, name := range small {
@@ -413,9 +409,16 @@ func s3BenchClusterAt(b *testing.B, endpoint, bucket string) *cluster {
 	return startCluster(b, clusterOpts{workers: 1, blockSize: config.DefaultBlockSize, pageSize: 4 << 20,
 		datasets: fmt.Sprintf("  - name: s3\n    ufs: s3://%s\n    whole_file: %d\n    options: {endpoint: %q, path_style: true, access_key: %q, secret_key: %q}\n",
 			bucket, config.DefaultWholeFile, endpoint, s3test.AccessKey, s3test.SecretKey),
-		tiers: func(_ int, d string) string {
-			mem, _ := os.MkdirTemp("/dev/shm", "granary-bench")
-			b.Cleanup(func() { os.RemoveAll(mem) })
-			return fmt.Sprintf("    - {name: MEM, path: %s, quota: 8GiB}\n    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", mem, d)
-		}})
+		tiers: func(_ int, d string) string { return benchTiers(b, d) }})
+}
+
+// benchTiers are the tiers of a benchmark's worker: MEM in a directory of
+// /dev/shm (on which the worker mounts a tmpfs of huge pages), SSD in d.
+func benchTiers(b *testing.B, d string) string {
+	mem, err := os.MkdirTemp("/dev/shm", "granary-bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { unmountLeft(mem); os.RemoveAll(mem) })
+	return fmt.Sprintf("    - {name: MEM, path: %s, quota: 8GiB}\n    - {name: SSD, path: %s/ssd, quota: 64GiB}\n", mem, d)
 }

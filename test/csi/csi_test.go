@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +28,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/granary-cache/granary/internal/granarytest"
+	"github.com/granary-cache/granary/internal/mountinfo"
 )
 
 var granary string
@@ -350,12 +350,12 @@ func TestPublishSplitDirectory(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(f.state, "datasets", "default_data", "log"))
 		t.Fatalf("%s is not a mount point of the target: the directory's connection did not reach it\nmount log:\n%s", thumbs, b)
 	}
-	if !strings.Contains(m, " - fuse.granary ") {
-		t.Errorf("%s: not a granary connection: %s", thumbs, m)
+	if m.FSType != "fuse.granary" {
+		t.Errorf("%s: not a granary connection: %+v", thumbs, m)
 	}
 	for _, mp := range []string{target, thumbs} {
-		if e, _ := mountEntry(t, mp); !hasMountOption(e, "ro") || !hasMountOption(e, "nosuid") || !hasMountOption(e, "nodev") {
-			t.Errorf("%s: want ro,nosuid,nodev, got %s", mp, e)
+		if e, _ := mountEntry(t, mp); !e.HasOption("ro") || !e.HasOption("nosuid") || !e.HasOption("nodev") {
+			t.Errorf("%s: want ro,nosuid,nodev, got %+v", mp, e)
 		}
 	}
 	checkFiles(t, target, f.files)
@@ -384,26 +384,21 @@ func TestPublishSplitDirectory(t *testing.T) {
 	}
 }
 
-// mountEntry is the line of /proc/self/mountinfo whose mount point is mp.
-func mountEntry(t *testing.T, mp string) (string, bool) {
+// mountEntry is the mount whose mount point is mp (the last one made).
+func mountEntry(t *testing.T, mp string) (mountinfo.Mount, bool) {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 5 && f[4] == mp {
-			return line, true
+	var m mountinfo.Mount
+	found := false
+	for _, e := range mounts {
+		if e.Point == mp {
+			m, found = e, true
 		}
 	}
-	return "", false
-}
-
-// hasMountOption reports whether the per-mount options (field 6) of a
-// mountinfo line hold opt.
-func hasMountOption(line, opt string) bool {
-	f := strings.Fields(line)
-	return len(f) > 5 && slices.Contains(strings.Split(f[5], ","), opt)
+	return m, found
 }
 
 func TestPublishErrors(t *testing.T) {
