@@ -402,7 +402,11 @@ func printStatus(out io.Writer, st client.ClusterStatus) error {
 		}
 		var tiers []string
 		for _, t := range s.Tiers {
-			tiers = append(tiers, fmt.Sprintf("%s %s/%s", t.Name, config.Size(t.Used), config.Size(t.Capacity)))
+			tier := fmt.Sprintf("%s %s/%s", t.Name, config.Size(t.Used), config.Size(t.Capacity))
+			if strings.HasPrefix(t.Pages, "4 KiB") {
+				tier += " (4 KiB pages: see the worker's log)"
+			}
+			tiers = append(tiers, tier)
 		}
 		ratio := "-"
 		if total := s.Hits + s.Misses; total > 0 {
