@@ -172,6 +172,8 @@ func (g *globals) serveMount(ctx context.Context, mountpoint string, f mountFlag
 		o := prefetch.Options{Idle: f.prefetchIdle, Log: slog.Default()}
 		if root != "" && f.subdir != "" {
 			o.Dirs = map[string]string{root: f.subdir}
+		} else {
+			o.Skip = splitDirs(openModesFromEnv())
 		}
 		pf = prefetch.New(c, o)
 		defer pf.Close() // after the mount is gone (deferred calls run last first)

@@ -373,6 +373,18 @@ func openModesEnv(choices map[string]mount.OpenChoice) string {
 // chosen to a mount's servers.
 const openModesVar = "GRANARY_OPEN_MODES"
 
+// splitDirs are the directories of each dataset that have a connection
+// of their own, from the keys "dataset/dir" of the open modes chosen.
+func splitDirs(choices map[string]mount.OpenChoice) map[string][]string {
+	out := map[string][]string{}
+	for _, key := range slices.Sorted(maps.Keys(choices)) {
+		if ds, dir, ok := strings.Cut(key, "/"); ok {
+			out[ds] = append(out[ds], dir)
+		}
+	}
+	return out
+}
+
 // openModesFromEnv reads what openModesEnv wrote; nil when absent.
 func openModesFromEnv() map[string]mount.OpenChoice {
 	v := os.Getenv(openModesVar)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -148,5 +149,16 @@ func TestSplitByOpenMode(t *testing.T) {
 		if got := c.f.splitByOpenMode(); got != c.want {
 			t.Errorf("%+v: splitByOpenMode = %v, want %v", c.f, got, c.want)
 		}
+	}
+}
+
+func TestSplitDirs(t *testing.T) {
+	got := splitDirs(map[string]mount.OpenChoice{
+		"imgs": {Mode: config.OpenZeroMessage}, "imgs/ckpt": {Mode: config.OpenPassthrough}, "imgs/best": {Mode: config.OpenPassthrough},
+		"shards/thumbs": {Mode: config.OpenZeroMessage}, "other": {Mode: config.OpenPassthrough},
+	})
+	want := map[string][]string{"imgs": {"best", "ckpt"}, "shards": {"thumbs"}}
+	if !maps.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("splitDirs = %v, want %v", got, want)
 	}
 }

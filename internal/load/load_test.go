@@ -66,7 +66,7 @@ func TestExpand(t *testing.T) {
 			ds, patterns, err := parseTargets(c, tc.targets)
 			if err == nil {
 				var files []file
-				files, _, err = expand(t.Context(), c, ds.Name, patterns, 4)
+				files, _, err = expand(t.Context(), c, ds.Name, patterns, 4, nil)
 				if err == nil {
 					var got []string
 					for _, f := range files {
@@ -82,6 +82,39 @@ func TestExpand(t *testing.T) {
 				t.Errorf("error %v, want %q", err, tc.err)
 			}
 		})
+	}
+}
+
+// TestExpandSkips: the directories of Skip are neither listed nor loaded
+// (those of a dataset that have a FUSE connection, and prefetch, of their
+// own), whatever the targets match.
+func TestExpandSkips(t *testing.T) {
+	c := testClient(t)
+	for _, tc := range []struct {
+		targets, skip []string
+		want          []string
+		dirs          int // directories listed
+	}{
+		{[]string{"/ds/"}, []string{"a/deep"}, []string{"a/labels.json", "a/x.jpg", "b/w.txt", "b/z.jpg", "c/empty-dir/.keep", "labels.json"}, 5},
+		{[]string{"/ds/"}, []string{"/a/", "c"}, []string{"b/w.txt", "b/z.jpg", "labels.json"}, 2},
+		{[]string{"/ds/**/*.jpg"}, []string{"b"}, []string{"a/deep/y.jpg", "a/x.jpg"}, 10},
+		{[]string{"/ds/**/*.jpg"}, nil, []string{"a/deep/y.jpg", "a/x.jpg", "b/z.jpg"}, 12},
+		{[]string{"/ds/a"}, []string{"a"}, nil, 0},
+		{[]string{"/ds/"}, []string{"nope", ""}, []string{"a/deep/labels.json", "a/deep/y.jpg", "a/labels.json", "a/x.jpg", "b/w.txt", "b/z.jpg", "c/empty-dir/.keep", "labels.json"}, 6},
+	} {
+		ds, patterns, err := parseTargets(c, tc.targets)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files, dirs, err := expand(t.Context(), c, ds.Name, patterns, 4, tc.skip)
+		var got []string
+		for _, f := range files {
+			got = append(got, f.path)
+		}
+		slices.Sort(got)
+		if err != nil || !slices.Equal(got, tc.want) || dirs != tc.dirs {
+			t.Errorf("%v skipping %v: %v, %d directories listed, %v; want %v, %d", tc.targets, tc.skip, got, dirs, err, tc.want, tc.dirs)
+		}
 	}
 }
 

@@ -32,6 +32,9 @@ type Options struct {
 	Replicas int
 	// MetadataOnly warms listings and attributes only.
 	MetadataOnly bool
+	// Skip are directories of the dataset (paths inside it, "ckpt") that
+	// are neither listed nor loaded, whatever the targets match.
+	Skip []string
 	// ListParallel is how many directories are listed at once (default 16).
 	ListParallel int
 	// Batch is how many blocks go to a worker in one request (default 256).
@@ -129,7 +132,7 @@ func Run(ctx context.Context, c *client.Client, o Options) (Result, error) {
 			res.Unreachable[id] = err.Error()
 		}
 	}
-	files, dirs, err := expand(ctx, c, ds.Name, patterns, o.ListParallel)
+	files, dirs, err := expand(ctx, c, ds.Name, patterns, o.ListParallel, o.Skip)
 	res.Dirs = dirs
 	if err != nil {
 		r.setState(stateOf(ctx, err))

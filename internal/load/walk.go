@@ -59,9 +59,10 @@ func splitTarget(target string) (ds string, segs []string, err error) {
 
 // walker lists directories through the client, several at a time.
 type walker struct {
-	c   *client.Client
-	ds  string
-	sem chan struct{}
+	c    *client.Client
+	ds   string
+	sem  chan struct{}
+	skip map[string]bool // directories not walked (Options.Skip)
 
 	mu    sync.Mutex
 	files map[string]file // by path: a file matched twice is loaded once
@@ -70,8 +71,14 @@ type walker struct {
 	errs  []error
 }
 
-func newWalker(c *client.Client, ds string, parallel int) *walker {
-	return &walker{c: c, ds: ds, sem: make(chan struct{}, max(parallel, 1)), files: map[string]file{}}
+func newWalker(c *client.Client, ds string, parallel int, skip []string) *walker {
+	w := &walker{c: c, ds: ds, sem: make(chan struct{}, max(parallel, 1)), files: map[string]file{}, skip: map[string]bool{}}
+	for _, d := range skip {
+		if d = strings.Trim(path.Clean("/"+d), "/"); d != "" {
+			w.skip[d] = true
+		}
+	}
+	return w
 }
 
 func (w *walker) fail(err error) {
@@ -108,6 +115,9 @@ func (w *walker) list(ctx context.Context, dir string) ([]ufs.FileInfo, error) {
 // is then an error; after a pattern (/ds/*/labels.json), it only does not
 // match in that directory.
 func (w *walker) match(ctx context.Context, dir string, segs []string, literal bool, wg *sync.WaitGroup) {
+	if w.skip[dir] {
+		return
+	}
 	if len(segs) == 0 {
 		w.tree(ctx, dir, wg)
 		return
@@ -172,6 +182,9 @@ func (w *walker) matched(ctx context.Context, p string, fi ufs.FileInfo, rest []
 
 // tree adds every file under dir.
 func (w *walker) tree(ctx context.Context, dir string, wg *sync.WaitGroup) {
+	if w.skip[dir] {
+		return
+	}
 	entries, err := w.list(ctx, dir)
 	if err != nil {
 		w.fail(err)
@@ -195,10 +208,10 @@ func join(dir, name string) string {
 }
 
 // expand lists what the targets name in dataset ds, one target after the
-// other (each in parallel). A target with a pattern that matches no file is
+// other (each in parallel), except the directories of skip. A target with a pattern that matches no file is
 // an error that names it.
-func expand(ctx context.Context, c *client.Client, ds string, patterns [][]string, parallel int) ([]file, int, error) {
-	w := newWalker(c, ds, parallel)
+func expand(ctx context.Context, c *client.Client, ds string, patterns [][]string, parallel int, skip []string) ([]file, int, error) {
+	w := newWalker(c, ds, parallel, skip)
 	// The root's own attributes are in no listing: a mount asks for them
 	// first, so they are warmed too (an error here shows again, with more
 	// context, when the root is listed).

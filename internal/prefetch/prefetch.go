@@ -64,6 +64,10 @@ type Options struct {
 	// it: that of a mount of the directory alone. The room it needs is
 	// still measured by the whole dataset.
 	Dirs map[string]string
+	// Skip are directories of a dataset (by name) left out of its
+	// prefetch: those with a FUSE connection of their own, whose server
+	// prefetches them when they are read.
+	Skip map[string][]string
 	Log  *slog.Logger
 }
 
@@ -288,7 +292,7 @@ func (p *Prefetcher) load(ctx context.Context, d *dataset, why string) {
 	if dir := p.o.Dirs[d.cfg.Name]; dir != "" {
 		target += "/" + dir
 	}
-	res, err := load.Run(ctx, p.c, load.Options{Targets: []string{target}, Progress: func(lp wire.LoadProgress) {
+	res, err := load.Run(ctx, p.c, load.Options{Targets: []string{target}, Skip: p.o.Skip[d.cfg.Name], Progress: func(lp wire.LoadProgress) {
 		loaded := lp.BytesDone - lp.BytesSkipped
 		d.loaded.Add(loaded - last)
 		last = loaded
