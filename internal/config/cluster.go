@@ -79,7 +79,8 @@ type Tier struct {
 	// tmpfs of huge pages (huge=within_size) when its path is on a tmpfs
 	// of 4 KiB pages, such as /dev/shm: the worker mounts one of the
 	// tier's quota at the path if nothing is there yet, or remounts the
-	// tmpfs mounted at the path (an emptyDir of medium Memory). Warm reads
+	// tmpfs mounted at the path if it is sized for the tier (an emptyDir
+	// of medium Memory). Warm reads
 	// of large files by passthrough run about twice as fast from it. It
 	// needs CAP_SYS_ADMIN; without it the worker says so and goes on. "off"
 	// leaves the path as it is.

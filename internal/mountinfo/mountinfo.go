@@ -14,7 +14,10 @@ import (
 
 // Mount is one line of the table.
 type Mount struct {
-	Point  string // the mount point
+	Point string // the mount point
+	// Root is the directory of the file system mounted there: "/", or a
+	// directory of it for a bind mount of one.
+	Root   string
 	FSType string // "tmpfs", "ext4", "fuse.granary", ...
 	Source string
 	// Options are the mount's own options ("rw,nosuid,nodev,relatime").
@@ -28,6 +31,17 @@ func (m Mount) HasOption(opt string) bool { return slices.Contains(strings.Split
 
 // HasSuper reports whether the file system's options hold opt.
 func (m Mount) HasSuper(opt string) bool { return slices.Contains(strings.Split(m.Super, ","), opt) }
+
+// SuperValue returns the value of the file system's option key ("size"
+// of "size=65536k"), and whether it has one.
+func (m Mount) SuperValue(key string) (string, bool) {
+	for o := range strings.SplitSeq(m.Super, ",") {
+		if k, v, ok := strings.Cut(o, "="); ok && k == key {
+			return v, true
+		}
+	}
+	return "", false
+}
 
 // Read returns the mount table, in its order: a mount comes after the
 // mount it is made on.
@@ -52,7 +66,7 @@ func Parse(table string) []Mount {
 		if len(f) < 6 || len(g) < 3 {
 			continue
 		}
-		out = append(out, Mount{Point: unescape(f[4]), Options: f[5], FSType: g[0], Source: unescape(g[1]), Super: g[2]})
+		out = append(out, Mount{Point: unescape(f[4]), Root: unescape(f[3]), Options: f[5], FSType: g[0], Source: unescape(g[1]), Super: g[2]})
 	}
 	return out
 }

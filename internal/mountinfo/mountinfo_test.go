@@ -11,7 +11,7 @@ const table = `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 41 22 0:41 / /pods/a\040b/volume ro,nosuid,nodev,relatime shared:6 - fuse.granary granary rw,user_id=0
 42 41 0:42 / /pods/a\040b/volume/thumbs ro,nosuid,nodev shared:7 - fuse.granary granary rw
 43 22 0:43 / /pods/a\040b/volume2 rw - fuse.granary granary rw
-44 30 0:44 / /dev/shm/granary/w1 rw - tmpfs again rw,size=1k
+44 30 0:30 /granary/w1 /dev/shm/granary/w1 rw - tmpfs again rw,size=1k
 garbage line
 `
 
@@ -26,6 +26,15 @@ func TestParse(t *testing.T) {
 	}
 	if ms[3].Point != "/pods/a b/volume" || !ms[3].HasOption("ro") {
 		t.Errorf("escaped point: %+v", ms[3])
+	}
+	if v, ok := m.SuperValue("size"); !ok || v != "4259840k" || m.Root != "/" {
+		t.Errorf("size of mount 2: %q, %v; root %q", v, ok, m.Root)
+	}
+	if _, ok := m.SuperValue("nr_inodes"); ok {
+		t.Error("a value for an option it does not have")
+	}
+	if ms[6].Root != "/granary/w1" {
+		t.Errorf("the root of a bind mount: %q", ms[6].Root)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/granary-cache/granary/internal/config"
@@ -58,8 +59,16 @@ func tierPagesOf(t config.Tier) (pages string, warn bool) {
 	}
 	small := "4 KiB (a tmpfs without huge pages at " + m.Point + "): "
 	if m.Point == path {
-		if path == hostShm {
+		// A remount changes the file system for everyone who mounted it:
+		// only one that is the tier's own is remounted.
+		switch {
+		case path == hostShm:
 			return small + "the worker does not remount " + hostShm + ", which every process shares; give the tier a directory of its own below it", true
+		case m.Root != "/":
+			return small + "a bind mount of directory " + m.Root + " of a tmpfs that others may use: the worker does not remount it; mount a tmpfs with " + hugeOption + " at its source", true
+		case !sizedFor(m, int64(t.Quota)):
+			size, _ := m.SuperValue("size")
+			return small + fmt.Sprintf("the tmpfs at %s (size %s) is larger than the tier's quota (%s) and may be shared: the worker remounts only one sized for the tier; mount one with %s there", path, size, t.Quota, hugeOption), true
 		}
 		if err := remountHuge(path); err != nil {
 			return small + why(err), true
@@ -90,6 +99,27 @@ func (w *Worker) releaseTiers() error {
 	}
 	w.tierMounts = nil
 	return errors.Join(errs...)
+}
+
+// sizedFor reports whether the tmpfs m is sized for a tier of quota bytes
+// (an emptyDir of medium Memory is sized by its limit, the quota): at most
+// twice the quota, and the slack.
+func sizedFor(m mountinfo.Mount, quota int64) bool {
+	v, ok := m.SuperValue("size")
+	if !ok {
+		return false
+	}
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(v, "k"):
+		mult, v = 1<<10, strings.TrimSuffix(v, "k")
+	case strings.HasSuffix(v, "m"):
+		mult, v = 1<<20, strings.TrimSuffix(v, "m")
+	case strings.HasSuffix(v, "g"):
+		mult, v = 1<<30, strings.TrimSuffix(v, "g")
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	return err == nil && n > 0 && n*mult <= 2*quota+tierSlack(quota)
 }
 
 // why says what keeps a tier in small pages, and what to do.

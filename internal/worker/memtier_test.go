@@ -130,8 +130,10 @@ func TestMemTierMountsHugePages(t *testing.T) {
 	}
 }
 
-// A tmpfs mounted at the tier's path (an emptyDir of medium Memory) is
-// remounted with huge pages; /dev/shm never is.
+// A tmpfs mounted at the tier's path and sized for it (an emptyDir of
+// medium Memory) is remounted with huge pages; one that may be shared
+// never is: /dev/shm, one much larger than the tier, a bind mount of a
+// directory of one.
 func TestMemTierRemountsItsTmpfs(t *testing.T) {
 	shm := smallPageTmpfs(t)
 	path := filepath.Join(shm, "empty-dir")
@@ -142,13 +144,38 @@ func TestMemTierRemountsItsTmpfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	w, stop := memWorker(t, path, "")
-	defer stop()
 	ms := mountsAt(t, path)
 	if len(ms) != 1 || !ms[0].HasSuper("huge=within_size") || !ms[0].HasSuper("size=65536k") {
 		t.Errorf("mounts at %s: %+v; want the one tmpfs, remounted with huge=within_size", path, ms)
 	}
 	if p := memPages(w); !strings.Contains(p, "remounted") {
 		t.Errorf("status pages: %q", p)
+	}
+	stop()
+
+	// Not its own: a tmpfs much larger than the tier (a host's, shared),
+	// and a bind mount of a directory of one.
+	big := filepath.Join(shm, "big")
+	bind := filepath.Join(shm, "bind")
+	for _, d := range []string{big, bind, filepath.Join(shm, "src")} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount("big", big, "tmpfs", 0, "size=1g"); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(filepath.Join(shm, "src"), bind, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ path, why string }{{big, "larger than the tier's quota"}, {bind, "a bind mount of directory /src"}} {
+		p, warn := tierPagesOf(config.Tier{Name: "MEM", Path: c.path, Quota: 32 << 20, HugePages: config.HugePagesAuto})
+		if !warn || !strings.Contains(p, c.why) {
+			t.Errorf("%s: %q, warn %v; want it left alone: %s", c.path, p, warn, c.why)
+		}
+		if ms := mountsAt(t, c.path); len(ms) != 1 || ms[0].HasSuper(hugeOption) {
+			t.Errorf("%s was changed: %+v", c.path, ms)
+		}
 	}
 	shmBefore, err := mountinfo.Of(hostShm)
 	if err != nil || shmBefore.Point != hostShm || shmBefore.FSType != "tmpfs" || shmBefore.HasSuper(hugeOption) || shmBefore.HasSuper("huge=always") {
