@@ -69,6 +69,14 @@ type WorkerSpec struct {
 	// cache (default /var/lib/granary).
 	// +optional
 	StateDir string `json:"stateDir,omitempty"`
+	// HugePages lets each worker put its MEM tier (an emptyDir of medium
+	// Memory) in huge pages: the worker runs with CAP_SYS_ADMIN and
+	// remounts the emptyDir's tmpfs with huge=within_size. Warm reads of
+	// large files by passthrough then run at the page cache's speed, about
+	// twice that of a tmpfs of 4 KiB pages. Off by default: the capability
+	// is a lot to grant.
+	// +optional
+	HugePages bool `json:"hugePages,omitempty"`
 }
 
 // Tier media.

@@ -160,6 +160,10 @@ type renderedTier struct {
 	Quota string  `yaml:"quota"`
 	High  float64 `yaml:"high,omitempty"`
 	Low   float64 `yaml:"low,omitempty"`
+	// HugePages is "off" unless the workers may remount their MEM tier
+	// (spec.worker.hugePages): without the capability a worker would
+	// only say, at every start, that it cannot.
+	HugePages string `yaml:"huge_pages,omitempty"`
 }
 
 type renderedAuth struct {
@@ -216,6 +220,9 @@ func renderConfig(rt *v1alpha1.CacheRuntime, datasets []*v1alpha1.Dataset) (Rend
 	}
 	for i, t := range rt.Spec.Tiers {
 		rtier := renderedTier{Name: t.Name, Path: tierPath(t), Quota: fmt.Sprint(t.Quota.Value())}
+		if !rt.Spec.Worker.HugePages {
+			rtier.HugePages = config.HugePagesOff
+		}
 		if t.Quota.Sign() <= 0 {
 			return Rendered{}, specErr(fmt.Sprintf("spec.tiers[%d].quota", i), "must be positive, found %s", t.Quota.String())
 		}

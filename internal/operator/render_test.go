@@ -198,3 +198,38 @@ func TestRenderSmallBlocks(t *testing.T) {
 		t.Errorf("a dataset block of 1.5 pages: %v", err)
 	}
 }
+
+// spec.worker.hugePages: the workers get CAP_SYS_ADMIN and their MEM tier
+// huge_pages auto (they remount its emptyDir with huge pages); without it,
+// no capability, and every tier huge_pages off, so that a worker does not
+// say at every start that it cannot.
+func TestWorkerHugePages(t *testing.T) {
+	for _, huge := range []bool{false, true} {
+		rt := testRuntime()
+		rt.Spec.Worker.HugePages = huge
+		r, err := renderConfig(rt, []*v1alpha1.Dataset{testDataset()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		for _, f := range []string{"secrets/s3/id", "secrets/s3/secret", "token/token"} {
+			writeFile(t, dir+"/"+f, "x")
+		}
+		cfg, err := config.Parse("rendered", []byte(strings.ReplaceAll(r.Config, "/etc/granary/", dir+"/")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := config.HugePagesOff
+		if huge {
+			want = config.HugePagesAuto
+		}
+		if mem := cfg.Worker.Tiers[0]; mem.Name != "MEM" || mem.HugePages != want {
+			t.Errorf("hugePages %v: MEM tier %+v; want huge_pages %s", huge, mem, want)
+		}
+		sc := workerPodSpec(rt, r, "granary:test", Images{}, false).Spec.Containers[0].SecurityContext
+		hasCap := sc != nil && sc.Capabilities != nil && len(sc.Capabilities.Add) == 1 && sc.Capabilities.Add[0] == "SYS_ADMIN"
+		if hasCap != huge || (sc != nil && sc.Privileged != nil) {
+			t.Errorf("hugePages %v: security context %+v", huge, sc)
+		}
+	}
+}

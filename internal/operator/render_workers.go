@@ -75,6 +75,16 @@ func usesCephFS(datasets []*v1alpha1.Dataset) bool {
 	return false
 }
 
+// workerSecurity is the worker container's security context: with
+// spec.worker.hugePages, CAP_SYS_ADMIN, to remount its MEM tier's tmpfs
+// with huge pages.
+func workerSecurity(w v1alpha1.WorkerSpec) *corev1.SecurityContext {
+	if !w.HugePages {
+		return nil
+	}
+	return &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"SYS_ADMIN"}}}
+}
+
 // workerPodSpec is the pod of one worker.
 func workerPodSpec(rt *v1alpha1.CacheRuntime, r Rendered, image string, im Images, statefulSet bool) corev1.PodTemplateSpec {
 	w := rt.Spec.Worker
@@ -164,8 +174,9 @@ func workerPodSpec(rt *v1alpha1.CacheRuntime, r Rendered, image string, im Image
 			{Name: "data", ContainerPort: port, Protocol: corev1.ProtocolTCP},
 			{Name: "admin", ContainerPort: port + 1, Protocol: corev1.ProtocolTCP},
 		},
-		Resources:    w.Resources,
-		VolumeMounts: mounts,
+		Resources:       w.Resources,
+		VolumeMounts:    mounts,
+		SecurityContext: workerSecurity(w),
 		ReadinessProbe: &corev1.Probe{
 			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("admin")}},
 			PeriodSeconds: 5,
