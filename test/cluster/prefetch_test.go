@@ -32,27 +32,7 @@ func TestMountPrefetch(t *testing.T) {
 	if got, err := os.ReadFile(filepath.Join(m.dir, "d", "c0", "f00.bin")); err != nil || !bytes.Equal(got, want["c0/f00.bin"]) {
 		t.Fatalf("the first read: %v", err)
 	}
-	var st struct {
-		Prefetch map[string]struct {
-			State, Reason string
-			Progress      struct{ Files int64 }
-		} `json:"prefetch"`
-	}
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		resp, err := http.Get("http://" + m.admin + "/v1/status")
-		if err != nil {
-			t.Fatal(err)
-		}
-		json.NewDecoder(resp.Body).Decode(&st)
-		resp.Body.Close()
-		if st.Prefetch["d"].State == "done" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the prefetch did not finish: %+v\n%s", st.Prefetch, m.log)
-		}
-	}
-	if p := st.Prefetch["d"]; p.Progress.Files != 48 {
+	if p := waitPrefetched(t, m, "d"); p.Progress.Files != 48 {
 		t.Errorf("prefetch: %+v; want the 48 files", p)
 	}
 	reads := c.metric("granary_ufs_operations_total", `dataset="d"`, `op="read"`)
@@ -97,32 +77,41 @@ func TestMountPrefetchSkipsSplitDirs(t *testing.T) {
 	if _, err := os.ReadFile(filepath.Join(m.dir, "d", "train", "f00.jpg")); err != nil {
 		t.Fatal(err)
 	}
+	// The dataset's connection serves the admin address (the first).
+	if p := waitPrefetched(t, m, "d").Progress; p.Files != 30 {
+		t.Errorf("prefetch of d: %+v; want the 30 files of train/, and none of ckpt/", p)
+	}
+	// Nothing of ckpt/ came from the UFS: it holds 1.8 MiB, train/ 0.6.
+	if read := c.metric("granary_ufs_read_bytes_total", `dataset="d"`); read > 30*(20<<10+30) {
+		t.Errorf("%v bytes read from the UFS: more than train/ holds", read)
+	}
+}
+
+// prefetchStatus is a dataset's prefetch in a mount's /v1/status.
+type prefetchStatus struct {
+	State, Reason string
+	Progress      struct{ Files, Bytes int64 }
+}
+
+// waitPrefetched waits until the prefetch of dataset ds through mount m
+// is done, and returns its status.
+func waitPrefetched(t *testing.T, m *mountProc, ds string) prefetchStatus {
+	t.Helper()
 	var st struct {
-		Prefetch map[string]struct {
-			State    string
-			Progress struct{ Files, Bytes int64 }
-		} `json:"prefetch"`
+		Prefetch map[string]prefetchStatus `json:"prefetch"`
 	}
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		// The dataset's connection serves the admin address (the first).
 		resp, err := http.Get("http://" + m.admin + "/v1/status")
 		if err != nil {
 			t.Fatal(err)
 		}
 		json.NewDecoder(resp.Body).Decode(&st)
 		resp.Body.Close()
-		if st.Prefetch["d"].State == "done" {
-			break
+		if st.Prefetch[ds].State == "done" {
+			return st.Prefetch[ds]
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the prefetch did not finish: %+v\n%s", st.Prefetch, m.log)
+			t.Fatalf("the prefetch of %s did not finish: %+v\n%s", ds, st.Prefetch, m.log)
 		}
-	}
-	if p := st.Prefetch["d"].Progress; p.Files != 30 {
-		t.Errorf("prefetch of d: %+v; want the 30 files of train/, and none of ckpt/", p)
-	}
-	// Nothing of ckpt/ came from the UFS: it holds 1.8 MiB, train/ 0.6.
-	if read := c.metric("granary_ufs_read_bytes_total", `dataset="d"`); read > 30*(20<<10+30) {
-		t.Errorf("%v bytes read from the UFS: more than train/ holds", read)
 	}
 }
