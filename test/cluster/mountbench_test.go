@@ -23,6 +23,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/granary-cache/granary/internal/config"
+	"github.com/granary-cache/granary/internal/measure"
 	"github.com/granary-cache/granary/internal/s3test"
 )
 
@@ -227,6 +228,56 @@ func BenchmarkMountSmallWarm(b *testing.B) {
 		dir, small, _ := benchTree(b)
 		compare(b, filepath.Join(m.dir, "d"), dir, small, 16)
 	})
+}
+
+// BenchmarkMountSmallWarmPython: a warm epoch of the small files read by
+// Python threads (testdata/read_epoch.py) through a mount with the
+// defaults, against the same files read locally, in turns: with open()'s
+// default buffering, which before Python 3.14 costs every open an ioctl
+// that FUSE sends to the mount's server (isatty), and unbuffered, which
+// does not. It reports each ratio, the median of three pairs.
+func BenchmarkMountSmallWarmPython(b *testing.B) {
+	python := "/usr/bin/python3" // Debian's (test/run.sh installs it)
+	dir, small, _ := benchTree(b)
+	root := filepath.Join(dir, "train")
+	list := filepath.Join(b.TempDir(), "names")
+	names := make([]string, len(small))
+	for i, name := range small {
+		names[i] = strings.TrimPrefix(name, "train/")
+	}
+	if err := os.WriteFile(list, []byte(strings.Join(names, "\n")), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	c := startCluster(b, clusterOpts{workers: 1, blockSize: 64 << 20, pageSize: 4 << 20,
+		datasets: fmt.Sprintf("  - {name: s, ufs: \"file://%s\"}\n", root),
+		tiers:    func(_ int, d string) string { return benchTiers(b, d) }})
+	m := c.mount(b)
+	mnt := filepath.Join(m.dir, "s")
+	rate := func(root, buffering string) float64 {
+		out, err := exec.Command(python, "testdata/read_epoch.py", root, list, "--buffering", buffering).CombinedOutput()
+		if err != nil {
+			b.Fatalf("read_epoch.py %s: %v\n%s", root, err, out)
+		}
+		var r float64
+		if _, err := fmt.Sscanf(string(out), "%f files/s", &r); err != nil {
+			b.Fatalf("read_epoch.py said %q", out)
+		}
+		return r
+	}
+	rate(root, "0") // warm both page caches (and the cache)
+	rate(mnt, "0")
+	b.ResetTimer()
+	for b.Loop() {
+		for _, buffering := range []string{"-1", "0"} {
+			var ratios []float64
+			for range 3 {
+				l := rate(root, buffering)
+				ratios = append(ratios, rate(mnt, buffering)/l)
+			}
+			what := map[string]string{"-1": "buffered", "0": "unbuffered"}[buffering]
+			b.ReportMetric(measure.Median(ratios), what+"_mount/local")
+		}
+	}
 }
 
 // BenchmarkMountBigWarm: warm sequential reads of the 1 GiB files, one
