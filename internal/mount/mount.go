@@ -66,7 +66,11 @@ type Stats struct {
 	DaemonReads      int64 `json:"daemon_reads"`      // READ requests served by this process
 	DaemonReadBytes  int64 `json:"daemon_read_bytes"` // and their bytes
 	Lookups          int64 `json:"lookups"`
-	Errors           int64 `json:"errors"`
+	// Ioctls counts the ioctls readers asked of files: each is a round
+	// trip, which FUSE sends whatever the open mode (Python's open() asks
+	// isatty at every file, unless unbuffered).
+	Ioctls int64 `json:"ioctls"`
+	Errors int64 `json:"errors"`
 	// PassthroughSupported says whether passthrough is in use: offered by
 	// the kernel, not disabled, and not refused.
 	PassthroughSupported bool `json:"passthrough_supported"`
@@ -86,8 +90,8 @@ type Mount struct {
 	fixed      map[string]bool
 	generation int
 
-	opens, ptOpens, reads, readBytes, lookups, errs atomic.Int64
-	passthrough                                     atomic.Bool
+	opens, ptOpens, reads, readBytes, lookups, errs, ioctls atomic.Int64
+	passthrough                                             atomic.Bool
 
 	logged sync.Map // paths whose error was logged already
 	done   chan struct{}
@@ -138,7 +142,7 @@ func newMount(mountpoint string, o Options) (*Mount, error) {
 // Stats returns what the mount did so far.
 func (m *Mount) Stats() Stats {
 	return Stats{Opens: m.opens.Load(), PassthroughOpens: m.ptOpens.Load(), DaemonReads: m.reads.Load(),
-		DaemonReadBytes: m.readBytes.Load(), Lookups: m.lookups.Load(), Errors: m.errs.Load(),
+		DaemonReadBytes: m.readBytes.Load(), Lookups: m.lookups.Load(), Ioctls: m.ioctls.Load(), Errors: m.errs.Load(),
 		PassthroughSupported: m.passthrough.Load(), Generation: m.generation}
 }
 

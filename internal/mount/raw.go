@@ -2,6 +2,7 @@ package mount
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"io/fs"
 	"path"
@@ -332,6 +333,17 @@ func (f *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 // Flush implements fuse.RawFileSystem. ENOSYS stops the kernel from
 // sending it at every close: a read-only file has nothing to flush.
 func (f *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status { return fuse.ENOSYS }
+
+// Ioctl implements fuse.RawFileSystem: no ioctl does anything here (a
+// terminal's, asked by isatty, least of all), but each is counted, and the
+// first one logged: they are round trips a reader can do without.
+func (f *FS) Ioctl(cancel <-chan struct{}, in *fuse.IoctlIn, inbuf []byte, out *fuse.IoctlOut, outbuf []byte) fuse.Status {
+	if f.m.ioctls.Add(1) == 1 {
+		f.m.log.Warn("a reader asks files for ioctls (Python's open() asks each file isatty, unless unbuffered): each is a round trip to this process; open files with buffering=0",
+			"cmd", fmt.Sprintf("%#x", in.Cmd))
+	}
+	return fuse.Status(syscall.ENOTTY)
+}
 
 // Read implements fuse.RawFileSystem.
 func (f *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {

@@ -103,8 +103,8 @@ func (m *mountProc) stop() {
 
 type mountStats struct {
 	Mount struct {
-		Opens, PassthroughOpens, DaemonReads int64
-		PassthroughSupported                 bool
+		Opens, PassthroughOpens, DaemonReads, Ioctls int64
+		PassthroughSupported                         bool
 	} `json:"mount"`
 }
 
@@ -121,6 +121,7 @@ func (m *mountProc) stats(t testing.TB) mountStats {
 	var s mountStats
 	num := func(k string) int64 { v, _ := raw.Mount[k].(float64); return int64(v) }
 	s.Mount.Opens, s.Mount.PassthroughOpens, s.Mount.DaemonReads = num("opens"), num("passthrough_opens"), num("daemon_reads")
+	s.Mount.Ioctls = num("ioctls")
 	s.Mount.PassthroughSupported, _ = raw.Mount["passthrough_supported"].(bool)
 	return s
 }

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -12,18 +13,22 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/granary-cache/granary/internal/mountinfo"
 )
 
 // granaryMountPoints lists the granary file systems mounted on this host.
 func granaryMountPoints(t *testing.T) []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && strings.Contains(line, " - fuse.granary ") {
-			out = append(out, f[4])
+	for _, m := range mounts {
+		if m.FSType == "fuse.granary" {
+			out = append(out, m.Point)
 		}
 	}
 	return out
@@ -155,5 +160,38 @@ func TestMountOpenModeAuto(t *testing.T) {
 	}
 	if after := m.stats(t); before.Mount.PassthroughSupported && after.Mount.PassthroughOpens == before.Mount.PassthroughOpens {
 		t.Errorf("the shards were not opened by passthrough")
+	}
+}
+
+// TestMountIoctls: an ioctl on a file of the mount (isatty's, as Python's
+// open() asks of every file) reaches the mount's server whatever the open
+// mode, even with zero-message opens; it fails as on any file that is no
+// terminal, and is counted.
+func TestMountIoctls(t *testing.T) {
+	needFUSE(t)
+	dir := t.TempDir()
+	for i := range 3 {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%d", i)), bytes.Repeat([]byte{byte(i)}, 10<<10), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := startCluster(t, clusterOpts{workers: 1, datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\", open_mode: zero-message}\n", dir)})
+	m := c.mount(t)
+	for i := range 3 {
+		f, err := os.Open(filepath.Join(m.dir, "d", fmt.Sprintf("f%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+		f.Close()
+		if !errors.Is(err, unix.ENOTTY) {
+			t.Errorf("isatty of a file of the mount: %v; want ENOTTY", err)
+		}
+	}
+	if got := m.stats(t).Mount.Ioctls; got != 3 {
+		t.Errorf("the mount counted %d ioctls; want 3", got)
+	}
+	if !strings.Contains(m.log.String(), "buffering=0") {
+		t.Errorf("the mount's log does not say what to do about them:\n%s", m.log)
 	}
 }
