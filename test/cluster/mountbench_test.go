@@ -235,7 +235,8 @@ func BenchmarkMountSmallWarm(b *testing.B) {
 // defaults, against the same files read locally, in turns: with open()'s
 // default buffering, which before Python 3.14 costs every open an ioctl
 // that FUSE sends to the mount's server (isatty), and unbuffered, which
-// does not. It reports each ratio, the median of three pairs.
+// does not. It reports each ratio (the median of three pairs) and the
+// ioctls the mount was asked per file read.
 func BenchmarkMountSmallWarmPython(b *testing.B) {
 	python := "/usr/bin/python3" // Debian's (test/run.sh installs it)
 	dir, small, _ := benchTree(b)
@@ -270,12 +271,14 @@ func BenchmarkMountSmallWarmPython(b *testing.B) {
 	for b.Loop() {
 		for _, buffering := range []string{"-1", "0"} {
 			var ratios []float64
+			ioctls := m.stats(b).Mount.Ioctls
 			for range 3 {
 				l := rate(root, buffering)
 				ratios = append(ratios, rate(mnt, buffering)/l)
 			}
 			what := map[string]string{"-1": "buffered", "0": "unbuffered"}[buffering]
 			b.ReportMetric(measure.Median(ratios), what+"_mount/local")
+			b.ReportMetric(float64(m.stats(b).Mount.Ioctls-ioctls)/float64(3*3*len(names)), what+"_ioctls/file")
 		}
 	}
 }
