@@ -169,31 +169,55 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 // connections of directories that have one of their own), each of them
 // read-only, nosuid and nodev at target.
 func bindReadOnly(staging, target string) error {
+	target = resolved(target) // the mount table lists resolved paths
 	if err := unix.Mount(staging, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("bind %s at %s: %w", staging, target, err)
 	}
-	mps, err := mountsAt(target)
+	// The staging directory is a shared mount (the plugin's state directory
+	// propagates to the host), and a bind of a shared mount joins its peer
+	// group: an unmount below one pod's target would then reach the staging
+	// directory and every other pod's. As a slave, the target still gets
+	// what happens below the staging directory and sends nothing back.
+	err := unix.Mount("", target, "", unix.MS_SLAVE|unix.MS_REC, "")
+	if err != nil {
+		err = fmt.Errorf("make it a slave of %s: %w", staging, err)
+	}
+	var mps []string
+	if err == nil {
+		mps, err = mountsAt(target)
+	}
 	if err == nil && len(mps) == 0 {
 		err = errors.New("not in the mount table after the bind")
 	}
 	for _, mp := range mps {
-		if err != nil {
-			break
-		}
 		if e := unix.Mount("", mp, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); e != nil {
-			err = fmt.Errorf("%s: %w", mp, e)
+			err = fmt.Errorf("make %s read-only: %w", mp, e)
+			break
 		}
 	}
 	if err != nil {
+		// Cut the target off before taking it down, so that its unmount
+		// reaches no peer.
+		unix.Mount("", target, "", unix.MS_PRIVATE|unix.MS_REC, "")
 		unix.Unmount(target, unix.MNT_DETACH)
-		return fmt.Errorf("make %s read-only: %w", target, err)
+		return fmt.Errorf("publish %s at %s: %w", staging, target, err)
 	}
 	return nil
+}
+
+// resolved is path with its symbolic links resolved, or path itself when
+// that fails.
+func resolved(path string) string {
+	if r, err := filepath.EvalSymlinks(path); err == nil {
+		return r
+	}
+	return path
 }
 
 // unmountTree unmounts target and the mounts below it, the innermost
 // first; one that is busy is detached.
 func unmountTree(target string) error {
+	target = resolved(target)
 	mps, err := mountsAt(target)
 	if err != nil {
 		return fmt.Errorf("unmount %s: %w", target, err)

@@ -321,7 +321,9 @@ func TestPublishUnpublish(t *testing.T) {
 // A directory of the dataset whose files call for the other open mode
 // (thumbnails among shards) has a FUSE connection of its own, mounted
 // below the staging directory. Publishing waits for it, and a pod's target
-// holds it too, read-only like the rest; unpublishing takes both down.
+// holds it too, read-only like the rest. The state directory is a shared
+// mount, as the chart's is (Bidirectional): unpublishing one pod leaves the
+// connection to the other pods and to the staging directory.
 func TestPublishSplitDirectory(t *testing.T) {
 	f := newFixture(t)
 	if err := os.MkdirAll(filepath.Join(f.data, "thumbs"), 0o755); err != nil {
@@ -335,49 +337,69 @@ func TestPublishSplitDirectory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if err := syscall.Mount(f.state, f.state, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("", f.state, "", syscall.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
 	_, n := f.plugin(t)
 	ctx := context.Background()
-	target := filepath.Join(t.TempDir(), "volume")
-	if err := publish(ctx, n, "default/data", target); err != nil {
-		t.Fatal(err)
-	}
-	sup, _ := f.supervisor(t)
-	// No waiting: the publish returned once the directory's connection was
-	// up, and the target took it.
-	thumbs := filepath.Join(target, "thumbs")
-	m, ok := mountEntry(t, thumbs)
-	if !ok {
-		b, _ := os.ReadFile(filepath.Join(f.state, "datasets", "default_data", "log"))
-		t.Fatalf("%s is not a mount point of the target: the directory's connection did not reach it\nmount log:\n%s", thumbs, b)
-	}
-	if m.FSType != "fuse.granary" {
-		t.Errorf("%s: not a granary connection: %+v", thumbs, m)
-	}
-	for _, mp := range []string{target, thumbs} {
-		if e, _ := mountEntry(t, mp); !e.HasOption("ro") || !e.HasOption("nosuid") || !e.HasOption("nodev") {
-			t.Errorf("%s: want ro,nosuid,nodev, got %+v", mp, e)
+	pods := t.TempDir()
+	t1, t2 := filepath.Join(pods, "a", "volume"), filepath.Join(pods, "b", "volume")
+	for _, target := range []string{t1, t2} {
+		if err := publish(ctx, n, "default/data", target); err != nil {
+			t.Fatal(err)
 		}
 	}
-	checkFiles(t, target, f.files)
-	if err := os.WriteFile(filepath.Join(thumbs, "new"), []byte("x"), 0o644); err == nil {
-		t.Error("the directory's connection is writable at the target")
+	sup, _ := f.supervisor(t)
+	staging := filepath.Join(f.state, "datasets", "default_data", "mnt")
+	// No waiting: the publish returned once the directory's connection was
+	// up, and the targets took it.
+	for _, target := range []string{t1, t2} {
+		thumbs := filepath.Join(target, "thumbs")
+		m, ok := mountEntry(t, thumbs)
+		if !ok {
+			b, _ := os.ReadFile(filepath.Join(f.state, "datasets", "default_data", "log"))
+			t.Fatalf("%s is not a mount point of the target: the directory's connection did not reach it\nmount log:\n%s", thumbs, b)
+		}
+		if m.FSType != "fuse.granary" {
+			t.Errorf("%s: not a granary connection: %+v", thumbs, m)
+		}
+		for _, mp := range []string{target, thumbs} {
+			if e, _ := mountEntry(t, mp); !e.HasOption("ro") || !e.HasOption("nosuid") || !e.HasOption("nodev") {
+				t.Errorf("%s: want ro,nosuid,nodev, got %+v", mp, e)
+			}
+		}
+		checkFiles(t, target, f.files)
+		if err := os.WriteFile(filepath.Join(thumbs, "new"), []byte("x"), 0o644); err == nil {
+			t.Error("the directory's connection is writable at the target")
+		}
 	}
-	if err := unpublish(ctx, n, "default/data", target); err != nil {
+	if err := unpublish(ctx, n, "default/data", t1); err != nil {
 		t.Fatal(err)
 	}
-	for _, mp := range []string{thumbs, target} {
+	for _, mp := range []string{filepath.Join(t1, "thumbs"), t1} {
 		if _, ok := mountEntry(t, mp); ok {
 			t.Errorf("%s is still mounted after unpublish", mp)
 		}
 	}
-	if _, err := os.Stat(target); !os.IsNotExist(err) {
-		t.Errorf("target %s left behind: %v", target, err)
+	if _, err := os.Stat(t1); !os.IsNotExist(err) {
+		t.Errorf("target %s left behind: %v", t1, err)
+	}
+	for _, mp := range []string{filepath.Join(staging, "thumbs"), filepath.Join(t2, "thumbs")} {
+		if _, ok := mountEntry(t, mp); !ok {
+			t.Errorf("unpublishing the other pod took %s down", mp)
+		}
+	}
+	checkFiles(t, t2, f.files)
+	if err := unpublish(ctx, n, "default/data", t2); err != nil {
+		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the dataset's mount to stop with its last target", func() bool {
 		return syscall.Kill(sup, 0) != nil
 	})
-	staging := filepath.Join(f.state, "datasets", "default_data", "mnt")
-	for _, mp := range []string{filepath.Join(staging, "thumbs"), staging} {
+	for _, mp := range []string{filepath.Join(staging, "thumbs"), staging, filepath.Join(t2, "thumbs"), t2} {
 		if _, ok := mountEntry(t, mp); ok {
 			t.Errorf("%s is still mounted after the dataset's mount stopped", mp)
 		}
