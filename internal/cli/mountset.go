@@ -98,6 +98,11 @@ func planMounts(cfg *config.Config, root, subdir, mountpoint string, f mountFlag
 	return plan
 }
 
+// settleTimeout bounds the wait for the connections of a mount before it
+// says it is ready (--ready-file): a server that never answers the kernel's
+// INIT must not hold up the mount's other connections.
+const settleTimeout = 20 * time.Second
+
 // serverFunc returns the command of the server of one connection of a
 // mount.
 type serverFunc func(pm plannedMount, f mountFlags) *exec.Cmd
@@ -173,19 +178,39 @@ func superviseMounts(ctx context.Context, plan []plannedMount, f mountFlags, ser
 		return rs[0].err
 	case <-ctx.Done(): // stopped while the first was starting
 	}
-	// Settled: every connection is up or has failed.
+	// Settled: every connection is up, or has failed, or is still not up
+	// after settleTimeout (its directory is served by the connection it
+	// lies in meanwhile).
 	var up []string
+	deadline := time.NewTimer(settleTimeout)
+	defer deadline.Stop()
+	late := false
 	for i, r := range rs {
+		if late {
+			select {
+			case <-r.up:
+				up = append(up, plan[i].dir)
+			default:
+			}
+			continue
+		}
 		select {
 		case <-r.up:
 			up = append(up, plan[i].dir)
 		case <-r.gone:
 		case <-ctx.Done():
 		case <-rs[0].gone:
+		case <-deadline.C:
+			late = true
+			slog.Warn("a connection of its own is not up yet; the mount is ready without it", "mountpoint", plan[i].dir, "after", settleTimeout)
 		}
 	}
-	if ctx.Err() == nil && settled != nil {
-		settled(up)
+	select {
+	case <-rs[0].gone: // the mount is gone: not ready
+	default:
+		if ctx.Err() == nil && settled != nil {
+			settled(up)
+		}
 	}
 	select {
 	case <-ctx.Done():

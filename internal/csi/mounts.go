@@ -155,15 +155,29 @@ func (l *datasetLocks) lock(key string) func() {
 	return m.Unlock
 }
 
+// readyWait is how long Ensure waits for the ready file of a mount whose
+// supervisor runs already: longer than the mount waits for its
+// connections (settleTimeout in the cli).
+const readyWait = 25 * time.Second
+
 // Ensure makes the dataset mount of key at its staging directory, with
 // config as its configuration, unless a live supervisor already serves it.
 // It waits until the mount answers.
 func (s *Spawner) Ensure(ctx context.Context, key, dataset, config string, opts []string) (string, error) {
 	dir := datasetDir(s.StateDir, key)
 	mnt := stagingPath(s.StateDir, key)
+	ready := filepath.Join(dir, "ready")
 	if _, ok := alive(dir); ok {
 		if m, err := mounted(mnt); err == nil && m {
-			return mnt, nil
+			// A supervisor still starting (the plugin restarted meanwhile)
+			// is given the time its connections take; one of a granary
+			// older than the ready file never writes it.
+			for deadline := time.Now().Add(readyWait); ; {
+				if _, err := os.Stat(ready); err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+					return mnt, nil
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
 		}
 	}
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
@@ -178,7 +192,6 @@ func (s *Spawner) Ensure(ctx context.Context, key, dataset, config string, opts 
 		return "", err
 	}
 	defer logf.Close()
-	ready := filepath.Join(dir, "ready")
 	os.Remove(ready)
 	args := []string{"mount", "--config", cfgPath, "--dataset", dataset, "--allow-other", "--ready-file", ready}
 	args = append(args, opts...)
