@@ -70,11 +70,12 @@ type WorkerSpec struct {
 	// +optional
 	StateDir string `json:"stateDir,omitempty"`
 	// HugePages lets each worker put its MEM tier (an emptyDir of medium
-	// Memory) in huge pages: the worker runs with CAP_SYS_ADMIN and
-	// remounts the emptyDir's tmpfs with huge=within_size. Warm reads of
-	// large files by passthrough then run at the page cache's speed, about
-	// twice that of a tmpfs of 4 KiB pages. Off by default: the capability
-	// is a lot to grant.
+	// Memory) in huge pages: the worker runs with CAP_SYS_ADMIN and no
+	// AppArmor profile, and remounts the emptyDir's tmpfs with
+	// huge=within_size. Warm reads of large files by passthrough then run
+	// at the page cache's speed, about twice that of a tmpfs of 4 KiB
+	// pages. Off by default: the capability is a lot to grant, and the
+	// baseline Pod Security Standard refuses it.
 	// +optional
 	HugePages bool `json:"hugePages,omitempty"`
 }

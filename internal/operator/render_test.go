@@ -227,7 +227,8 @@ func TestWorkerHugePages(t *testing.T) {
 			t.Errorf("hugePages %v: MEM tier %+v; want huge_pages %s", huge, mem, want)
 		}
 		sc := workerPodSpec(rt, r, "granary:test", Images{}, false).Spec.Containers[0].SecurityContext
-		hasCap := sc != nil && sc.Capabilities != nil && len(sc.Capabilities.Add) == 1 && sc.Capabilities.Add[0] == "SYS_ADMIN"
+		hasCap := sc != nil && sc.Capabilities != nil && len(sc.Capabilities.Add) == 1 && sc.Capabilities.Add[0] == "SYS_ADMIN" &&
+			sc.AppArmorProfile != nil && sc.AppArmorProfile.Type == corev1.AppArmorProfileTypeUnconfined
 		if hasCap != huge || (sc != nil && sc.Privileged != nil) {
 			t.Errorf("hugePages %v: security context %+v", huge, sc)
 		}

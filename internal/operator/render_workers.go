@@ -77,12 +77,16 @@ func usesCephFS(datasets []*v1alpha1.Dataset) bool {
 
 // workerSecurity is the worker container's security context: with
 // spec.worker.hugePages, CAP_SYS_ADMIN, to remount its MEM tier's tmpfs
-// with huge pages.
+// with huge pages, and no AppArmor profile (the container runtime's
+// default one forbids mount whatever the capabilities).
 func workerSecurity(w v1alpha1.WorkerSpec) *corev1.SecurityContext {
 	if !w.HugePages {
 		return nil
 	}
-	return &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"SYS_ADMIN"}}}
+	return &corev1.SecurityContext{
+		Capabilities:    &corev1.Capabilities{Add: []corev1.Capability{"SYS_ADMIN"}},
+		AppArmorProfile: &corev1.AppArmorProfile{Type: corev1.AppArmorProfileTypeUnconfined},
+	}
 }
 
 // workerPodSpec is the pod of one worker.

@@ -30,32 +30,43 @@ const hugeOption = "huge=within_size"
 // remounts it, whatever a tier's path.
 const hostShm = "/dev/shm"
 
-// tierPages gives the MEM tier t a tmpfs of huge pages where it can, and
-// describes the tier's pages for the log and the status. It never fails
-// the worker: a tier it cannot change stays as it is. warn is true when
-// the tier is left in small pages; mounted when the worker mounted a
-// tmpfs at the tier's path (releaseTiers unmounts it).
-func tierPages(t config.Tier) (pages string, warn, mounted bool) {
-	pages, warn = tierPagesOf(t)
-	return pages, warn, strings.HasPrefix(pages, mountedByWorker)
+// tierPageState is what tierPages found or did for a tier.
+type tierPageState struct {
+	pages string // for the log and the status; "" for a tier it does not look at
+	warn  bool   // left in small pages
+	// owned is a tmpfs mounted at the tier's path by this process; adopt,
+	// one a granary worker mounted there before and left (it was killed).
+	// The worker unmounts both when it stops (releaseTiers), adopt once
+	// it knows it is the tier's only worker.
+	owned, adopt bool
 }
 
-// mountedByWorker starts the description of a tmpfs the worker mounted.
-const mountedByWorker = "huge (a tmpfs of huge pages the worker mounted"
+// mountSource names the tmpfs the worker mounts, so that the next worker
+// knows one left behind.
+const mountSource = "granary-mem"
 
-func tierPagesOf(t config.Tier) (pages string, warn bool) {
+// tierPages gives the MEM tier t a tmpfs of huge pages where it can, and
+// describes the tier's pages. It never fails the worker: a tier it cannot
+// change stays as it is.
+func tierPages(t config.Tier) tierPageState {
 	if t.HugePages != config.HugePagesAuto {
-		return "", false
+		return tierPageState{}
 	}
 	path := filepath.Clean(t.Path)
+	if r, err := filepath.EvalSymlinks(path); err == nil {
+		path = r // the mount table lists resolved paths
+	}
 	m, err := mountinfo.Of(path)
 	switch {
 	case err != nil:
-		return fmt.Sprintf("unknown: %v", err), true
+		return tierPageState{pages: fmt.Sprintf("unknown: %v", err), warn: true}
 	case m.FSType != "tmpfs":
-		return "", false // the page cache of a disk file system: the kernel's choice
+		return tierPageState{} // the page cache of a disk file system: the kernel's choice
 	case m.HasSuper("huge=always") || m.HasSuper(hugeOption):
-		return "huge (a tmpfs of huge pages at " + m.Point + ")", false
+		if m.Point == path && m.Source == mountSource {
+			return tierPageState{pages: "huge (a tmpfs of huge pages a granary worker mounted at " + path + " and left; this one unmounts it when it stops)", adopt: true}
+		}
+		return tierPageState{pages: "huge (a tmpfs of huge pages at " + m.Point + ")"}
 	}
 	small := "4 KiB (a tmpfs without huge pages at " + m.Point + "): "
 	if m.Point == path {
@@ -63,25 +74,25 @@ func tierPagesOf(t config.Tier) (pages string, warn bool) {
 		// only one that is the tier's own is remounted.
 		switch {
 		case path == hostShm:
-			return small + "the worker does not remount " + hostShm + ", which every process shares; give the tier a directory of its own below it", true
+			return tierPageState{pages: small + "the worker does not remount " + hostShm + ", which every process shares; give the tier a directory of its own below it", warn: true}
 		case m.Root != "/":
-			return small + "a bind mount of directory " + m.Root + " of a tmpfs that others may use: the worker does not remount it; mount a tmpfs with " + hugeOption + " at its source", true
+			return tierPageState{pages: small + "a bind mount of directory " + m.Root + " of a tmpfs that others may use: the worker does not remount it; mount a tmpfs with " + hugeOption + " at its source", warn: true}
 		case !sizedFor(m, int64(t.Quota)):
 			size, _ := m.SuperValue("size")
-			return small + fmt.Sprintf("the tmpfs at %s (size %s) is larger than the tier's quota (%s) and may be shared: the worker remounts only one sized for the tier; mount one with %s there", path, size, t.Quota, hugeOption), true
+			return tierPageState{pages: small + fmt.Sprintf("the tmpfs at %s (size %s) is not sized for the tier's quota (%s), so others may share it: the worker remounts only one sized for the tier; mount one with %s there", path, size, t.Quota, hugeOption), warn: true}
 		}
-		if err := remountHuge(path); err != nil {
-			return small + why(err), true
+		if err := remountHuge(m); err != nil {
+			return tierPageState{pages: small + why(err), warn: true}
 		}
-		return "huge (the worker remounted the tmpfs at " + path + " with " + hugeOption + ")", false
+		return tierPageState{pages: "huge (the worker remounted the tmpfs at " + path + " with " + hugeOption + ")"}
 	}
 	if entries, err := os.ReadDir(path); err == nil && len(entries) > 0 {
-		return small + path + " holds a cache from before, which a tmpfs mounted over it would hide: remove it to get huge pages", true
+		return tierPageState{pages: small + path + " holds a cache from before, which a tmpfs mounted over it would hide: remove it to get huge pages", warn: true}
 	}
 	if err := mountHuge(path, int64(t.Quota)+tierSlack(int64(t.Quota))); err != nil {
-		return small + why(err), true
+		return tierPageState{pages: small + why(err), warn: true}
 	}
-	return mountedByWorker + " at " + path + ", for as long as it runs)", false
+	return tierPageState{pages: "huge (a tmpfs of huge pages the worker mounted at " + path + ", for as long as it runs)", owned: true}
 }
 
 // releaseTiers unmounts the tmpfs the worker mounted for its tiers, once
@@ -103,7 +114,7 @@ func (w *Worker) releaseTiers() error {
 
 // sizedFor reports whether the tmpfs m is sized for a tier of quota bytes
 // (an emptyDir of medium Memory is sized by its limit, the quota): at most
-// twice the quota, and the slack.
+// the quota and the slack.
 func sizedFor(m mountinfo.Mount, quota int64) bool {
 	v, ok := m.SuperValue("size")
 	if !ok {
@@ -119,13 +130,13 @@ func sizedFor(m mountinfo.Mount, quota int64) bool {
 		mult, v = 1<<30, strings.TrimSuffix(v, "g")
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
-	return err == nil && n > 0 && n*mult <= 2*quota+tierSlack(quota)
+	return err == nil && n > 0 && n*mult <= quota+tierSlack(quota)
 }
 
 // why says what keeps a tier in small pages, and what to do.
 func why(err error) string {
 	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
-		return "mounting needs CAP_SYS_ADMIN; mount a tmpfs with " + hugeOption + " at the tier's path, or set huge_pages: off"
+		return "the worker may not mount (it needs CAP_SYS_ADMIN, and no AppArmor or seccomp profile that forbids mount); mount a tmpfs with " + hugeOption + " at the tier's path, or set huge_pages: off"
 	}
 	return err.Error()
 }
@@ -141,18 +152,29 @@ func mountHuge(dir string, size int64) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	opts := fmt.Sprintf("size=%d,%s,mode=0700", size, hugeOption)
-	if err := unix.Mount("granary-mem", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+	// Owned by the worker's user, which need not be root (a capability is
+	// enough to mount).
+	opts := fmt.Sprintf("size=%d,%s,mode=0700,uid=%d,gid=%d", size, hugeOption, os.Geteuid(), os.Getegid())
+	if err := unix.Mount(mountSource, dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 		return fmt.Errorf("mount a tmpfs (%s) at %s: %w", opts, dir, err)
 	}
 	return nil
 }
 
-// remountHuge makes the tmpfs mounted at dir put what it writes from now
-// on in huge pages.
-func remountHuge(dir string) error {
-	if err := unix.Mount("", dir, "", unix.MS_REMOUNT, hugeOption); err != nil {
-		return fmt.Errorf("remount the tmpfs at %s with %s: %w", dir, hugeOption, err)
+// remountHuge makes the tmpfs mounted at m put what it writes from now on
+// in huge pages. The mount's own flags are given again: a remount without
+// them would clear them.
+func remountHuge(m mountinfo.Mount) error {
+	flags := uintptr(unix.MS_REMOUNT)
+	for opt, flag := range map[string]uintptr{"ro": unix.MS_RDONLY, "nosuid": unix.MS_NOSUID, "nodev": unix.MS_NODEV,
+		"noexec": unix.MS_NOEXEC, "noatime": unix.MS_NOATIME, "nodiratime": unix.MS_NODIRATIME,
+		"relatime": unix.MS_RELATIME, "strictatime": unix.MS_STRICTATIME} {
+		if m.HasOption(opt) {
+			flags |= flag
+		}
+	}
+	if err := unix.Mount("", m.Point, "", flags, hugeOption); err != nil {
+		return fmt.Errorf("remount the tmpfs at %s with %s: %w", m.Point, hugeOption, err)
 	}
 	return nil
 }

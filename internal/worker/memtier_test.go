@@ -112,8 +112,8 @@ func TestMemTierMountsHugePages(t *testing.T) {
 	if ms := mountsAt(t, path); len(ms) != 0 {
 		t.Errorf("the tier's tmpfs outlived the worker: %+v", ms)
 	}
-	// A worker that died left its tmpfs: the next finds it and mounts
-	// nothing more.
+	// A worker that died left its tmpfs: the next finds it, mounts
+	// nothing more, and unmounts it when it stops.
 	if err := mountHuge(path, 64<<20); err != nil {
 		t.Fatal(err)
 	}
@@ -121,6 +121,18 @@ func TestMemTierMountsHugePages(t *testing.T) {
 	if ms := mountsAt(t, path); len(ms) != 1 {
 		t.Errorf("%d mounts at %s; want the one left", len(ms), path)
 	}
+	if p := memPages(w); !strings.Contains(p, "left; this one unmounts it") {
+		t.Errorf("status pages: %q", p)
+	}
+	stop()
+	if ms := mountsAt(t, path); len(ms) != 0 {
+		t.Errorf("the tmpfs a killed worker left outlived the next: %+v", ms)
+	}
+	// A tmpfs of huge pages someone else mounted is used, and left.
+	if err := unix.Mount("admin", path, "tmpfs", 0, "size=64m,huge=within_size"); err != nil {
+		t.Fatal(err)
+	}
+	w, stop = memWorker(t, path, "")
 	if p := memPages(w); !strings.HasPrefix(p, "huge (a tmpfs of huge pages at "+path) {
 		t.Errorf("status pages: %q", p)
 	}
@@ -140,13 +152,18 @@ func TestMemTierRemountsItsTmpfs(t *testing.T) {
 	if err := os.Mkdir(path, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mount("empty-dir", path, "tmpfs", 0, "size=64m"); err != nil {
+	if err := unix.Mount("empty-dir", path, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=64m"); err != nil {
 		t.Fatal(err)
 	}
 	w, stop := memWorker(t, path, "")
 	ms := mountsAt(t, path)
 	if len(ms) != 1 || !ms[0].HasSuper("huge=within_size") || !ms[0].HasSuper("size=65536k") {
 		t.Errorf("mounts at %s: %+v; want the one tmpfs, remounted with huge=within_size", path, ms)
+	}
+	for _, opt := range []string{"nosuid", "nodev", "noexec"} {
+		if len(ms) == 1 && !ms[0].HasOption(opt) {
+			t.Errorf("the remount cleared %s: %+v", opt, ms[0])
+		}
 	}
 	if p := memPages(w); !strings.Contains(p, "remounted") {
 		t.Errorf("status pages: %q", p)
@@ -168,9 +185,9 @@ func TestMemTierRemountsItsTmpfs(t *testing.T) {
 	if err := unix.Mount(filepath.Join(shm, "src"), bind, "", unix.MS_BIND, ""); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []struct{ path, why string }{{big, "larger than the tier's quota"}, {bind, "a bind mount of directory /src"}} {
-		p, warn := tierPagesOf(config.Tier{Name: "MEM", Path: c.path, Quota: 32 << 20, HugePages: config.HugePagesAuto})
-		if !warn || !strings.Contains(p, c.why) {
+	for _, c := range []struct{ path, why string }{{big, "not sized for the tier's quota"}, {bind, "a bind mount of directory /src"}} {
+		st := tierPages(config.Tier{Name: "MEM", Path: c.path, Quota: 32 << 20, HugePages: config.HugePagesAuto})
+		if p, warn := st.pages, st.warn; !warn || !strings.Contains(p, c.why) {
 			t.Errorf("%s: %q, warn %v; want it left alone: %s", c.path, p, warn, c.why)
 		}
 		if ms := mountsAt(t, c.path); len(ms) != 1 || ms[0].HasSuper(hugeOption) {
@@ -181,8 +198,8 @@ func TestMemTierRemountsItsTmpfs(t *testing.T) {
 	if err != nil || shmBefore.Point != hostShm || shmBefore.FSType != "tmpfs" || shmBefore.HasSuper(hugeOption) || shmBefore.HasSuper("huge=always") {
 		return // not the usual /dev/shm: nothing to check
 	}
-	p, warn := tierPagesOf(config.Tier{Name: "MEM", Path: hostShm, Quota: 1 << 20, HugePages: config.HugePagesAuto})
-	if !warn || !strings.Contains(p, "does not remount /dev/shm") {
+	st := tierPages(config.Tier{Name: "MEM", Path: hostShm, Quota: 1 << 20, HugePages: config.HugePagesAuto})
+	if p, warn := st.pages, st.warn; !warn || !strings.Contains(p, "does not remount /dev/shm") {
 		t.Errorf("a tier at /dev/shm: %q, warn %v", p, warn)
 	}
 	if after, _ := mountinfo.Of(hostShm); after.Super != shmBefore.Super {
@@ -247,14 +264,14 @@ func TestMemTierLeftAlone(t *testing.T) {
 			got <- result{err: err}
 			return
 		}
-		p, warn := tierPagesOf(config.Tier{Name: "MEM", Path: noCap, Quota: 1 << 20, HugePages: config.HugePagesAuto})
-		got <- result{pages: p, warn: warn}
+		st := tierPages(config.Tier{Name: "MEM", Path: noCap, Quota: 1 << 20, HugePages: config.HugePagesAuto})
+		got <- result{pages: st.pages, warn: st.warn}
 	}()
 	r := <-got
 	if r.err != nil {
 		t.Fatalf("drop CAP_SYS_ADMIN: %v", r.err)
 	}
-	if !r.warn || !strings.Contains(r.pages, "needs CAP_SYS_ADMIN") || len(mountsAt(t, noCap)) != 0 {
+	if !r.warn || !strings.Contains(r.pages, "may not mount (it needs CAP_SYS_ADMIN") || len(mountsAt(t, noCap)) != 0 {
 		t.Errorf("without CAP_SYS_ADMIN: %q, warn %v", r.pages, r.warn)
 	}
 }

@@ -165,20 +165,24 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 	}
 	tiers := make([]cache.TierConfig, len(wc.Tiers))
 	w.tierPages = map[string]string{}
+	var adopted []string // tmpfs a killed worker left: ours once listening
 	for i, t := range wc.Tiers {
 		tiers[i] = cache.TierConfig{Name: t.Name, Path: t.Path, Quota: int64(t.Quota), High: t.High, Low: t.Low}
-		pages, warn, mounted := tierPages(t)
-		if pages == "" {
+		st := tierPages(t)
+		if st.pages == "" {
 			continue
 		}
-		w.tierPages[t.Name] = pages
-		if mounted {
+		w.tierPages[t.Name] = st.pages
+		switch {
+		case st.owned:
 			w.tierMounts = append(w.tierMounts, t.Path)
+		case st.adopt:
+			adopted = append(adopted, t.Path)
 		}
-		if warn {
-			w.log.Warn("a MEM tier in small pages: warm reads of large files by passthrough run at about half the speed of huge pages", "tier", t.Name, "path", t.Path, "pages", pages)
+		if st.warn {
+			w.log.Warn("a MEM tier in small pages: warm reads of large files by passthrough run at about half the speed of huge pages", "tier", t.Name, "path", t.Path, "pages", st.pages)
 		} else {
-			w.log.Info("tier pages", "tier", t.Name, "path", t.Path, "pages", pages)
+			w.log.Info("tier pages", "tier", t.Name, "path", t.Path, "pages", st.pages)
 		}
 	}
 	w.store, err = cache.Open(cache.Config{Tiers: tiers, Layout: w.layout, Metrics: cache.NewMetrics(reg),
@@ -194,6 +198,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Worker, error) {
 		w.Close()
 		return nil, err
 	}
+	// Its listeners are bound: a second worker of this configuration
+	// would have failed there, so the tiers are this one's alone.
+	w.tierMounts = append(w.tierMounts, adopted...)
 	if w.advertised, err = advertise(wc, w.data.Addr()); err != nil {
 		w.Close()
 		return nil, err
