@@ -173,7 +173,7 @@ func (g *globals) serveMount(ctx context.Context, mountpoint string, f mountFlag
 		if root != "" && f.subdir != "" {
 			o.Dirs = map[string]string{root: f.subdir}
 		} else {
-			o.Skip = splitDirs(openModesFromEnv())
+			o.Skip = servedElsewhere(mountpoint, root, splitDirs(openModesFromEnv()))
 		}
 		pf = prefetch.New(c, o)
 		defer pf.Close() // after the mount is gone (deferred calls run last first)

@@ -19,6 +19,7 @@ import (
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/mount"
+	"github.com/granary-cache/granary/internal/mountinfo"
 	"github.com/granary-cache/granary/internal/ufs"
 )
 
@@ -408,6 +409,31 @@ func splitDirs(choices map[string]mount.OpenChoice) map[string][]string {
 		}
 	}
 	return out
+}
+
+// servedElsewhere returns, for the server of mountpoint (root: the dataset
+// at its root, if any), the split directories of a dataset whose own
+// connection is mounted now: one that failed is served, and prefetched,
+// by this server.
+func servedElsewhere(mountpoint, root string, split map[string][]string) func(ds string) []string {
+	return func(ds string) []string {
+		base := filepath.Join(mountpoint, ds)
+		if root != "" {
+			base = mountpoint
+		}
+		mounts, err := mountinfo.Read()
+		if err != nil {
+			return split[ds]
+		}
+		var out []string
+		for _, dir := range split[ds] {
+			p := filepath.Join(base, dir)
+			if slices.ContainsFunc(mounts, func(m mountinfo.Mount) bool { return m.Point == p && m.FSType == "fuse.granary" }) {
+				out = append(out, dir)
+			}
+		}
+		return out
+	}
 }
 
 // openModesFromEnv reads what openModesEnv wrote; nil when absent.

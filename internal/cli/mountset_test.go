@@ -162,3 +162,15 @@ func TestSplitDirs(t *testing.T) {
 		t.Errorf("splitDirs = %v, want %v", got, want)
 	}
 }
+
+// A split directory whose connection is not mounted (it failed) is served,
+// and so prefetched, by the server around it.
+func TestServedElsewhereNeedsTheMount(t *testing.T) {
+	skip := servedElsewhere(t.TempDir(), "imgs", map[string][]string{"imgs": {"ckpt"}})
+	if got := skip("imgs"); len(got) != 0 {
+		t.Errorf("skipped %v; no connection of its own is mounted", got)
+	}
+	if got := skip("other"); len(got) != 0 {
+		t.Errorf("skipped %v of a dataset with no split directory", got)
+	}
+}

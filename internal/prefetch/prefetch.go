@@ -64,10 +64,10 @@ type Options struct {
 	// it: that of a mount of the directory alone. The room it needs is
 	// still measured by the whole dataset.
 	Dirs map[string]string
-	// Skip are directories of a dataset (by name) left out of its
-	// prefetch: those with a FUSE connection of their own, whose server
-	// prefetches them when they are read.
-	Skip map[string][]string
+	// Skip, if set, returns the directories of a dataset (by name) left
+	// out of its prefetch when it starts: those with a FUSE connection of
+	// their own, whose server prefetches them when they are read.
+	Skip func(dataset string) []string
 	Log  *slog.Logger
 }
 
@@ -292,7 +292,11 @@ func (p *Prefetcher) load(ctx context.Context, d *dataset, why string) {
 	if dir := p.o.Dirs[d.cfg.Name]; dir != "" {
 		target += "/" + dir
 	}
-	res, err := load.Run(ctx, p.c, load.Options{Targets: []string{target}, Skip: p.o.Skip[d.cfg.Name], Progress: func(lp wire.LoadProgress) {
+	var skip []string
+	if p.o.Skip != nil {
+		skip = p.o.Skip(d.cfg.Name)
+	}
+	res, err := load.Run(ctx, p.c, load.Options{Targets: []string{target}, Skip: skip, Progress: func(lp wire.LoadProgress) {
 		loaded := lp.BytesDone - lp.BytesSkipped
 		d.loaded.Add(loaded - last)
 		last = loaded
