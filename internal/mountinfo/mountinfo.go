@@ -14,7 +14,8 @@ import (
 
 // Mount is one line of the table.
 type Mount struct {
-	Point string // the mount point
+	ID, Parent int    // the mount's id, and that of the mount it is made on
+	Point      string // the mount point
 	// Root is the directory of the file system mounted there: "/", or a
 	// directory of it for a bind mount of one.
 	Root   string
@@ -66,7 +67,13 @@ func Parse(table string) []Mount {
 		if len(f) < 6 || len(g) < 3 {
 			continue
 		}
-		out = append(out, Mount{Point: unescape(f[4]), Root: unescape(f[3]), Options: f[5], FSType: g[0], Source: unescape(g[1]), Super: g[2]})
+		id, err1 := strconv.Atoi(f[0])
+		parent, err2 := strconv.Atoi(f[1])
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		out = append(out, Mount{ID: id, Parent: parent, Point: unescape(f[4]), Root: unescape(f[3]), Options: f[5],
+			FSType: g[0], Source: unescape(g[1]), Super: g[2]})
 	}
 	return out
 }
@@ -83,18 +90,58 @@ func Below(mounts []Mount, root string) []Mount {
 }
 
 // Holding returns the mount that holds path (clean and absolute, symbolic
-// links resolved): the last one listed of those with the longest mount
-// point at or above path (a mount made over the same point hides the
-// earlier ones).
+// links resolved): the one a lookup of path reaches, from the top of the
+// mounts at "/" down through each mount point on the way, each time the
+// top of those stacked there. A mount made over another at the same point,
+// or over an ancestor of a deeper one, hides it.
 func Holding(mounts []Mount, path string) (Mount, bool) {
-	var best Mount
+	byID := make(map[int]bool, len(mounts))
+	for _, m := range mounts {
+		byID[m.ID] = true
+	}
+	// top returns the last of the stack that m is the bottom of.
+	top := func(m Mount) Mount {
+		for range len(mounts) {
+			next := -1
+			for i, c := range mounts {
+				if c.Parent == m.ID && c.Point == m.Point && c.ID != m.ID {
+					next = i
+				}
+			}
+			if next < 0 {
+				break
+			}
+			m = mounts[next]
+		}
+		return m
+	}
+	var cur Mount
 	found := false
 	for _, m := range mounts {
-		if within(path, m.Point) && (!found || len(m.Point) >= len(best.Point)) {
-			best, found = m, true
+		if m.Point == "/" && (!byID[m.Parent] || m.Parent == m.ID) {
+			cur, found = top(m), true
+			break
 		}
 	}
-	return best, found
+	if !found {
+		return Mount{}, false
+	}
+	// Down the path a name at a time, as a lookup goes: a mount counts
+	// only if it is made on the mount the lookup is in.
+	p := ""
+	for _, name := range strings.Split(strings.Trim(path, "/"), "/") {
+		if name == "" {
+			continue
+		}
+		p += "/" + name
+		for _, c := range mounts {
+			if c.Parent == cur.ID && c.Point == p && c.ID != cur.ID {
+				cur = top(c)
+				break
+			}
+		}
+	}
+	return cur, true
 }
 
 // Of returns the mount that holds path, or would hold it if it were made:

@@ -11,7 +11,7 @@ const table = `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 41 22 0:41 / /pods/a\040b/volume ro,nosuid,nodev,relatime shared:6 - fuse.granary granary rw,user_id=0
 42 41 0:42 / /pods/a\040b/volume/thumbs ro,nosuid,nodev shared:7 - fuse.granary granary rw
 43 22 0:43 / /pods/a\040b/volume2 rw - fuse.granary granary rw
-44 30 0:30 /granary/w1 /dev/shm/granary/w1 rw - tmpfs again rw,size=1k
+44 40 0:30 /granary/w1 /dev/shm/granary/w1 rw - tmpfs again rw,size=1k
 garbage line
 `
 
@@ -75,6 +75,11 @@ func TestHolding(t *testing.T) {
 	}
 	if _, ok := Holding(Parse(""), "/x"); ok {
 		t.Error("a mount found in an empty table")
+	}
+	// A mount made over an ancestor of an earlier one hides it.
+	over := Parse(table + "45 22 0:45 / /dev rw - tmpfs over rw\n")
+	if m, _ := Holding(over, "/dev/shm/granary/w1/x"); m.Source != "over" {
+		t.Errorf("Holding under a mount made over /dev: %+v", m)
 	}
 }
 
