@@ -191,6 +191,7 @@ func TestMountIoctls(t *testing.T) {
 	if got := m.stats(t).Mount.Ioctls; got != 3 {
 		t.Errorf("the mount counted %d ioctls; want 3", got)
 	}
+	m.stop() // its output is all in the log once it has exited
 	if !strings.Contains(m.log.String(), "buffering=0") {
 		t.Errorf("the mount's log does not say what to do about them:\n%s", m.log)
 	}
