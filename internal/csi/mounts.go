@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -95,12 +96,12 @@ func mounted(path string) (bool, error) {
 // mount table.
 func inMountInfo(path string) (bool, error) {
 	mps, err := mountsAt(path)
-	return len(mps) > 0, err
+	return slices.Contains(mps, path), err
 }
 
 // mountsAt lists the mount points of this process's mount table that are
-// path or lie below it, in the table's order (a mount before the mounts
-// made on it).
+// path or lie below it, the outermost first (by depth: the table's own
+// order is not always the order the mounts were made in).
 func mountsAt(path string) ([]string, error) {
 	mounts, err := mountinfo.Read()
 	if err != nil {
@@ -110,6 +111,7 @@ func mountsAt(path string) ([]string, error) {
 	for _, m := range mountinfo.Below(mounts, path) {
 		out = append(out, m.Point)
 	}
+	slices.SortStableFunc(out, func(a, b string) int { return strings.Count(a, "/") - strings.Count(b, "/") })
 	return out, nil
 }
 
