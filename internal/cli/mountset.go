@@ -19,7 +19,6 @@ import (
 	"github.com/granary-cache/granary/internal/client"
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/mount"
-	"github.com/granary-cache/granary/internal/mountinfo"
 	"github.com/granary-cache/granary/internal/ufs"
 )
 
@@ -113,9 +112,9 @@ type serverFunc func(pm plannedMount, f mountFlags) *exec.Cmd
 // is unmounted (granary umount takes the mounts below with it). They stop
 // in the reverse order, so that no mount point is left busy. When a
 // connection other than the first fails, the one it lies in serves its
-// directory, only without its open mode. Once every connection is up or
-// has failed, settled (if not nil) is called with the mount points that
-// are up, in the plan's order.
+// directory, only without its open mode. Once every connection is up, has
+// failed, or is not up after settleTimeout, settled (if not nil) is called
+// with the mount points that are up, in the plan's order.
 func superviseMounts(ctx context.Context, plan []plannedMount, f mountFlags, server serverFunc, settled func(up []string)) error {
 	type running struct {
 		up, gone chan struct{}
@@ -421,14 +420,9 @@ func servedElsewhere(mountpoint, root string, split map[string][]string) func(ds
 		if root != "" {
 			base = mountpoint
 		}
-		mounts, err := mountinfo.Read()
-		if err != nil {
-			return split[ds]
-		}
 		var out []string
 		for _, dir := range split[ds] {
-			p := filepath.Join(base, dir)
-			if slices.ContainsFunc(mounts, func(m mountinfo.Mount) bool { return m.Point == p && m.FSType == "fuse.granary" }) {
+			if mount.Mounted(filepath.Join(base, dir)) {
 				out = append(out, dir)
 			}
 		}

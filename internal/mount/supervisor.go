@@ -107,7 +107,7 @@ func Supervise(ctx context.Context, mountpoint string, o SuperviseOptions) error
 			}
 			return nil // the server unmounted (or the deferred detach does)
 		}
-		if werr == nil && !mounted(mountpoint) {
+		if werr == nil && !Mounted(mountpoint) {
 			unmounted = true // unmounted from outside; the server is done
 			return nil
 		}
@@ -182,8 +182,8 @@ func startServer(dev, state *os.File, init []byte, generation int, o SuperviseOp
 	return cmd, nil
 }
 
-// mounted reports whether a granary file system is mounted at mountpoint.
-func mounted(mountpoint string) bool { return slices.Contains(granaryMounts(), mountpoint) }
+// Mounted reports whether a granary file system is mounted at mountpoint.
+func Mounted(mountpoint string) bool { return slices.Contains(granaryMounts(), mountpoint) }
 
 // granaryMounts lists the mount points of the granary file systems this
 // process sees.
