@@ -8,9 +8,10 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/granary-cache/granary/internal/config"
 	"github.com/granary-cache/granary/internal/mountinfo"
-	"golang.org/x/sys/unix"
 )
 
 // The pages of a MEM tier (config.Tier.HugePages). A block read by FUSE
@@ -116,21 +117,12 @@ func (w *Worker) releaseTiers() error {
 // (an emptyDir of medium Memory is sized by its limit, the quota): at most
 // the quota and the slack.
 func sizedFor(m mountinfo.Mount, quota int64) bool {
-	v, ok := m.SuperValue("size")
-	if !ok {
+	v, ok := m.SuperValue("size") // the kernel writes it in KiB: "size=65536k"
+	if !ok || !strings.HasSuffix(v, "k") {
 		return false
 	}
-	mult := int64(1)
-	switch {
-	case strings.HasSuffix(v, "k"):
-		mult, v = 1<<10, strings.TrimSuffix(v, "k")
-	case strings.HasSuffix(v, "m"):
-		mult, v = 1<<20, strings.TrimSuffix(v, "m")
-	case strings.HasSuffix(v, "g"):
-		mult, v = 1<<30, strings.TrimSuffix(v, "g")
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	return err == nil && n > 0 && n*mult <= quota+tierSlack(quota)
+	kib, err := strconv.ParseInt(strings.TrimSuffix(v, "k"), 10, 64)
+	return err == nil && kib > 0 && kib<<10 <= quota+tierSlack(quota)
 }
 
 // why says what keeps a tier in small pages, and what to do.
