@@ -31,11 +31,12 @@ func sendFileAt(conn net.Conn, f *os.File, off, n int64) error {
 		for n > 0 && serr == nil {
 			werr := out.Write(func(outfd uintptr) bool {
 				k, e := syscall.Sendfile(int(outfd), int(infd), &off, int(min(n, 1<<30)))
+				for i := 0; e == syscall.EINTR && i < 8; i++ { // a signal before any byte moved
+					k, e = syscall.Sendfile(int(outfd), int(infd), &off, int(min(n, 1<<30)))
+				}
 				switch {
 				case e == syscall.EAGAIN:
 					return false // wait until the socket takes more
-				case e == syscall.EINTR:
-					return false
 				case e != nil:
 					serr = fmt.Errorf("sendfile: %w", e)
 				case k == 0:

@@ -35,7 +35,10 @@ const (
 // its own block, in a memory tier) from a real worker over loopback with 16
 // concurrent readers, over the framed protocol and over HTTP, against a raw
 // loopback TCP request/response loop (an 8-byte request, a 128 KiB answer
-// from memory) as the baseline.
+// from memory) as the baseline. The raw loop runs twice: answering from 256
+// buffers of 128 KiB in turn, the same working set as the worker's blocks
+// ("raw", the like-for-like baseline), and from one buffer always
+// ("raw_hot", whose bytes stay in the CPU's caches).
 //
 // Each phase makes a fixed number of requests, whatever b.N: run it with
 // -benchtime 1x. The three phases run in rounds, in a rotated order, and
@@ -61,7 +64,7 @@ func BenchmarkRemoteHits(b *testing.B) {
 	b.Cleanup(func() { framed.Close() })
 	httpRd := transport.NewHTTP(transport.Options{Token: tg.token})
 	b.Cleanup(func() { httpRd.Close() })
-	raw := startRawServer(b, hitSize)
+	raw := startRawServer(b, hitSize, hitFiles)
 
 	// Warm: a first read of each file caches it; then both protocols must
 	// see it as a memory hit, with the right bytes.
@@ -110,7 +113,8 @@ func BenchmarkRemoteHits(b *testing.B) {
 	}{
 		{"framed", hits(framed)},
 		{"http", hits(httpRd)},
-		{"raw", func() error { return raw.fetch(hitReaders, hitRequests) }},
+		{"raw", func() error { return raw.fetch(hitReaders, hitRequests, hitFiles) }},
+		{"raw_hot", func() error { return raw.fetch(hitReaders, hitRequests, 1) }},
 	}
 	if only := os.Getenv("GRANARY_BENCH_HITS_ONLY"); only != "" {
 		// One phase alone, again and again, for a profiler to watch.
@@ -148,7 +152,7 @@ func BenchmarkRemoteHits(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	const fr, ht, rw = 0, 1, 2
+	const fr, ht, rw, hot = 0, 1, 2, 3
 	ratio := func(x, y int) float64 {
 		r := make([]float64, hitRounds)
 		for i := range r {
@@ -161,6 +165,7 @@ func BenchmarkRemoteHits(b *testing.B) {
 		b.ReportMetric(measure.Median(cpus[p]), "proc_cpu_s_per_GB_"+ph.name)
 	}
 	b.ReportMetric(ratio(fr, rw), "framed/raw")
+	b.ReportMetric(ratio(fr, hot), "framed/raw_hot")
 	b.ReportMetric(ratio(ht, rw), "http/raw")
 	b.ReportMetric(ratio(fr, ht), "framed/http")
 }
@@ -194,25 +199,29 @@ func concurrently(workers, count int, newWorker func() func(int) error) error {
 }
 
 // rawServer is the baseline: a loopback TCP server that answers each 8-byte
-// request (a length, big endian, at most its buffer) with that many bytes
-// from memory.
+// request (the number of a buffer and a length, each 4 bytes big endian)
+// with that many bytes of that buffer.
 type rawServer struct {
 	l    net.Listener
 	size int
+	bufs [][]byte
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 }
 
-// startRawServer starts a raw server answering up to size bytes a request;
-// it stops, its connections closed, at the end of the test.
-func startRawServer(tb testing.TB, size int) *rawServer {
+// startRawServer starts a raw server of count buffers of size bytes; it
+// stops, its connections closed, at the end of the test.
+func startRawServer(tb testing.TB, size, count int) *rawServer {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	s := &rawServer{l: l, size: size, conns: map[net.Conn]struct{}{}}
+	for i := range count {
+		s.bufs = append(s.bufs, bytes.Repeat([]byte{byte(i)}, size))
+	}
 	s.wg.Go(s.accept)
 	tb.Cleanup(func() {
 		l.Close()
@@ -228,7 +237,6 @@ func startRawServer(tb testing.TB, size int) *rawServer {
 }
 
 func (s *rawServer) accept() {
-	data := make([]byte, s.size)
 	for {
 		c, err := s.l.Accept()
 		if err != nil {
@@ -254,11 +262,11 @@ func (s *rawServer) accept() {
 				if _, err := io.ReadFull(c, hdr[:]); err != nil {
 					return
 				}
-				n := binary.BigEndian.Uint64(hdr[:])
-				if n > uint64(len(data)) {
+				i, n := binary.BigEndian.Uint32(hdr[:4]), binary.BigEndian.Uint32(hdr[4:])
+				if int(i) >= len(s.bufs) || int(n) > s.size {
 					return
 				}
-				if _, err := c.Write(data[:n]); err != nil {
+				if _, err := c.Write(s.bufs[i][:n]); err != nil {
 					return
 				}
 			}
@@ -267,8 +275,8 @@ func (s *rawServer) accept() {
 }
 
 // fetch makes count requests of the server's size over conns connections,
-// one goroutine each.
-func (s *rawServer) fetch(conns, count int) error {
+// one goroutine each; request n reads buffer n%set.
+func (s *rawServer) fetch(conns, count, set int) error {
 	cs := make([]net.Conn, 0, conns)
 	defer func() {
 		for _, c := range cs {
@@ -287,8 +295,9 @@ func (s *rawServer) fetch(conns, count int) error {
 		c := cs[k.Add(1)-1]
 		buf := make([]byte, s.size)
 		var hdr [8]byte
-		binary.BigEndian.PutUint64(hdr[:], uint64(s.size))
-		return func(int) error {
+		binary.BigEndian.PutUint32(hdr[4:], uint32(s.size))
+		return func(n int) error {
+			binary.BigEndian.PutUint32(hdr[:4], uint32(n%set))
 			if _, err := c.Write(hdr[:]); err != nil {
 				return err
 			}
