@@ -75,7 +75,10 @@ type WorkerSpec struct {
 	// huge=within_size. Warm reads of large files by passthrough then run
 	// at the page cache's speed, about twice that of a tmpfs of 4 KiB
 	// pages. Off by default: the capability is a lot to grant, and the
-	// baseline Pod Security Standard refuses it.
+	// baseline Pod Security Standard refuses it. A node can instead give
+	// every tmpfs huge pages, the emptyDir's too, with no capability:
+	// Linux 6.14 and later booted with transparent_hugepage_tmpfs=within_size,
+	// or force written to /sys/kernel/mm/transparent_hugepage/shmem_enabled.
 	// +optional
 	HugePages bool `json:"hugePages,omitempty"`
 }

@@ -63,6 +63,14 @@ func tierPages(t config.Tier) tierPageState {
 		return tierPageState{pages: fmt.Sprintf("unknown: %v", err), warn: true}
 	case m.FSType != "tmpfs":
 		return tierPageState{} // the page cache of a disk file system: the kernel's choice
+	}
+	switch hostShmemPolicy() {
+	case "force":
+		return tierPageState{pages: "huge (the host gives every tmpfs huge pages: " + shmemEnabled + " is force)"}
+	case "deny":
+		return tierPageState{pages: "4 KiB (the host denies every tmpfs huge pages: " + shmemEnabled + " is deny)", warn: true}
+	}
+	switch {
 	case m.HasSuper("huge=always") || m.HasSuper(hugeOption):
 		if m.Point == path && m.Source == mountSource {
 			return tierPageState{pages: "huge (a tmpfs of huge pages a granary worker mounted at " + path + " and left; this one unmounts it when it stops)", adopt: true}
@@ -128,9 +136,29 @@ func sizedFor(m mountinfo.Mount, quota int64) bool {
 // why says what keeps a tier in small pages, and what to do.
 func why(err error) string {
 	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
-		return "the worker may not mount (it needs CAP_SYS_ADMIN, and no AppArmor or seccomp profile that forbids mount); mount a tmpfs with " + hugeOption + " at the tier's path, or set huge_pages: off"
+		return "the worker may not mount (it needs CAP_SYS_ADMIN, and no AppArmor or seccomp profile that forbids mount); mount a tmpfs with " + hugeOption + " at the tier's path, or give the host's tmpfs huge pages (boot Linux 6.14 or later with transparent_hugepage_tmpfs=within_size, or write force to " + shmemEnabled + "), or set huge_pages: off"
 	}
 	return err.Error()
+}
+
+// shmemEnabled holds the host's policy of huge pages for shared memory.
+// Two of its values rule every tmpfs, whatever its huge= option: force
+// (huge pages for all) and deny (none).
+var shmemEnabled = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+// hostShmemPolicy returns the value of shmemEnabled in force (the word in
+// brackets), or "" if it cannot be read.
+func hostShmemPolicy() string {
+	b, err := os.ReadFile(shmemEnabled)
+	if err != nil {
+		return ""
+	}
+	for _, w := range strings.Fields(string(b)) {
+		if len(w) > 2 && w[0] == '[' && w[len(w)-1] == ']' {
+			return w[1 : len(w)-1]
+		}
+	}
+	return ""
 }
 
 // tierSlack is what a tmpfs made for a tier holds beyond its quota: the

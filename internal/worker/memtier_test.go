@@ -275,3 +275,40 @@ func TestMemTierLeftAlone(t *testing.T) {
 		t.Errorf("without CAP_SYS_ADMIN: %q, warn %v", r.pages, r.warn)
 	}
 }
+
+// The host's policy for every tmpfs (shmem_enabled) comes first: under
+// force a tier has huge pages and nothing is mounted; under deny nothing
+// would help, and the tier is left in small pages with the reason; under
+// any other value the worker mounts its tmpfs as usual.
+func TestMemTierHostPolicy(t *testing.T) {
+	shm := smallPageTmpfs(t)
+	policy := filepath.Join(t.TempDir(), "shmem_enabled")
+	saved := shmemEnabled
+	shmemEnabled = policy
+	t.Cleanup(func() { shmemEnabled = saved })
+	for i, c := range []struct {
+		value, want string
+		warn, mount bool
+	}{
+		{"always within_size advise never deny [force]", "huge (the host gives every tmpfs huge pages", false, false},
+		{"always within_size advise never [deny] force", "4 KiB (the host denies every tmpfs huge pages", true, false},
+		{"always within_size advise [never] deny force", "huge (a tmpfs of huge pages the worker mounted", false, true},
+	} {
+		if err := os.WriteFile(policy, []byte(c.value+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(shm, fmt.Sprintf("tier-%d", i))
+		st := tierPages(config.Tier{Name: "MEM", Path: path, Quota: 1 << 20, HugePages: config.HugePagesAuto})
+		if !strings.HasPrefix(st.pages, c.want) || st.warn != c.warn || st.owned != c.mount {
+			t.Errorf("%s: %+v; want %q, warn %v, mounted %v", c.value, st, c.want, c.warn, c.mount)
+		}
+		if ms := mountsAt(t, path); (len(ms) == 1) != c.mount {
+			t.Errorf("%s: mounts at the tier %+v; want a mount: %v", c.value, ms, c.mount)
+		}
+		if st.owned {
+			if err := unix.Unmount(path, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
