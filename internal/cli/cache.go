@@ -372,8 +372,8 @@ func printMountStatus(out io.Writer, admin string, asJSON bool) error {
 		return writeJSON(out, st)
 	}
 	m := st.Mount
-	_, err = fmt.Fprintf(out, "MOUNT %s  server generation %d  passthrough: %v\n  opens %d (passthrough %d)  daemon reads %d (%s)  lookups %d  errors %d\n  client: %d remote reads, %d short-circuit, %d fallback, %d retries\n",
-		admin, m.Generation, m.PassthroughSupported, m.Opens, m.PassthroughOpens, m.DaemonReads, config.Size(m.DaemonReadBytes),
+	_, err = fmt.Fprintf(out, "MOUNT %s  server generation %d  passthrough: %v\n  opens %d (passthrough %d, direct I/O %d)  daemon reads %d (%s)  lookups %d  errors %d\n  client: %d remote reads, %d short-circuit, %d fallback, %d retries\n",
+		admin, m.Generation, m.PassthroughSupported, m.Opens, m.PassthroughOpens, m.DirectOpens, m.DaemonReads, config.Size(m.DaemonReadBytes),
 		m.Lookups, m.Errors, st.Client.RemoteReads, st.Client.ShortCircuitReads, st.Client.FallbackReads, st.Client.Retries)
 	return err
 }

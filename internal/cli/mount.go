@@ -233,6 +233,7 @@ func serveMountAdmin(addr string, m *mount.Mount, c *client.Client, pf *prefetch
 	}
 	gauge("granary_mount_opens_total", "Files opened through the mount.", func(s mount.Stats) int64 { return s.Opens })
 	gauge("granary_mount_passthrough_opens_total", "Opens handed to the kernel as FUSE passthrough: their reads never reach granary.", func(s mount.Stats) int64 { return s.PassthroughOpens })
+	gauge("granary_mount_direct_opens_total", "Cold opens of large files answered with direct I/O: read through granary with no second copy in the page cache.", func(s mount.Stats) int64 { return s.DirectOpens })
 	gauge("granary_mount_daemon_reads_total", "READ requests served by the granary process.", func(s mount.Stats) int64 { return s.DaemonReads })
 	gauge("granary_mount_daemon_read_bytes_total", "Bytes of READ requests served by the granary process.", func(s mount.Stats) int64 { return s.DaemonReadBytes })
 	gauge("granary_mount_ioctls_total", "ioctls readers asked of files: each a round trip (Python's open() asks isatty of every file unless unbuffered).", func(s mount.Stats) int64 { return s.Ioctls })

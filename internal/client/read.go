@@ -341,28 +341,12 @@ var ErrNoLocalFile = errors.New("no local block file")
 // a mount calls it once per backing file it registers.
 func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 	c := f.c
-	if f.info.Size == 0 || f.info.Size > f.blockSize() {
+	socks, near := f.localOwners()
+	if len(socks) == 0 {
 		return nil, ErrNoLocalFile
 	}
 	ref := block.Ref{ID: block.ID{Dataset: f.ds.Name, Path: f.path, Version: f.info.Version, BlockSize: f.blockSize()}, Size: f.info.Size}
-	// Only the block's owners (not the next worker, which readers go to when
-	// an owner fails): a worker of this host that does not own the block
-	// would cache a copy nobody evicts first.
-	var owners []placement.Member
-	for _, m := range c.members.Current().Owners(nil, block.PlacementKey(f.ds.Name, f.path, 0), max(f.ds.Replicas, 1)) {
-		if !c.reach.Down(m.ID) {
-			owners = append(owners, m)
-		}
-	}
-	near := false
-	if m, ok := c.nearWorker(f.ds, owners); ok {
-		owners, near = []placement.Member{m}, true
-	}
-	for _, m := range owners {
-		sock, ok := c.unixClient(m.ID)
-		if !ok {
-			continue
-		}
+	for _, sock := range socks {
 		// The kernel reads the file without any check: the worker checks
 		// every page first (and fetches again any that fails).
 		rctx, cancel := context.WithTimeout(ctx, c.timeout)
@@ -383,4 +367,40 @@ func (f *File) LocalFile(ctx context.Context) (*os.File, error) {
 		return fd, nil
 	}
 	return nil, ErrNoLocalFile
+}
+
+// MayBeLocal reports whether LocalFile could open f on this host once its
+// block is cached: f is one block, and a worker of this host owns it or
+// keeps near copies of its dataset.
+func (f *File) MayBeLocal() bool {
+	socks, _ := f.localOwners()
+	return len(socks) > 0
+}
+
+// localOwners returns the sockets of the workers of this host that may
+// hold the whole of f in one block file: its owners running here, or the
+// worker keeping near copies (near) when no owner runs here. Only owners,
+// not the next worker, which readers go to when an owner fails: a worker
+// of this host that does not own the block would cache a copy nobody
+// evicts first.
+func (f *File) localOwners() (socks []*localSocket, near bool) {
+	c := f.c
+	if f.info.Size == 0 || f.info.Size > f.blockSize() {
+		return nil, false
+	}
+	var owners []placement.Member
+	for _, m := range c.members.Current().Owners(nil, block.PlacementKey(f.ds.Name, f.path, 0), max(f.ds.Replicas, 1)) {
+		if !c.reach.Down(m.ID) {
+			owners = append(owners, m)
+		}
+	}
+	if m, ok := c.nearWorker(f.ds, owners); ok {
+		owners, near = []placement.Member{m}, true
+	}
+	for _, m := range owners {
+		if sock, ok := c.unixClient(m.ID); ok {
+			socks = append(socks, sock)
+		}
+	}
+	return socks, near
 }

@@ -63,9 +63,12 @@ type Options struct {
 type Stats struct {
 	Opens            int64 `json:"opens"`
 	PassthroughOpens int64 `json:"passthrough_opens"`
-	DaemonReads      int64 `json:"daemon_reads"`      // READ requests served by this process
-	DaemonReadBytes  int64 `json:"daemon_read_bytes"` // and their bytes
-	Lookups          int64 `json:"lookups"`
+	// DirectOpens counts cold opens of large files answered with direct
+	// I/O (see directIOMin).
+	DirectOpens     int64 `json:"direct_opens"`
+	DaemonReads     int64 `json:"daemon_reads"`      // READ requests served by this process
+	DaemonReadBytes int64 `json:"daemon_read_bytes"` // and their bytes
+	Lookups         int64 `json:"lookups"`
 	// Ioctls counts the ioctls readers asked of files: each is a round
 	// trip, which FUSE sends whatever the open mode (Python's open() asks
 	// isatty at every file, unless unbuffered).
@@ -74,6 +77,10 @@ type Stats struct {
 	// PassthroughSupported says whether passthrough is in use: offered by
 	// the kernel, not disabled, and not refused.
 	PassthroughSupported bool `json:"passthrough_supported"`
+	// DirectIOSupported says whether cold opens of large files get direct
+	// I/O: passthrough is in use, and the kernel maps such files shared
+	// (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6 and later).
+	DirectIOSupported bool `json:"direct_io_supported"`
 	// Generation counts the serving processes of this mount, 1 for the first.
 	Generation int `json:"generation"`
 }
@@ -90,8 +97,8 @@ type Mount struct {
 	fixed      map[string]bool
 	generation int
 
-	opens, ptOpens, reads, readBytes, lookups, errs, ioctls atomic.Int64
-	passthrough                                             atomic.Bool
+	opens, ptOpens, dioOpens, reads, readBytes, lookups, errs, ioctls atomic.Int64
+	passthrough, directIO                                             atomic.Bool
 
 	logged sync.Map // paths whose error was logged already
 	done   chan struct{}
@@ -141,9 +148,9 @@ func newMount(mountpoint string, o Options) (*Mount, error) {
 
 // Stats returns what the mount did so far.
 func (m *Mount) Stats() Stats {
-	return Stats{Opens: m.opens.Load(), PassthroughOpens: m.ptOpens.Load(), DaemonReads: m.reads.Load(),
+	return Stats{Opens: m.opens.Load(), PassthroughOpens: m.ptOpens.Load(), DirectOpens: m.dioOpens.Load(), DaemonReads: m.reads.Load(),
 		DaemonReadBytes: m.readBytes.Load(), Lookups: m.lookups.Load(), Ioctls: m.ioctls.Load(), Errors: m.errs.Load(),
-		PassthroughSupported: m.passthrough.Load(), Generation: m.generation}
+		PassthroughSupported: m.passthrough.Load(), DirectIOSupported: m.directIO.Load(), Generation: m.generation}
 }
 
 // Done is closed when the file system is unmounted.

@@ -55,6 +55,9 @@ type nodeInfo struct {
 	// opens counts the node's opens read through granary: the kernel
 	// refuses (EIO) to mix them with passthrough opens of the same inode.
 	opens int
+	// readThrough: the node was opened to be read through granary before
+	// (by this serving process).
+	readThrough bool
 	// choosing serialises the first opens of a node while one of them
 	// decides between passthrough and reading through granary.
 	choosing sync.Mutex
@@ -189,17 +192,18 @@ func (t *nodeTable) registered(id uint64) (int32, bool) {
 
 // openMode decides how an open of node id is served: passthrough with the
 // node's backing id (registered by register on the first open), or through
-// granary. All opens of an inode must agree, or the kernel fails them.
-func (t *nodeTable) openMode(id uint64, passthrough bool, register func() (int32, bool)) (int32, bool) {
+// granary (mode.first: for the first time). All opens of an inode must
+// agree, or the kernel fails them.
+func (t *nodeTable) openMode(id uint64, passthrough bool, register func() (int32, bool)) openMode {
 	t.mu.Lock()
 	n := t.nodes[id]
 	if n == nil {
 		t.mu.Unlock()
-		return 0, false
+		return openMode{}
 	}
 	if n.hasBacking {
 		t.mu.Unlock()
-		return n.backing, true
+		return openMode{backing: n.backing, passthrough: true}
 	}
 	t.mu.Unlock()
 	n.choosing.Lock()
@@ -207,29 +211,37 @@ func (t *nodeTable) openMode(id uint64, passthrough bool, register func() (int32
 	t.mu.Lock()
 	if n.hasBacking {
 		defer t.mu.Unlock()
-		return n.backing, true
+		return openMode{backing: n.backing, passthrough: true}
 	}
 	if !passthrough || n.opens > 0 {
-		t.openedLocked(id, n)
-		t.mu.Unlock()
-		return 0, false
+		defer t.mu.Unlock()
+		return t.openedLocked(id, n)
 	}
 	t.mu.Unlock()
 	b, ok := register() // asks a worker for the block: not under the table lock
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !ok {
-		t.openedLocked(id, n)
-		return 0, false
+		return t.openedLocked(id, n)
 	}
 	n.backing, n.hasBacking = b, true
 	t.record("+ %d %d\n", id, b)
-	return b, true
+	return openMode{backing: b, passthrough: true}
 }
 
-func (t *nodeTable) openedLocked(id uint64, n *nodeInfo) {
+// openMode is how one open of a node is served.
+type openMode struct {
+	backing     int32 // the backing id of a passthrough open
+	passthrough bool
+	first       bool // the node's first open read through granary
+}
+
+func (t *nodeTable) openedLocked(id uint64, n *nodeInfo) openMode {
 	n.opens++
 	t.record("o %d\n", id)
+	first := !n.readThrough
+	n.readThrough = true
+	return openMode{first: first}
 }
 
 // closed counts the release of an open read through granary and reports

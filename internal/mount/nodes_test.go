@@ -18,16 +18,16 @@ func TestNodeTableSurvivesRestart(t *testing.T) {
 	other := ino("d", "other")
 	a.lookedUp(other, "d", "other")
 	// One file gets passthrough, the other is read through granary.
-	if b, pt := a.openMode(id, true, func() (int32, bool) { return 7, true }); !pt || b != 7 {
-		t.Fatalf("openMode = %d, %v; want passthrough with backing 7", b, pt)
+	if m := a.openMode(id, true, func() (int32, bool) { return 7, true }); !m.passthrough || m.backing != 7 {
+		t.Fatalf("openMode = %+v; want passthrough with backing 7", m)
 	}
-	if _, pt := a.openMode(other, true, func() (int32, bool) { return 0, false }); pt {
-		t.Fatal("a refused registration must give a normal open")
+	if m := a.openMode(other, true, func() (int32, bool) { return 0, false }); m.passthrough || !m.first {
+		t.Fatal("a refused registration must give a normal open, the node's first")
 	}
 	// Once a node has normal opens, a later open must not be passthrough
 	// (the kernel fails the mix with EIO), even if registration would work.
-	if _, pt := a.openMode(other, true, func() (int32, bool) { return 9, true }); pt {
-		t.Fatal("passthrough mixed with a normal open")
+	if m := a.openMode(other, true, func() (int32, bool) { return 9, true }); m.passthrough || m.first {
+		t.Fatal("passthrough mixed with a normal open (or a second normal open said to be the first)")
 	}
 	f.WriteString("N 12") // a line torn by a crash
 

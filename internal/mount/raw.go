@@ -248,8 +248,10 @@ func (f *FS) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntry
 }
 
 // Open implements fuse.RawFileSystem: a file that is one block cached on
-// this host is handed to the kernel (passthrough); others are read through
-// the client, their pages kept in the kernel cache across opens.
+// this host is handed to the kernel (passthrough); a large one not cached
+// yet is read through the client by direct I/O (directIOMin); others are
+// read through the client, their pages kept in the kernel cache across
+// opens.
 func (f *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
 	if in.Flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return fuse.EROFS
@@ -287,15 +289,38 @@ func (f *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fu
 	// passthrough would make this inode's every read a daemon READ until
 	// the kernel forgets it. LocalFile bounds the wait by itself.
 	regCtx := context.WithoutCancel(ctx)
-	id, passthrough := f.nodes.openMode(in.NodeId, allowed, func() (int32, bool) { return f.registerBacking(regCtx, r) })
-	if passthrough {
+	mode := f.nodes.openMode(in.NodeId, allowed, func() (int32, bool) { return f.registerBacking(regCtx, r) })
+	if mode.passthrough {
 		m.ptOpens.Add(1)
-		out.Fh, out.BackingID, out.OpenFlags = fhPassthrough, id, fuse.FOPEN_PASSTHROUGH
+		out.Fh, out.BackingID, out.OpenFlags = fhPassthrough, mode.backing, fuse.FOPEN_PASSTHROUGH
+		return fuse.OK
+	}
+	if mode.first && allowed && m.directIO.Load() && r.size >= directIOMin && r.file != nil && r.file.MayBeLocal() {
+		m.dioOpens.Add(1)
+		out.OpenFlags = fuse.FOPEN_DIRECT_IO
 		return fuse.OK
 	}
 	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
 	return fuse.OK
 }
+
+// directIOMin is the size from which a cold open of a file that will be
+// read by passthrough once cached is answered with direct I/O: the
+// reader's reads come to this process and are copied into its buffers
+// with no page cache in between. The bytes are in the worker's block
+// file, where every later open reads them by passthrough, so a copy in
+// the page cache of the mount's inode would be a second copy in memory,
+// written once and never read again (on a cold epoch of 1 GiB files from
+// S3: 3 of the 8 CPU-seconds per GB, and the memory of the copy).
+//
+// Only a node's first open read through granary gets it: a file whose
+// next open is not passthrough either (its block found no room) keeps the
+// page cache, its only warm copy then. A smaller file keeps it too: a
+// reader's small reads then cost one request for the kernel's read-ahead
+// rather than one each (and a file up to the worker's fixed block size is
+// fetched whole at its first open, then read by passthrough). So does a
+// file whose block will not be on this host.
+const directIOMin = 8 << 20
 
 // registerBacking opens the local block file of a node and registers it
 // with the kernel.

@@ -53,12 +53,15 @@ func Serve(mountpoint string, o Options) (*Mount, error) {
 	syscall.Close(fdFuse)
 	if ks := server.KernelSettings(); ks != nil && ks.Flags64()&fuse.CAP_PASSTHROUGH != 0 && !o.NoPassthrough && !o.ZeroMessageOpens {
 		m.passthrough.Store(true)
+		// mmap(MAP_SHARED) of a file opened with direct I/O needs it
+		// (Linux 6.6 and later); without it, cold opens keep the page cache.
+		m.directIO.Store(ks.Flags64()&fuse.CAP_DIRECT_IO_ALLOW_MMAP != 0)
 	}
 	go func() {
 		server.Serve()
 		close(m.done)
 	}()
-	m.log.Info("serving the mount", "mountpoint", mountpoint, "generation", m.generation, "passthrough", m.passthrough.Load())
+	m.log.Info("serving the mount", "mountpoint", mountpoint, "generation", m.generation, "passthrough", m.passthrough.Load(), "direct_io_cold_opens", m.directIO.Load())
 	return m, nil
 }
 
@@ -95,5 +98,8 @@ func mountOptions(o Options) *fuse.MountOptions {
 		// Replies are in memory; splicing them only adds pipe copies.
 		DisableSplice: true,
 		Debug:         o.Debug,
+		// A file opened with direct I/O can still be mapped shared
+		// (numpy.memmap does): see FS.Open.
+		ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 	}
 }
