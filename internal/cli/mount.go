@@ -25,6 +25,7 @@ type mountFlags struct {
 	admin                     string
 	entryTimeout, attrTimeout time.Duration
 	noPassthrough, allowOther bool
+	noDirectIO                bool
 	subdir                    string // with a dataset at the root: the directory of it mounted
 	readyFile                 string // written once every connection is up or has failed
 	// oneConnection keeps every directory of a dataset on the dataset's
@@ -43,6 +44,7 @@ func (f *mountFlags) register(cmd *cobra.Command, prefix string) {
 	fl.DurationVar(&f.entryTimeout, prefix+"entry-timeout", 0, "kernel entry cache timeout (default: 1h for metadata_sync: never, else the interval)")
 	fl.DurationVar(&f.attrTimeout, prefix+"attr-timeout", 0, "kernel attribute cache timeout (default: as --entry-timeout)")
 	fl.BoolVar(&f.noPassthrough, prefix+"no-passthrough", false, "serve every read through granary, never with FUSE passthrough")
+	fl.BoolVar(&f.noDirectIO, prefix+"no-direct-io", false, "keep the page cache for the first open of a large file not cached yet (for readers of small pieces), instead of direct I/O")
 	fl.BoolVar(&f.allowOther, prefix+"allow-other", false, "let other users read the mount")
 	fl.BoolVar(&f.zeroMessageOpens, prefix+"zero-message-opens", false, "open files without a FUSE round trip (fastest warm small files; rules out passthrough)")
 	fl.BoolVar(&f.debug, prefix+"fuse-debug", false, "log every FUSE request")
@@ -64,6 +66,9 @@ func (f *mountFlags) args() []string {
 	}
 	if f.noPassthrough {
 		a = append(a, "--no-passthrough")
+	}
+	if f.noDirectIO {
+		a = append(a, "--no-direct-io")
 	}
 	if f.allowOther {
 		a = append(a, "--allow-other")
@@ -180,7 +185,7 @@ func (g *globals) serveMount(ctx context.Context, mountpoint string, f mountFlag
 		c.SetReadHook(pf.Touch)
 	}
 	m, err := mount.Serve(mountpoint, mount.Options{Client: c, Config: cfg, Dataset: root, Dir: f.subdir,
-		EntryTimeout: f.entryTimeout, AttrTimeout: f.attrTimeout, NoPassthrough: f.noPassthrough,
+		EntryTimeout: f.entryTimeout, AttrTimeout: f.attrTimeout, NoPassthrough: f.noPassthrough, NoDirectIO: f.noDirectIO,
 		ZeroMessageOpens: f.zeroMessageOpens, Debug: f.debug, Log: slog.Default()})
 	if err != nil {
 		return err
@@ -234,6 +239,7 @@ func serveMountAdmin(addr string, m *mount.Mount, c *client.Client, pf *prefetch
 	gauge("granary_mount_opens_total", "Files opened through the mount.", func(s mount.Stats) int64 { return s.Opens })
 	gauge("granary_mount_passthrough_opens_total", "Opens handed to the kernel as FUSE passthrough: their reads never reach granary.", func(s mount.Stats) int64 { return s.PassthroughOpens })
 	gauge("granary_mount_direct_opens_total", "Cold opens of large files answered with direct I/O: read through granary with no second copy in the page cache.", func(s mount.Stats) int64 { return s.DirectOpens })
+	gauge("granary_mount_small_direct_reads_total", "Reads under 64 KiB of files opened with direct I/O: each a round trip (read in larger chunks, or mount with --no-direct-io).", func(s mount.Stats) int64 { return s.SmallDirectReads })
 	gauge("granary_mount_daemon_reads_total", "READ requests served by the granary process.", func(s mount.Stats) int64 { return s.DaemonReads })
 	gauge("granary_mount_daemon_read_bytes_total", "Bytes of READ requests served by the granary process.", func(s mount.Stats) int64 { return s.DaemonReadBytes })
 	gauge("granary_mount_ioctls_total", "ioctls readers asked of files: each a round trip (Python's open() asks isatty of every file unless unbuffered).", func(s mount.Stats) int64 { return s.Ioctls })

@@ -246,7 +246,7 @@ func mountFlags(flags []string) []string {
 			if hasValue {
 				out = append(out, "--"+name, value)
 			}
-		case "no-passthrough", "zero-message-opens":
+		case "no-passthrough", "no-direct-io", "zero-message-opens":
 			out = append(out, "--"+name)
 		}
 	}

@@ -51,6 +51,10 @@ type Options struct {
 	EntryTimeout, AttrTimeout time.Duration
 	// NoPassthrough serves every read through this process.
 	NoPassthrough bool
+	// NoDirectIO keeps the page cache for the first open of a large file
+	// not cached yet (see directIOMin), for readers that read it in small
+	// pieces.
+	NoDirectIO bool
 	// ZeroMessageOpens answers the first OPEN with ENOSYS, after which the
 	// kernel opens files without asking (and keeps their pages cached):
 	// the fastest warm small-file reads, but no passthrough.
@@ -64,11 +68,13 @@ type Stats struct {
 	Opens            int64 `json:"opens"`
 	PassthroughOpens int64 `json:"passthrough_opens"`
 	// DirectOpens counts cold opens of large files answered with direct
-	// I/O (see directIOMin).
-	DirectOpens     int64 `json:"direct_opens"`
-	DaemonReads     int64 `json:"daemon_reads"`      // READ requests served by this process
-	DaemonReadBytes int64 `json:"daemon_read_bytes"` // and their bytes
-	Lookups         int64 `json:"lookups"`
+	// I/O (see directIOMin); SmallDirectReads, reads of such opens under
+	// 64 KiB (each a round trip).
+	DirectOpens      int64 `json:"direct_opens"`
+	SmallDirectReads int64 `json:"small_direct_reads"`
+	DaemonReads      int64 `json:"daemon_reads"`      // READ requests served by this process
+	DaemonReadBytes  int64 `json:"daemon_read_bytes"` // and their bytes
+	Lookups          int64 `json:"lookups"`
 	// Ioctls counts the ioctls readers asked of files: each is a round
 	// trip, which FUSE sends whatever the open mode (Python's open() asks
 	// isatty at every file, unless unbuffered).
@@ -97,8 +103,8 @@ type Mount struct {
 	fixed      map[string]bool
 	generation int
 
-	opens, ptOpens, dioOpens, reads, readBytes, lookups, errs, ioctls atomic.Int64
-	passthrough, directIO                                             atomic.Bool
+	opens, ptOpens, dioOpens, smallDIO, reads, readBytes, lookups, errs, ioctls atomic.Int64
+	passthrough, directIO                                                       atomic.Bool
 
 	logged sync.Map // paths whose error was logged already
 	done   chan struct{}
@@ -148,7 +154,7 @@ func newMount(mountpoint string, o Options) (*Mount, error) {
 
 // Stats returns what the mount did so far.
 func (m *Mount) Stats() Stats {
-	return Stats{Opens: m.opens.Load(), PassthroughOpens: m.ptOpens.Load(), DirectOpens: m.dioOpens.Load(), DaemonReads: m.reads.Load(),
+	return Stats{Opens: m.opens.Load(), PassthroughOpens: m.ptOpens.Load(), DirectOpens: m.dioOpens.Load(), SmallDirectReads: m.smallDIO.Load(), DaemonReads: m.reads.Load(),
 		DaemonReadBytes: m.readBytes.Load(), Lookups: m.lookups.Load(), Ioctls: m.ioctls.Load(), Errors: m.errs.Load(),
 		PassthroughSupported: m.passthrough.Load(), DirectIOSupported: m.directIO.Load(), Generation: m.generation}
 }

@@ -29,8 +29,12 @@ type FS struct {
 	readers   map[uint64]*reader
 }
 
-// fhPassthrough marks a file handle whose reads the kernel does itself.
-const fhPassthrough = 1
+// File handle flags: fhPassthrough marks a file handle whose reads the
+// kernel does itself; fhDirect, one opened with direct I/O.
+const (
+	fhPassthrough = 1 << iota
+	fhDirect
+)
 
 func newFS(m *Mount, nodes *nodeTable) *FS {
 	return &FS{RawFileSystem: fuse.NewDefaultRawFileSystem(), m: m, nodes: nodes, readers: map[uint64]*reader{}}
@@ -297,11 +301,24 @@ func (f *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fu
 	}
 	if mode.first && allowed && m.directIO.Load() && r.size >= directIOMin && r.file != nil && r.file.MayBeLocal() {
 		m.dioOpens.Add(1)
-		out.OpenFlags = fuse.FOPEN_DIRECT_IO
+		out.Fh, out.OpenFlags = fhDirect, fuse.FOPEN_DIRECT_IO
 		return fuse.OK
 	}
 	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
 	return fuse.OK
+}
+
+// smallDirectRead: a read of a file opened with direct I/O smaller than
+// this is one round trip for few bytes (the kernel's read-ahead would have
+// asked for 1 MiB at once).
+const smallDirectRead = 64 << 10
+
+// smallDirectReads counts a small read of a file opened with direct I/O,
+// and says once what to do about it.
+func (m *Mount) smallDirectReads(p string, size uint32) {
+	if m.smallDIO.Add(1) == 1 {
+		m.log.Warn("a reader reads a large file not cached yet, opened with direct I/O, in small reads: each is a round trip to granary; read in chunks of 1 MiB (as Python's buffered files and NumPy do), or mount with --no-direct-io to keep the page cache", "path", p, "read_bytes", size)
+	}
 }
 
 // directIOMin is the size from which a cold open of a file that will be
@@ -389,6 +406,9 @@ func (f *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Rea
 		return nil, fuse.Status(m.failed("read", nsPath(n), err))
 	}
 	m.readBytes.Add(int64(k))
+	if in.Fh&fhDirect != 0 && in.Size < smallDirectRead && int64(in.Offset)+int64(k) < r.size {
+		m.smallDirectReads(nsPath(n), in.Size)
+	}
 	return fuse.ReadResultData(buf[:k]), fuse.OK
 }
 

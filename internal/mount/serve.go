@@ -55,7 +55,7 @@ func Serve(mountpoint string, o Options) (*Mount, error) {
 		m.passthrough.Store(true)
 		// mmap(MAP_SHARED) of a file opened with direct I/O needs it
 		// (Linux 6.6 and later); without it, cold opens keep the page cache.
-		m.directIO.Store(ks.Flags64()&fuse.CAP_DIRECT_IO_ALLOW_MMAP != 0)
+		m.directIO.Store(ks.Flags64()&fuse.CAP_DIRECT_IO_ALLOW_MMAP != 0 && !o.NoDirectIO)
 	}
 	go func() {
 		server.Serve()

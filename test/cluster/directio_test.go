@@ -29,7 +29,8 @@ func TestMountColdLargeDirectIO(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 13))
 	files := map[string][]byte{}
 	// Larger than the blocks a worker fetches at an open (64 MiB).
-	for name, size := range map[string]int{"big/read.bin": 72<<20 + 4321, "big/mapped.bin": 66 << 20} {
+	sizes := map[string]int{"big/read.bin": 72<<20 + 4321, "big/mapped.bin": 66 << 20, "big/small-reads.bin": 66 << 20, "big/kept.bin": 65 << 20}
+	for name, size := range sizes {
 		data := make([]byte, size)
 		for i := range data {
 			data[i] = byte(rng.Uint32())
@@ -91,6 +92,33 @@ func TestMountColdLargeDirectIO(t *testing.T) {
 	}
 	if st := other.stats(t).Mount; st.DirectOpens != 0 {
 		t.Errorf("a mount without passthrough made %d direct I/O opens", st.DirectOpens)
+	}
+
+	// Nor with --no-direct-io.
+	kept := c.mount(t, "--no-direct-io")
+	if n := cached(filepath.Join(kept.dir, "d"), "big/kept.bin"); n == 0 {
+		t.Error("a mount with --no-direct-io left no page of a cold large file in the page cache")
+	}
+	if st := kept.stats(t).Mount; st.DirectOpens != 0 || st.DirectIOSupported {
+		t.Errorf("a mount with --no-direct-io: %d direct I/O opens, supported %v", st.DirectOpens, st.DirectIOSupported)
+	}
+
+	// Small reads of a file opened with direct I/O are counted.
+	if direct {
+		f, err := os.Open(filepath.Join(root, "big/small-reads.bin"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4096)
+		for off := 0; off < 1<<20; off += len(buf) {
+			if _, err := io.ReadFull(f, buf); err != nil || !bytes.Equal(buf, files["big/small-reads.bin"][off:off+len(buf)]) {
+				t.Fatalf("4 KiB read at %d: %v (or wrong bytes)", off, err)
+			}
+		}
+		f.Close()
+		if n := m.stats(t).Mount.SmallDirectReads; n < 256 {
+			t.Errorf("%d small direct reads counted after 256 reads of 4 KiB", n)
+		}
 	}
 
 	// A shared mapping of a cold large file.

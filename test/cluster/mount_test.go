@@ -103,8 +103,8 @@ func (m *mountProc) stop() {
 
 type mountStats struct {
 	Mount struct {
-		Opens, PassthroughOpens, DirectOpens, DaemonReads, Ioctls int64
-		PassthroughSupported, DirectIOSupported                   bool
+		Opens, PassthroughOpens, DirectOpens, SmallDirectReads, DaemonReads, Ioctls int64
+		PassthroughSupported, DirectIOSupported                                     bool
 	} `json:"mount"`
 }
 
@@ -121,7 +121,7 @@ func (m *mountProc) stats(t testing.TB) mountStats {
 	var s mountStats
 	num := func(k string) int64 { v, _ := raw.Mount[k].(float64); return int64(v) }
 	s.Mount.Opens, s.Mount.PassthroughOpens, s.Mount.DaemonReads = num("opens"), num("passthrough_opens"), num("daemon_reads")
-	s.Mount.Ioctls, s.Mount.DirectOpens = num("ioctls"), num("direct_opens")
+	s.Mount.Ioctls, s.Mount.DirectOpens, s.Mount.SmallDirectReads = num("ioctls"), num("direct_opens"), num("small_direct_reads")
 	s.Mount.PassthroughSupported, _ = raw.Mount["passthrough_supported"].(bool)
 	s.Mount.DirectIOSupported, _ = raw.Mount["direct_io_supported"].(bool)
 	return s
