@@ -173,8 +173,14 @@ func (g *globals) up(ctx context.Context, f upFlags) error {
 			stop()
 			return errors.Join(err, <-served)
 		}
-		// The datasets of --dataset are in the configuration up wrote.
-		mountErr := g.mountNamespace(signalled, cfg, root, f.mount, f.mountFlags, self, cl.ConfigPath, nil)
+		// The datasets of --dataset are in the configuration up wrote,
+		// and so are the workers it started (cfg knows none of them).
+		upCfg, err := config.Load(cl.ConfigPath)
+		if err != nil {
+			stop()
+			return errors.Join(err, <-served)
+		}
+		mountErr := g.mountNamespace(signalled, upCfg, root, f.mount, f.mountFlags, self, cl.ConfigPath, nil)
 		stop()
 		return errors.Join(mountErr, <-served)
 	}

@@ -44,7 +44,9 @@ func TestMountColdLargeDirectIO(t *testing.T) {
 		}
 	}
 	c := startCluster(t, clusterOpts{workers: 1, blockSize: 128 << 20, pageSize: 1 << 20,
-		tiers:    func(_ int, d string) string { return fmt.Sprintf("    - {name: MEM, path: %s/mem, quota: 384MiB}\n", d) },
+		tiers: func(_ int, d string) string {
+			return fmt.Sprintf("    - {name: MEM, path: %s/mem, quota: 384MiB}\n", d)
+		},
 		datasets: fmt.Sprintf("  - {name: d, ufs: \"file://%s\", open_mode: passthrough}\n", dir)})
 	m := c.mount(t)
 	root := filepath.Join(m.dir, "d")

@@ -14,9 +14,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/granary-cache/granary/internal/granarytest"
+	"github.com/granary-cache/granary/internal/mountinfo"
 	"github.com/granary-cache/granary/internal/s3test"
 )
 
@@ -384,4 +387,71 @@ func TestBench(t *testing.T) {
 	fails(t, run(t, nil, "bench", "run", "--path", dir, "--readers", "0"), "readers must be at least 1")
 	fails(t, run(t, nil, "bench", "run", "--path", filepath.Join(dir, "missing")), "missing")
 	fails(t, run(t, nil, "bench", "run", "--path", dir, "--profile", "videos"), `unknown profile "videos"`)
+}
+
+// TestUpMount: `granary up --mount` mounts the datasets of the workers it
+// started: files read right through the mount, each dataset's open mode is
+// chosen from those workers' listing (no other worker is asked: the
+// configuration it samples with is the one up wrote), and an interrupt
+// unmounts and stops everything.
+func TestUpMount(t *testing.T) {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Fatalf("FUSE is needed: %v", err)
+	}
+	data := tree(t)
+	state, mem, mnt := t.TempDir(), t.TempDir(), t.TempDir()
+	logPath := filepath.Join(t.TempDir(), "up.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(granary, "up", "--dataset", "d=file://"+data, "--state-dir", state, "--mem-dir", mem, "--mount", mnt)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	running := true
+	defer func() {
+		if running { // a failure before it exited
+			cmd.Process.Kill()
+			<-exited
+			syscall.Unmount(mnt, syscall.MNT_DETACH)
+		}
+	}()
+	upLog := func() string { b, _ := os.ReadFile(logPath); return string(b) }
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(upLog(), "mounted at "+mnt); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("up did not mount within 30s:\n%s", upLog())
+		}
+	}
+	for name, want := range map[string]string{"a.txt": "hello\n", "dir/b c.txt": "with a space", "dir/deeper/x#y?.z%": strings.Repeat("z", 100000)} {
+		if got, err := os.ReadFile(filepath.Join(mnt, "d", name)); err != nil || string(got) != want {
+			t.Errorf("%s through the mount: %q, %v", name, got, err)
+		}
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		running = false
+		if err != nil {
+			t.Errorf("up exited with %v after an interrupt:\n%s", err, upLog())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("up did not exit within 30s of an interrupt:\n%s", upLog())
+	}
+	l := upLog()
+	if !strings.Contains(l, `msg="open mode" dataset=d`) {
+		t.Errorf("up's log says no open mode for dataset d:\n%s", l)
+	}
+	if strings.Contains(l, "marked down") {
+		t.Errorf("up's mount asked a worker up did not start:\n%s", l)
+	}
+	if m, err := mountinfo.Of(mnt); err != nil || m.Point == mnt {
+		t.Errorf("%s is still mounted after up exited (%+v, %v)", mnt, m, err)
+	}
 }
