@@ -125,6 +125,9 @@ type TierSpec struct {
 // MountSpec configures the FUSE mounts of the served Datasets.
 type MountSpec struct {
 	// Options are extra mount options (e.g. allow_other is always set).
+	// The CSI plugin passes granary's own to `granary mount`:
+	// entry-timeout=D, attr-timeout=D, no-passthrough, no-direct-io,
+	// zero-message-opens, prefetch and prefetch-idle=D.
 	// +optional
 	Options []string `json:"options,omitempty"`
 }

@@ -242,11 +242,11 @@ func mountFlags(flags []string) []string {
 	for _, f := range flags {
 		name, value, hasValue := strings.Cut(f, "=")
 		switch name {
-		case "entry-timeout", "attr-timeout":
+		case "entry-timeout", "attr-timeout", "prefetch-idle":
 			if hasValue {
 				out = append(out, "--"+name, value)
 			}
-		case "no-passthrough", "no-direct-io", "zero-message-opens":
+		case "no-passthrough", "no-direct-io", "zero-message-opens", "prefetch":
 			out = append(out, "--"+name)
 		}
 	}

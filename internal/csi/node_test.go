@@ -51,8 +51,8 @@ func TestCheckCapability(t *testing.T) {
 }
 
 func TestMountFlags(t *testing.T) {
-	got := strings.Join(mountFlags([]string{"entry-timeout=10s", "no-passthrough", "ro", "max_read=1048576", "attr-timeout", "no-direct-io"}), " ")
-	if want := "--entry-timeout 10s --no-passthrough --no-direct-io"; got != want {
+	got := strings.Join(mountFlags([]string{"entry-timeout=10s", "no-passthrough", "ro", "max_read=1048576", "attr-timeout", "no-direct-io", "prefetch", "prefetch-idle=1m"}), " ")
+	if want := "--entry-timeout 10s --no-passthrough --no-direct-io --prefetch --prefetch-idle 1m"; got != want {
 		t.Errorf("mountFlags = %q, want %q", got, want)
 	}
 }
